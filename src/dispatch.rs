@@ -1,0 +1,787 @@
+//! The pool's engine: the job queue, one driver task per worker, and what happens when a worker
+//! fails.
+//!
+//! - A *job* is one chunk of tasks of one *call* (an `apply`, a `map`, a stream). Calls push jobs
+//!   without waiting ([`Core::submit`]); they bound themselves (`max_tasks_active`), so the queue
+//!   never holds more than the calls allowed.
+//! - Each worker slot has a *driver* task that starts the worker, then reads its events, and a
+//!   *writer* task that feeds it up to `depth` jobs. Reading and writing are separate tasks so a
+//!   worker blocked on writing a large result never deadlocks against us writing a large input.
+//! - A worker processes its jobs in order, so when it dies, the oldest job in flight is the one it
+//!   was running: that job fails with the exit status; the others (still unread in the pipe) go
+//!   back to the front of the queue. The worker is replaced under the same id.
+//! - User-facing futures only wait on their call's channel; no user future ever holds a lock, a
+//!   permit or a half-written frame, so one that stops being polled cannot wedge a worker.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Exit, Kind, Stage};
+use crate::start::{Connected, Rx, Spec, Start, StartMethod, Tx};
+use crate::sys::image::ExitEntry;
+use crate::task::{Entry, LocalChunk};
+use crate::wire::{self, Failure, FromWorker, ToWorker};
+use crate::worker::{LocalEvent, LocalMsg};
+
+/// One chunk of one call.
+pub(crate) struct Job {
+    pub call: Arc<CallLink>,
+    /// Position of the chunk in its call.
+    pub seq: u64,
+    /// Index of the chunk's first task in its call.
+    pub first: usize,
+    pub len: usize,
+    pub payload: Payload,
+    id: u64,
+}
+
+impl Job {
+    pub(crate) fn new(
+        call: Arc<CallLink>,
+        seq: u64,
+        first: usize,
+        len: usize,
+        payload: Payload,
+    ) -> Job {
+        Job {
+            call,
+            seq,
+            first,
+            len,
+            payload,
+            id: 0,
+        }
+    }
+}
+
+pub(crate) enum Payload {
+    /// For thread workers; taken when sent.
+    Local(Option<LocalChunk>),
+    /// For process workers; kept until the result arrives, so the job can be sent again if the
+    /// worker dies before reading it.
+    Remote { entry: i64, body: Arc<Vec<u8>> },
+}
+
+/// What a call shares with the pool: its cancellation flag and where its results go.
+pub(crate) struct CallLink {
+    cancelled: AtomicBool,
+    tx: tokio::sync::mpsc::UnboundedSender<Completion>,
+}
+
+impl CallLink {
+    pub(crate) fn new() -> (
+        Arc<CallLink>,
+        tokio::sync::mpsc::UnboundedReceiver<Completion>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Arc::new(CallLink {
+                cancelled: AtomicBool::new(false),
+                tx,
+            }),
+            rx,
+        )
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+}
+
+/// A finished job.
+pub(crate) struct Completion {
+    pub seq: u64,
+    pub first: usize,
+    pub len: usize,
+    pub worker: usize,
+    pub outcome: Outcome,
+    /// Time the worker spent running the chunk.
+    pub busy: Duration,
+}
+
+pub(crate) enum Outcome {
+    /// A boxed `Vec<Result<R, Failure>>` from a thread worker.
+    Local(Box<dyn std::any::Any + Send>),
+    /// Serialised `Result<R, Failure>`s from a process worker.
+    Remote(Vec<u8>),
+    /// Every task of the chunk failed with this error.
+    Failed(Error),
+}
+
+/// Pool-wide settings the engine needs.
+pub(crate) struct Settings {
+    pub method: StartMethod,
+    pub workers: usize,
+    pub depth: usize,
+    pub order_tasks: bool,
+    pub exit: Option<Entry<ExitEntry>>,
+}
+
+pub(crate) struct Core {
+    pub(crate) settings: Settings,
+    pub(crate) spec: Spec,
+    start: Box<dyn Start>,
+    st: Mutex<State>,
+    /// Per slot: there may be a job for this slot's writer.
+    wake: Vec<Notify>,
+    /// Per slot: a job in flight there was cancelled; kill the worker.
+    kill: Vec<Notify>,
+    stop: Notify,
+    stopped: AtomicBool,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct State {
+    global: VecDeque<Job>,
+    targeted: Vec<VecDeque<Job>>,
+    inflight: Vec<VecDeque<Job>>,
+    pids: Vec<Option<u32>>,
+    closing: bool,
+    broken: Option<Error>,
+    exits: Vec<Option<Result<Vec<u8>, Error>>>,
+    next_id: u64,
+}
+
+enum Next {
+    Job(u64, Outgoing),
+    Shutdown,
+    Stop,
+}
+
+enum Outgoing {
+    Local(LocalChunk),
+    Remote { entry: i64, body: Arc<Vec<u8>> },
+}
+
+impl Core {
+    pub(crate) fn new(settings: Settings, spec: Spec, start: Box<dyn Start>) -> Arc<Core> {
+        let n = settings.workers;
+        Arc::new(Core {
+            settings,
+            spec,
+            start,
+            st: Mutex::new(State {
+                global: VecDeque::new(),
+                targeted: (0..n).map(|_| VecDeque::new()).collect(),
+                inflight: (0..n).map(|_| VecDeque::new()).collect(),
+                pids: vec![None; n],
+                closing: false,
+                broken: None,
+                exits: (0..n).map(|_| None).collect(),
+                next_id: 0,
+            }),
+            wake: (0..n).map(|_| Notify::new()).collect(),
+            kill: (0..n).map(|_| Notify::new()).collect(),
+            stop: Notify::new(),
+            stopped: AtomicBool::new(false),
+            drivers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn is_local(&self) -> bool {
+        self.settings.method == StartMethod::Threading
+    }
+
+    /// Starts worker `slot` and performs its handshake.
+    pub(crate) async fn start_worker(&self, slot: usize) -> Result<Connected, Error> {
+        let link = self
+            .start
+            .launch(slot, &self.spec)
+            .await
+            .map_err(|e| e.with_worker(slot))?;
+        crate::start::connect(link, slot, &self.spec).await
+    }
+
+    /// Starts the driver tasks for connected workers.
+    pub(crate) fn run(self: &Arc<Self>, workers: Vec<Connected>) {
+        let mut drivers = self.drivers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (slot, conn) in workers.into_iter().enumerate() {
+            drivers.push(tokio::spawn(drive(self.clone(), slot, conn)));
+        }
+    }
+
+    /// Queues a job. Fails if the pool is shut down or broken.
+    pub(crate) fn submit(&self, mut job: Job) -> Result<(), Error> {
+        let mut st = self.state();
+        if self.stopped.load(Ordering::Acquire) || st.closing {
+            return Err(Error::closed());
+        }
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        st.next_id += 1;
+        job.id = st.next_id;
+        if self.settings.order_tasks {
+            let slot = (job.seq % self.settings.workers as u64) as usize;
+            st.targeted[slot].push_back(job);
+            drop(st);
+            self.wake[slot].notify_one();
+        } else {
+            st.global.push_back(job);
+            drop(st);
+            for w in &self.wake {
+                w.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a call: its queued jobs are dropped, and workers running one of its jobs are
+    /// killed and replaced (thread workers cannot be killed; their results are discarded).
+    pub(crate) fn cancel(&self, call: &Arc<CallLink>) {
+        if call.cancelled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut st = self.state();
+        st.global.retain(|j| !Arc::ptr_eq(&j.call, call));
+        for q in &mut st.targeted {
+            q.retain(|j| !Arc::ptr_eq(&j.call, call));
+        }
+        if self.is_local() {
+            return;
+        }
+        let running: Vec<usize> = (0..self.settings.workers)
+            .filter(|&s| {
+                st.inflight[s]
+                    .front()
+                    .is_some_and(|j| Arc::ptr_eq(&j.call, call))
+            })
+            .collect();
+        drop(st);
+        for s in running {
+            self.kill[s].notify_one();
+        }
+    }
+
+    /// Whether the job a worker is running belongs to a cancelled call.
+    fn running_cancelled(&self, slot: usize) -> bool {
+        self.state().inflight[slot]
+            .front()
+            .is_some_and(|j| j.call.is_cancelled())
+    }
+
+    fn take_job(&self, st: &mut State, slot: usize) -> Option<(u64, Outgoing)> {
+        loop {
+            let mut job = st.targeted[slot]
+                .pop_front()
+                .or_else(|| st.global.pop_front())?;
+            if job.call.is_cancelled() {
+                continue;
+            }
+            let send = match &mut job.payload {
+                Payload::Local(chunk) => Outgoing::Local(chunk.take()?),
+                Payload::Remote { entry, body } => Outgoing::Remote {
+                    entry: *entry,
+                    body: body.clone(),
+                },
+            };
+            let id = job.id;
+            st.inflight[slot].push_back(job);
+            return Some((id, send));
+        }
+    }
+
+    async fn next_job(&self, slot: usize) -> Next {
+        loop {
+            let notified = self.wake[slot].notified();
+            {
+                if self.stopped.load(Ordering::Acquire) {
+                    return Next::Stop;
+                }
+                let mut st = self.state();
+                if let Some((id, send)) = self.take_job(&mut st, slot) {
+                    return Next::Job(id, send);
+                }
+                if st.closing
+                    && st.global.is_empty()
+                    && st.targeted[slot].is_empty()
+                    && st.inflight[slot].is_empty()
+                {
+                    return Next::Shutdown;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn try_next_job(&self, slot: usize) -> Option<(u64, Outgoing)> {
+        let mut st = self.state();
+        self.take_job(&mut st, slot)
+    }
+
+    /// Delivers the result of the oldest job in flight on `slot`.
+    fn complete(
+        &self,
+        slot: usize,
+        id: u64,
+        outcome: Outcome,
+        busy: Duration,
+    ) -> Result<(), Error> {
+        let job = {
+            let mut st = self.state();
+            match st.inflight[slot].front() {
+                Some(j) if j.id == id => st.inflight[slot].pop_front(),
+                _ => {
+                    return Err(Error::new(Kind::Protocol(format!(
+                        "result for unknown job {id}"
+                    ))));
+                }
+            }
+        };
+        if let Some(job) = job {
+            deliver(job, slot, outcome, busy);
+        }
+        if self.state().closing {
+            self.wake[slot].notify_one(); // it may now send the shutdown
+        }
+        Ok(())
+    }
+
+    /// After a worker ended: fails the job it was running and queues the rest again.
+    fn fail_inflight(&self, slot: usize, head: Error) {
+        let (first, rest) = {
+            let mut st = self.state();
+            let mut jobs = std::mem::take(&mut st.inflight[slot]);
+            let first = jobs.pop_front();
+            let mut rest = Vec::new();
+            while let Some(job) = jobs.pop_back() {
+                match job.payload {
+                    Payload::Remote { .. } => st.global.push_front(job),
+                    Payload::Local(_) => rest.push(job),
+                }
+            }
+            (first, rest)
+        };
+        if let Some(job) = first {
+            let e = head.clone().with_worker(slot).with_task(job.first);
+            deliver(job, slot, Outcome::Failed(e), Duration::ZERO);
+        }
+        for job in rest {
+            let e = head.clone().with_worker(slot).with_task(job.first);
+            deliver(job, slot, Outcome::Failed(e), Duration::ZERO);
+        }
+        for w in &self.wake {
+            w.notify_one();
+        }
+    }
+
+    /// Marks the pool broken (a replacement worker cannot start): every queued job fails.
+    fn break_pool(&self, e: Error) {
+        let jobs: Vec<Job> = {
+            let mut st = self.state();
+            st.broken.get_or_insert(e.clone());
+            let mut jobs: Vec<Job> = st.global.drain(..).collect();
+            for q in &mut st.targeted {
+                jobs.extend(q.drain(..));
+            }
+            jobs
+        };
+        for job in jobs {
+            let slot = usize::MAX;
+            deliver(job, slot, Outcome::Failed(e.clone()), Duration::ZERO);
+        }
+        for w in &self.wake {
+            w.notify_one();
+        }
+    }
+
+    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
+        self.state().pids.clone()
+    }
+
+    /// Stops taking jobs, lets the queued ones finish, runs the exit functions and waits for every
+    /// worker to leave. Returns the exit results in worker order.
+    pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+        self.state().closing = true;
+        for w in &self.wake {
+            w.notify_one();
+        }
+        let drivers: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
+        for d in drivers {
+            let _ = d.await;
+        }
+        let mut st = self.state();
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        Ok(st
+            .exits
+            .iter_mut()
+            .enumerate()
+            .map(|(slot, e)| {
+                e.take()
+                    .unwrap_or_else(|| Err(Error::closed().with_worker(slot)))
+            })
+            .collect())
+    }
+
+    /// Kills every worker and fails every job (the pool was dropped).
+    pub(crate) fn stop(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jobs: Vec<(usize, Job)> = {
+            let mut st = self.state();
+            let mut jobs: Vec<(usize, Job)> =
+                st.global.drain(..).map(|j| (usize::MAX, j)).collect();
+            for (slot, q) in st.targeted.iter_mut().enumerate() {
+                jobs.extend(q.drain(..).map(|j| (slot, j)));
+            }
+            for (slot, q) in st.inflight.iter_mut().enumerate() {
+                jobs.extend(q.drain(..).map(|j| (slot, j)));
+            }
+            jobs
+        };
+        for (slot, job) in jobs {
+            deliver(job, slot, Outcome::Failed(Error::closed()), Duration::ZERO);
+        }
+        self.stop.notify_waiters();
+        for w in &self.wake {
+            w.notify_one();
+        }
+        for d in self
+            .drivers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            d.abort();
+        }
+    }
+}
+
+fn deliver(job: Job, worker: usize, outcome: Outcome, busy: Duration) {
+    if job.call.is_cancelled() {
+        return;
+    }
+    let _ = job.call.tx.send(Completion {
+        seq: job.seq,
+        first: job.first,
+        len: job.len,
+        worker,
+        outcome,
+        busy,
+    });
+}
+
+/// How one worker's life ended.
+enum Ended {
+    /// It ran its exit function and left.
+    Done,
+    /// It died or was killed; replace it.
+    Died,
+    /// The pool was dropped.
+    Stopped,
+}
+
+/// Runs worker `slot` for the pool's whole life, replacing it whenever it dies.
+async fn drive(core: Arc<Core>, slot: usize, first: Connected) {
+    let mut conn = Some(first);
+    let mut failures = 0u32;
+    loop {
+        if core.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match core.start_worker(slot).await {
+                Ok(c) => {
+                    failures = 0;
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    // A failing worker_init, or a start that keeps failing, breaks the pool
+                    // rather than leaving its callers waiting forever.
+                    if e.is_init() || failures >= 5 {
+                        core.break_pool(e);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << failures)).await;
+                    continue;
+                }
+            },
+        };
+        match serve(&core, slot, c).await {
+            Ended::Done | Ended::Stopped => return,
+            Ended::Died => {}
+        }
+    }
+}
+
+enum Why {
+    Exit(Result<Vec<u8>, Failure>),
+    Died,
+    Broken(String),
+    Cancelled,
+    Stopped,
+}
+
+enum Event {
+    Done {
+        id: u64,
+        outcome: Outcome,
+        busy: Duration,
+    },
+    Exit(Result<Vec<u8>, Failure>),
+    Eof,
+    Broken(String),
+}
+
+impl Rx {
+    /// The next event of the worker. Cancel-safe.
+    async fn event(&mut self) -> Event {
+        match self {
+            Rx::Thread(events) => match events.recv().await {
+                Some(LocalEvent::Done { id, out, busy_ns }) => {
+                    let outcome = match out {
+                        Ok(b) => Outcome::Local(b),
+                        Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
+                    };
+                    Event::Done {
+                        id,
+                        outcome,
+                        busy: Duration::from_nanos(busy_ns),
+                    }
+                }
+                Some(LocalEvent::Exit(r)) => Event::Exit(r),
+                Some(_) => Event::Broken("unexpected event from a worker thread".into()),
+                None => Event::Eof,
+            },
+            Rx::Pipe(rd) => match rd.next::<FromWorker>().await {
+                Ok(Some(frame)) => match frame.header {
+                    FromWorker::Done { id, busy_ns } => Event::Done {
+                        id,
+                        outcome: Outcome::Remote(rd.body(frame.body).to_vec()),
+                        busy: Duration::from_nanos(busy_ns),
+                    },
+                    FromWorker::Exit(None) => Event::Exit(Ok(rd.body(frame.body).to_vec())),
+                    FromWorker::Exit(Some(fail)) => Event::Exit(Err(fail)),
+                    FromWorker::Fatal(m) => Event::Broken(m),
+                    other => Event::Broken(format!("unexpected message {other:?}")),
+                },
+                Ok(None) => Event::Eof,
+                Err(e) => Event::Broken(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Tx {
+    async fn send_jobs(&mut self, jobs: Vec<(u64, Outgoing)>) -> std::io::Result<()> {
+        match self {
+            Tx::Thread(tx) => {
+                for (id, job) in jobs {
+                    let Outgoing::Local(chunk) = job else {
+                        continue;
+                    };
+                    tx.send(LocalMsg::Task { id, chunk })
+                        .map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+                }
+                Ok(())
+            }
+            Tx::Pipe { io, buf } => {
+                buf.clear();
+                for (id, job) in jobs {
+                    let Outgoing::Remote { entry, body } = job else {
+                        continue;
+                    };
+                    let header = ToWorker::Task {
+                        id,
+                        entry,
+                        count: 0,
+                    };
+                    if body.len() > 64 * 1024 {
+                        wire::encode_head(buf, &header, body.len());
+                        wire::write_parts(io, buf, &body).await?;
+                        buf.clear();
+                    } else {
+                        wire::encode(buf, &header, &body);
+                    }
+                }
+                if !buf.is_empty() {
+                    wire::write_parts(io, buf, &[]).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_shutdown(&mut self, exit: Option<Entry<ExitEntry>>) -> std::io::Result<()> {
+        match self {
+            Tx::Thread(tx) => tx
+                .send(LocalMsg::Shutdown {
+                    exit: exit.map(|e| e.ptr),
+                })
+                .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
+            Tx::Pipe { io, buf } => {
+                buf.clear();
+                wire::encode(
+                    buf,
+                    &ToWorker::Shutdown {
+                        exit: exit.map(|e| e.offset),
+                    },
+                    &[],
+                );
+                wire::write_parts(io, buf, &[]).await
+            }
+        }
+    }
+}
+
+async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, window: Arc<Semaphore>) {
+    loop {
+        let Ok(permit) = window.acquire().await else {
+            return;
+        };
+        permit.forget();
+        let mut batch = match core.next_job(slot).await {
+            Next::Job(id, send) => vec![(id, send)],
+            Next::Shutdown => {
+                let _ = tx.send_shutdown(core.settings.exit).await;
+                // Keep the channel open until the worker has answered.
+                std::future::pending::<()>().await;
+                return;
+            }
+            Next::Stop => return,
+        };
+        while let Ok(permit) = window.try_acquire() {
+            match core.try_next_job(slot) {
+                Some(job) => {
+                    permit.forget();
+                    batch.push(job);
+                }
+                None => break,
+            }
+        }
+        if tx.send_jobs(batch).await.is_err() {
+            return; // the driver sees the worker's end
+        }
+    }
+}
+
+/// Serves one incarnation of a worker until it leaves.
+async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
+    let Connected {
+        tx,
+        mut rx,
+        mut proc,
+    } = conn;
+    core.state().pids[slot] = proc.as_ref().map(|p| p.pid());
+    let window = Arc::new(Semaphore::new(core.settings.depth));
+    let writer = tokio::spawn(write_loop(core.clone(), slot, tx, window.clone()));
+    let why = {
+        let mut exited = std::pin::pin!(async {
+            match proc.as_mut() {
+                Some(p) => p.wait().await,
+                None => std::future::pending().await,
+            }
+        });
+        'events: loop {
+            let stop = core.stop.notified();
+            if core.stopped.load(Ordering::Acquire) {
+                break 'events Why::Stopped;
+            }
+            tokio::select! {
+                biased;
+                _ = stop => break 'events Why::Stopped,
+                ev = rx.event() => match ev {
+                    Event::Done { id, outcome, busy } => match core.complete(slot, id, outcome, busy) {
+                        Ok(()) => window.add_permits(1),
+                        Err(e) => break Why::Broken(e.to_string()),
+                    },
+                    Event::Exit(r) => break Why::Exit(r),
+                    Event::Eof => break Why::Died,
+                    Event::Broken(m) => break Why::Broken(m),
+                },
+                _ = core.kill[slot].notified() => {
+                    if core.running_cancelled(slot) {
+                        break Why::Cancelled;
+                    }
+                }
+                _ = &mut exited => {
+                    // Read what the worker wrote before it ended, then treat it as dead.
+                    loop {
+                        match tokio::time::timeout(Duration::from_millis(200), rx.event()).await {
+                            Ok(Event::Done { id, outcome, busy }) => {
+                                let _ = core.complete(slot, id, outcome, busy);
+                            }
+                            Ok(Event::Exit(r)) => break 'events Why::Exit(r),
+                            _ => break 'events Why::Died,
+                        }
+                    }
+                }
+            }
+        }
+    };
+    finish(core, slot, writer, proc, why).await
+}
+
+async fn finish(
+    core: &Arc<Core>,
+    slot: usize,
+    writer: JoinHandle<()>,
+    mut proc: Option<Box<dyn crate::start::Process>>,
+    why: Why,
+) -> Ended {
+    writer.abort();
+    let exit = match proc.as_mut() {
+        Some(p) => {
+            if !matches!(why, Why::Exit(_)) {
+                p.kill();
+            }
+            // A worker that ran its exit function leaves by itself; do not wait forever.
+            match tokio::time::timeout(Duration::from_secs(10), p.wait()).await {
+                Ok(exit) => exit,
+                Err(_) => {
+                    p.kill();
+                    p.wait().await
+                }
+            }
+        }
+        None => Exit::Unknown,
+    };
+    core.state().pids[slot] = None;
+    match why {
+        Why::Exit(r) => {
+            let r = r.map_err(|failure| {
+                Error::new(Kind::Panic {
+                    failure,
+                    during: Stage::Exit,
+                })
+                .with_worker(slot)
+            });
+            core.state().exits[slot] = Some(r);
+            Ended::Done
+        }
+        Why::Stopped => Ended::Stopped,
+        Why::Cancelled => {
+            core.fail_inflight(slot, Error::new(Kind::Cancelled));
+            Ended::Died
+        }
+        Why::Broken(m) => {
+            core.fail_inflight(slot, Error::new(Kind::Protocol(m)));
+            Ended::Died
+        }
+        Why::Died => {
+            core.fail_inflight(
+                slot,
+                Error::new(Kind::WorkerDied {
+                    exit,
+                    during: Stage::Task,
+                }),
+            );
+            Ended::Died
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::wire::Failure;
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The status could not be collected (the process was already reaped elsewhere).
+    Unknown,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => write!(f, "was killed by signal {s} ({sig})"),
+                Err(_) => write!(f, "was killed by signal {s}"),
+            },
+            Exit::Unknown => f.write_str("exited"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A task (or `worker_init`/`worker_exit`) panicked.
+    Panic { failure: Failure, during: Stage },
+    /// The worker process ended while it ran the task.
+    WorkerDied { exit: Exit, during: Stage },
+    /// The call was cancelled (dropped, or stopped by another task's failure).
+    Cancelled,
+    /// The pool was shut down or dropped.
+    Closed,
+    /// A worker sent something that is not a valid frame.
+    Protocol(String),
+    /// Serialising an argument or deserialising a result failed.
+    Codec(String),
+    /// Invalid configuration or input, detected before any work started.
+    Config(String),
+    /// A worker could not be started.
+    Start(String),
+    /// A worker does not run the same binary image as the pool.
+    Mismatch(String),
+    /// A process start method was used without `ampire::init()`.
+    NotInitialized,
+}
+
+/// What a worker was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Init,
+    Task,
+    Exit,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Init => "worker_init",
+            Stage::Task => "a task",
+            Stage::Exit => "worker_exit",
+        })
+    }
+}
+
+struct Inner {
+    kind: Kind,
+    worker: Option<usize>,
+    task: Option<usize>,
+}
+
+/// The error of every fallible operation in this crate.
+///
+/// It is opaque: ask it questions instead of matching on it. It is cheap to clone, and `Send`,
+/// `Sync` and `'static`, so it can cross tasks and threads.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(pool: &ampire::AsyncPool) {
+/// fn risky(x: u32) -> u32 {
+///     assert!(x != 3, "three is not allowed");
+///     x
+/// }
+/// let err = pool.apply(risky, 3).await.unwrap_err();
+/// assert!(err.is_panic());
+/// assert_eq!(err.panic_message(), Some("three is not allowed"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Error(Arc<Inner>);
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Error {
+        Error(Arc::new(Inner {
+            kind,
+            worker: None,
+            task: None,
+        }))
+    }
+
+    pub(crate) fn config(msg: impl Into<String>) -> Error {
+        Error::new(Kind::Config(msg.into()))
+    }
+
+    pub(crate) fn codec(what: &str, e: impl fmt::Display) -> Error {
+        Error::new(Kind::Codec(format!("{what}: {e}")))
+    }
+
+    pub(crate) fn start(msg: impl fmt::Display) -> Error {
+        Error::new(Kind::Start(msg.to_string()))
+    }
+
+    pub(crate) fn closed() -> Error {
+        Error::new(Kind::Closed)
+    }
+
+    pub(crate) fn with_worker(self, worker: usize) -> Error {
+        self.map(|i| i.worker = Some(worker))
+    }
+
+    pub(crate) fn with_task(self, task: usize) -> Error {
+        self.map(|i| i.task = Some(task))
+    }
+
+    fn map(self, f: impl FnOnce(&mut Inner)) -> Error {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Inner {
+            kind: shared.kind.clone_kind(),
+            worker: shared.worker,
+            task: shared.task,
+        });
+        f(&mut inner);
+        Error(Arc::new(inner))
+    }
+
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.0.kind
+    }
+
+    /// Whether a task, `worker_init` or `worker_exit` panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.0.kind, Kind::Panic { .. })
+    }
+
+    /// Whether the worker process running the task ended (crash, signal, `abort`, `exit`).
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self.0.kind, Kind::WorkerDied { .. })
+    }
+
+    /// Whether the task was cancelled before it produced a result.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.0.kind, Kind::Cancelled)
+    }
+
+    /// Whether the pool was shut down or dropped before the task finished.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.0.kind, Kind::Closed)
+    }
+
+    /// Whether the failure happened in `worker_init`.
+    pub fn is_init(&self) -> bool {
+        matches!(
+            self.0.kind,
+            Kind::Panic {
+                during: Stage::Init,
+                ..
+            } | Kind::WorkerDied {
+                during: Stage::Init,
+                ..
+            }
+        )
+    }
+
+    /// Whether the configuration or the input was rejected before any work started.
+    pub fn is_config(&self) -> bool {
+        matches!(self.0.kind, Kind::Config(_) | Kind::NotInitialized)
+    }
+
+    /// Whether a worker broke the wire protocol (malformed or oversized frame).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.0.kind, Kind::Protocol(_) | Kind::Mismatch(_))
+    }
+
+    /// Whether serialising an argument or deserialising a result failed.
+    pub fn is_codec(&self) -> bool {
+        matches!(self.0.kind, Kind::Codec(_))
+    }
+
+    /// The panic message, for a panic.
+    pub fn panic_message(&self) -> Option<&str> {
+        self.failure().map(|f| f.message.as_str())
+    }
+
+    /// Where the panic happened (`file:line:column`), for a panic.
+    pub fn panic_location(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.location.as_deref())
+    }
+
+    /// The backtrace captured in the worker, for a panic.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.backtrace.as_deref())
+    }
+
+    /// The `Debug` of the input of the failed task, when the worker could still see it (process
+    /// start methods; under `Threading` the input was moved into the task).
+    pub fn input(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.input.as_deref())
+    }
+
+    /// The id of the worker involved, when one was.
+    pub fn worker_id(&self) -> Option<usize> {
+        self.0.worker
+    }
+
+    /// The position of the failed task in its call's input, when known.
+    pub fn task_index(&self) -> Option<usize> {
+        self.0.task
+    }
+
+    /// The signal that ended the worker, if it was killed by one.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.kind {
+            Kind::WorkerDied {
+                exit: Exit::Signal(s),
+                ..
+            } => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The exit status of the worker, if it exited by itself.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.0.kind {
+            Kind::WorkerDied {
+                exit: Exit::Code(c),
+                ..
+            } => Some(c),
+            _ => None,
+        }
+    }
+
+    fn failure(&self) -> Option<&Failure> {
+        match &self.0.kind {
+            Kind::Panic { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+impl Kind {
+    fn clone_kind(&self) -> Kind {
+        match self {
+            Kind::Panic { failure, during } => Kind::Panic {
+                failure: failure.clone(),
+                during: *during,
+            },
+            Kind::WorkerDied { exit, during } => Kind::WorkerDied {
+                exit: *exit,
+                during: *during,
+            },
+            Kind::Cancelled => Kind::Cancelled,
+            Kind::Closed => Kind::Closed,
+            Kind::Protocol(s) => Kind::Protocol(s.clone()),
+            Kind::Codec(s) => Kind::Codec(s.clone()),
+            Kind::Config(s) => Kind::Config(s.clone()),
+            Kind::Start(s) => Kind::Start(s.clone()),
+            Kind::Mismatch(s) => Kind::Mismatch(s.clone()),
+            Kind::NotInitialized => Kind::NotInitialized,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let worker = |f: &mut fmt::Formatter<'_>| match self.0.worker {
+            Some(w) => write!(f, "worker {w}"),
+            None => f.write_str("a worker"),
+        };
+        match &self.0.kind {
+            Kind::Panic { failure, during } => {
+                match during {
+                    Stage::Task => f.write_str("task panicked in ")?,
+                    Stage::Init => f.write_str("worker_init panicked in ")?,
+                    Stage::Exit => f.write_str("worker_exit panicked in ")?,
+                }
+                worker(f)?;
+                write!(f, ": {failure}")?;
+                if let Some(input) = &failure.input {
+                    write!(f, " (input: {input})")?;
+                } else if let Some(t) = self.0.task {
+                    write!(f, " (task {t})")?;
+                }
+                Ok(())
+            }
+            Kind::WorkerDied { exit, during } => {
+                worker(f)?;
+                write!(f, " {exit} while running {during}")
+            }
+            Kind::Cancelled => f.write_str("task was cancelled"),
+            Kind::Closed => f.write_str("pool is shut down"),
+            Kind::Protocol(m) => {
+                worker(f)?;
+                write!(f, " broke the wire protocol: {m}")
+            }
+            Kind::Codec(m) => write!(f, "serialisation failed: {m}"),
+            Kind::Config(m) => write!(f, "invalid configuration: {m}"),
+            Kind::Start(m) => write!(f, "could not start a worker: {m}"),
+            Kind::Mismatch(m) => write!(f, "worker runs a different binary: {m}"),
+            Kind::NotInitialized => f.write_str(
+                "ampire::init() was not called: process start methods need it as the first line of main",
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind);
+        if let Some(w) = self.0.worker {
+            d.field("worker", &w);
+        }
+        if let Some(t) = self.0.task {
+            d.field("task", &t);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {}
+
+const _: () = {
+    const fn assert_traits<T: Send + Sync + 'static + std::error::Error>() {}
+    assert_traits::<Error>();
+};

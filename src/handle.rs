@@ -1,0 +1,331 @@
+//! What a call returns: futures for `apply` and `map`, streams for `map_stream`.
+//!
+//! Each is configured by value before it is awaited or polled, then driven by the caller's task.
+//! Nothing is sent to a worker before the first poll. Dropping one stops pulling its input,
+//! removes its queued tasks, and kills (and replaces) any process worker still running one of its
+//! tasks; a thread worker cannot be killed, its result is discarded.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use crate::call::{Encode, Engine, IterSource, Options, StreamSource};
+use crate::dispatch::Core;
+use crate::error::Error;
+use crate::task::Output;
+
+/// A single task; `.await` it for its result.
+///
+/// Returned by [`AsyncPool::apply`](crate::AsyncPool::apply). A panic in the task, the death of
+/// its worker or its cancellation fail this task alone; the pool keeps serving.
+#[must_use = "a task does nothing until it is awaited"]
+pub struct Apply<A, R> {
+    core: Arc<Core>,
+    encode: Encode<A>,
+    arg: A,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<A, R> Apply<A, R> {
+    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, arg: A) -> Self {
+        Apply {
+            core,
+            encode,
+            arg,
+            _r: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A: Send + 'static, R: Output> IntoFuture for Apply<A, R> {
+    type Output = Result<R, Error>;
+    type IntoFuture = ApplyFuture<A, R>;
+
+    fn into_future(self) -> ApplyFuture<A, R> {
+        let opts = Options {
+            chunk_size: Some(1),
+            ..Options::default()
+        };
+        ApplyFuture {
+            engine: Engine::new(
+                self.core,
+                self.encode,
+                IterSource(Box::new(Some(self.arg).into_iter())),
+                opts,
+                false,
+            ),
+        }
+    }
+}
+
+impl<A, R> fmt::Debug for Apply<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Apply").finish_non_exhaustive()
+    }
+}
+
+/// The future of an [`Apply`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ApplyFuture<A, R> {
+    engine: Engine<IterSource<Box<std::option::IntoIter<A>>>, A, R>,
+}
+
+impl<A, R: Output> Future for ApplyFuture<A, R> {
+    type Output = Result<R, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.engine.poll_item(cx) {
+            Poll::Ready(Some((_, r))) => {
+                self.engine.finish();
+                Poll::Ready(r)
+            }
+            Poll::Ready(None) => Poll::Ready(Err(Error::closed())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<A, R> Unpin for ApplyFuture<A, R> {}
+
+impl<A, R> fmt::Debug for ApplyFuture<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplyFuture").finish_non_exhaustive()
+    }
+}
+
+macro_rules! options {
+    ($($get:ident)?) => {
+        /// Tasks per chunk: a worker receives this many inputs at once and returns their results
+        /// together. Default: `len / (workers * 64)` rounded up when the input's length is known
+        /// (MPIRE's rule), otherwise adapted to the measured task time (about 2 ms of work per
+        /// chunk), starting at 1.
+        pub fn chunk_size(mut self, n: usize) -> Self {
+            self$(.$get)?.options().chunk_size = Some(n);
+            self
+        }
+
+        /// Split the input into this many chunks instead of giving a chunk size (needs a known
+        /// length).
+        pub fn n_splits(mut self, n: usize) -> Self {
+            self$(.$get)?.options().n_splits = Some(n);
+            self
+        }
+
+        /// At most this many tasks of this call are queued or running at once; input is pulled only
+        /// as results come back, so an endless input runs in bounded memory. A bound smaller than
+        /// the chunk size shrinks the chunks. Default: `workers * 3 * chunk_size`.
+        pub fn max_tasks_active(mut self, n: usize) -> Self {
+            self$(.$get)?.options().max_tasks_active = Some(n);
+            self
+        }
+
+        /// The number of inputs, when the input cannot tell (MPIRE's `iterable_len`). Used for
+        /// the default chunk size and `n_splits`; a wrong value only changes chunking.
+        pub fn len(mut self, n: usize) -> Self {
+            self$(.$get)?.options().len = Some(n);
+            self
+        }
+    };
+}
+
+/// Many tasks, collected into a `Vec`; `.await` it.
+///
+/// Returned by [`AsyncPool::map`](crate::AsyncPool::map) (results in input order) and
+/// [`AsyncPool::map_unordered`](crate::AsyncPool::map_unordered) (in completion order). The
+/// first failure is returned at once and the rest of the call is cancelled ("fail fast"); the pool
+/// stays usable. Use a stream for per-task errors.
+#[must_use = "a map does nothing until it is awaited"]
+pub struct Map<I, A, R> {
+    core: Arc<Core>,
+    encode: Encode<A>,
+    items: I,
+    opts: Options,
+    ordered: bool,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<I, A, R> Map<I, A, R> {
+    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, items: I, ordered: bool) -> Self {
+        Map {
+            core,
+            encode,
+            items,
+            opts: Options::default(),
+            ordered,
+            _r: std::marker::PhantomData,
+        }
+    }
+
+    fn options(&mut self) -> &mut Options {
+        &mut self.opts
+    }
+
+    options!();
+}
+
+impl<I, A, R> IntoFuture for Map<I, A, R>
+where
+    I: Iterator<Item = A>,
+    R: Output,
+{
+    type Output = Result<Vec<R>, Error>;
+    type IntoFuture = MapFuture<I, A, R>;
+
+    fn into_future(self) -> MapFuture<I, A, R> {
+        MapFuture {
+            engine: Engine::new(
+                self.core,
+                self.encode,
+                IterSource(Box::new(self.items)),
+                self.opts,
+                false,
+            ),
+            ordered: self.ordered,
+            slots: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl<I, A, R> fmt::Debug for Map<I, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map")
+            .field("ordered", &self.ordered)
+            .field("options", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of a [`Map`].
+#[must_use = "futures do nothing unless polled"]
+pub struct MapFuture<I, A, R> {
+    engine: Engine<IterSource<Box<I>>, A, R>,
+    ordered: bool,
+    slots: Vec<Option<R>>,
+    out: Vec<R>,
+}
+
+impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
+    type Output = Result<Vec<R>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this.engine.poll_item(cx) {
+                Poll::Ready(Some((i, Ok(r)))) => {
+                    if this.ordered {
+                        if this.slots.len() <= i {
+                            this.slots.resize_with(i + 1, || None);
+                        }
+                        this.slots[i] = Some(r);
+                    } else {
+                        this.out.push(r);
+                    }
+                }
+                Poll::Ready(Some((_, Err(e)))) => {
+                    this.engine.finish();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(None) => {
+                    if !this.ordered {
+                        return Poll::Ready(Ok(std::mem::take(&mut this.out)));
+                    }
+                    let slots = std::mem::take(&mut this.slots);
+                    let n = slots.len();
+                    let out: Vec<R> = slots.into_iter().flatten().collect();
+                    if out.len() != n {
+                        return Poll::Ready(Err(Error::closed()));
+                    }
+                    return Poll::Ready(Ok(out));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+// Nothing in a `MapFuture` is pinned: the iterator is boxed, the rest is plain data.
+impl<I, A, R> Unpin for MapFuture<I, A, R> {}
+
+impl<I, A, R> fmt::Debug for MapFuture<I, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapFuture")
+            .field("ordered", &self.ordered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream of results, one per input, each a `Result`: a failed task yields its `Err` and the
+/// stream goes on.
+///
+/// Returned by [`AsyncPool::map_stream`](crate::AsyncPool::map_stream) (input order) and
+/// [`AsyncPool::map_stream_unordered`](crate::AsyncPool::map_stream_unordered) (completion
+/// order). Input is pulled only as capacity frees, so a slow consumer slows the producer down.
+///
+/// **The reorder window.** In input order, results that finished early wait for the tasks before
+/// them. At most `max_tasks_active` tasks run, and at most `reorder_window` (default: the same
+/// number) more finished results are held; when the head task is slow, the stream stops pulling
+/// input once that window is full, so memory stays bounded and the workers may idle until the
+/// head finishes.
+#[must_use = "streams do nothing unless polled"]
+pub struct MapStream<St, A, R> {
+    engine: Engine<StreamSource<Pin<Box<St>>>, A, R>,
+}
+
+impl<St, A, R: Output> MapStream<St, A, R>
+where
+    St: Stream<Item = A>,
+{
+    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, input: St, ordered: bool) -> Self {
+        MapStream {
+            engine: Engine::new(
+                core,
+                encode,
+                StreamSource(Box::pin(input)),
+                Options::default(),
+                ordered,
+            ),
+        }
+    }
+}
+
+impl<St, A, R> MapStream<St, A, R> {
+    fn options(&mut self) -> &mut Options {
+        self.engine.options()
+    }
+
+    options!();
+
+    /// Ordered streams: how many finished results may wait for a slower task before them.
+    pub fn reorder_window(mut self, n: usize) -> Self {
+        self.engine.options().reorder_window = Some(n);
+        self
+    }
+}
+
+impl<St, A, R: Output> Stream for MapStream<St, A, R>
+where
+    St: Stream<Item = A>,
+{
+    type Item = Result<R, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.engine.poll_item(cx).map(|item| item.map(|(_, r)| r))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.engine.size_hint()
+    }
+}
+
+impl<St, A, R> Unpin for MapStream<St, A, R> {}
+
+impl<St, A, R> fmt::Debug for MapStream<St, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapStream").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,548 @@
+//! [`AsyncPool`] and its [`Builder`].
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+
+use crate::call::encoder;
+use crate::dispatch::{Core, Settings};
+use crate::error::{Error, Kind};
+use crate::handle::{Apply, Map, MapStream};
+use crate::start::{Spec, StartMethod, backend};
+use crate::sys::image::{ExitEntry, SetupEntry};
+use crate::task::{
+    self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
+};
+
+/// A pool of workers that runs tasks and hands back their results as futures and streams.
+///
+/// Build one with [`AsyncPool::builder`]. `S` is the type of the shared object, `W` of each
+/// worker's state and `E` of the exit results; all default to `()`.
+///
+/// Dropping the pool kills its workers at once (no exit functions run) and fails every task not
+/// yet finished with [`Error::is_closed`]. [`AsyncPool::shutdown`] instead finishes the queued
+/// tasks, runs `worker_exit` and returns its results.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # async fn demo() -> Result<(), ampire::Error> {
+/// let pool = ampire::AsyncPool::builder().workers(2).build().await?;
+/// assert_eq!(pool.apply(square, 7).await?, 49);
+/// assert_eq!(pool.map(square, 0..4u64).await?, vec![0, 1, 4, 9]);
+/// pool.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct AsyncPool<S = (), W = (), E = ()> {
+    core: Arc<Core>,
+    _t: PhantomData<fn() -> (S, W, E)>,
+}
+
+/// Configures and starts an [`AsyncPool`].
+///
+/// Call [`shared`](Builder::shared), then [`worker_init`](Builder::worker_init), then
+/// [`worker_exit`](Builder::worker_exit) (each is optional); the other setters may come in any
+/// order. Everything is checked in [`build`](Builder::build).
+#[must_use = "a builder does nothing until built"]
+pub struct Builder<S = (), W = (), E = ()> {
+    workers: Option<usize>,
+    method: StartMethod,
+    shared: S,
+    setup: Entry<SetupEntry>,
+    exit: Option<Entry<ExitEntry>>,
+    order_tasks: bool,
+    max_frame_len: usize,
+    start_timeout: Duration,
+    depth: usize,
+    _t: PhantomData<fn() -> (W, E)>,
+}
+
+impl AsyncPool {
+    /// A builder with the defaults: one worker per CPU, [`StartMethod::Forkserver`].
+    pub fn builder() -> Builder {
+        Builder {
+            workers: None,
+            method: StartMethod::default(),
+            shared: (),
+            setup: task::setup::<NoInit, (), ()>(),
+            exit: None,
+            order_tasks: false,
+            max_frame_len: crate::wire::DEFAULT_MAX_FRAME,
+            start_timeout: Duration::from_secs(60),
+            depth: 2,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<S, W, E> Builder<S, W, E> {
+    /// Number of workers. Default: the number of CPUs this process may use.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// How workers are started; see [`StartMethod`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Chunk `i` of every call goes to worker `i % workers`, instead of to whichever worker is
+    /// free first (MPIRE's `order_tasks`). Uneven tasks then take longer overall.
+    pub fn order_tasks(mut self, on: bool) -> Self {
+        self.order_tasks = on;
+        self
+    }
+
+    /// The largest frame (a chunk of inputs, of results, or the shared object) either side
+    /// accepts. A worker that sends a larger one is killed and replaced. Default: 1 GiB.
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+
+    /// How long a new worker may take to start and run `worker_init`. Default: 60 s.
+    pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How many chunks each worker may hold at once (one running, the rest queued in its pipe),
+    /// so it never waits for the next. Default: 2.
+    pub fn pipeline_depth(mut self, chunks: usize) -> Self {
+        self.depth = chunks;
+        self
+    }
+
+    fn retype<S2, W2, E2>(
+        self,
+        shared: impl FnOnce(S) -> S2,
+        setup: Entry<SetupEntry>,
+        exit: Option<Entry<ExitEntry>>,
+    ) -> Builder<S2, W2, E2> {
+        Builder {
+            workers: self.workers,
+            method: self.method,
+            shared: shared(self.shared),
+            setup,
+            exit,
+            order_tasks: self.order_tasks,
+            max_frame_len: self.max_frame_len,
+            start_timeout: self.start_timeout,
+            depth: self.depth,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl Builder<(), (), ()> {
+    /// The pool's shared object (MPIRE's `shared_objects`), passed to tasks as
+    /// [`Worker::shared`]. Under `Threading` every worker sees this very object; under `Fork`
+    /// workers inherit it copy-on-write, with no copy at all; under `Spawn` and `Forkserver` it is
+    /// serialised once per worker, not once per task.
+    pub fn shared<S: Shared>(self, shared: S) -> Builder<S, (), ()> {
+        self.retype(|()| shared, task::setup::<NoInit, S, ()>(), None)
+    }
+}
+
+impl<S: Shared> Builder<S, (), ()> {
+    /// Runs once in each worker, before its first task, and returns the worker's state
+    /// ([`Worker::state`]). A replacement worker runs it again. If it panics, `build()` fails
+    /// with [`Error::is_init`]; if it panics in a replacement, the pool is broken and every queued
+    /// and later task fails with that error.
+    pub fn worker_init<F, W>(self, init: F) -> Builder<S, W, ()>
+    where
+        F: Fn(&Worker<'_, S, ()>) -> W + Copy + Send + Sync + 'static,
+        W: 'static,
+    {
+        let _ = Init::new(init);
+        self.retype(|s| s, task::setup::<Init<F>, S, W>(), None)
+    }
+}
+
+impl<S: Shared, W: 'static> Builder<S, W, ()> {
+    /// Runs in each worker at [`AsyncPool::shutdown`]; its return values are what `shutdown`
+    /// returns, one per worker in worker order (MPIRE's exit results).
+    pub fn worker_exit<F, E>(self, exit: F) -> Builder<S, W, E>
+    where
+        F: Fn(&mut Worker<'_, S, W>) -> E + Copy + Send + Sync + 'static,
+        E: Output,
+    {
+        let _ = ExitFn::new(exit);
+        let setup = self.setup;
+        self.retype(|s| s, setup, Some(task::exit::<ExitFn<F>, S, W, E>()))
+    }
+}
+
+impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
+    /// Starts the workers and waits until each has run `worker_init`.
+    ///
+    /// Must be called from within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::is_config`]: invalid settings, or a process start method without
+    ///   `ampire::init()`;
+    /// - [`Error::is_init`]: `worker_init` panicked (or the worker died in it);
+    /// - a worker could not be started, or runs a different binary.
+    pub async fn build(self) -> Result<AsyncPool<S, W, E>, Error> {
+        crate::sys::ctor::keep();
+        let workers = match self.workers {
+            Some(0) => return Err(Error::config("workers must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.depth == 0 {
+            return Err(Error::config("pipeline_depth must be at least 1"));
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > u32::MAX as usize {
+            return Err(Error::config(
+                "max_frame_len must be between 1 KiB and 4 GiB",
+            ));
+        }
+        if self.method.is_process() {
+            if crate::role::undiverted_child() {
+                return Err(Error::config(
+                    "this process was started as an ampire worker but did not become one; is ampire linked as a dynamic library?",
+                ));
+            }
+            if !crate::role::initialized() {
+                return Err(Error::new(Kind::NotInitialized));
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config("build() must run inside a tokio runtime"));
+        }
+        crate::worker::install_panic_hook();
+        let shared_bytes = match self.method {
+            StartMethod::Spawn | StartMethod::Forkserver => postcard::to_stdvec(&self.shared)
+                .map_err(|e| Error::codec("could not serialise the shared object", e))?,
+            _ => Vec::new(),
+        };
+        if shared_bytes.len() > self.max_frame_len {
+            return Err(Error::config(format!(
+                "the shared object takes {} bytes, more than max_frame_len ({})",
+                shared_bytes.len(),
+                self.max_frame_len
+            )));
+        }
+        let spec = Spec {
+            shared: Arc::new(self.shared) as Arc<dyn Any + Send + Sync>,
+            shared_bytes: Arc::new(shared_bytes),
+            setup: self.setup,
+            max_frame: self.max_frame_len,
+            start_timeout: self.start_timeout,
+        };
+        let settings = Settings {
+            method: self.method,
+            workers,
+            depth: self.depth,
+            order_tasks: self.order_tasks,
+            exit: self.exit,
+        };
+        let core = Core::new(settings, spec, backend(self.method));
+        let starts: Vec<_> = (0..workers)
+            .map(|slot| {
+                let core = core.clone();
+                tokio::spawn(async move { core.start_worker(slot).await })
+            })
+            .collect();
+        let mut conns = Vec::with_capacity(workers);
+        let mut first_err = None;
+        for s in starts {
+            match s.await {
+                Ok(Ok(c)) => conns.push(c),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(Error::start(e));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e); // the started workers are killed as `conns` drops
+        }
+        core.run(conns);
+        Ok(AsyncPool {
+            core,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<S, W, E> fmt::Debug for Builder<S, W, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("start_method", &self.method)
+            .field("order_tasks", &self.order_tasks)
+            .field("max_frame_len", &self.max_frame_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
+    /// Runs `f(arg)` on a worker.
+    ///
+    /// `f` must be an `fn` item or a closure that captures nothing; anything else is a compile
+    /// error, under every start method. Nothing is sent before the returned value is first polled;
+    /// spawn it (`tokio::spawn`) to run it in the background.
+    ///
+    /// ```compile_fail
+    /// # async fn demo(pool: ampire::AsyncPool) {
+    /// let offset = 3u64;
+    /// // A closure that captures `offset` cannot be named in another process.
+    /// let _ = pool.apply(move |x: u64| x + offset, 1).await;
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # async fn demo(pool: ampire::AsyncPool) {
+    /// struct NotSerialisable;
+    /// fn f(_: NotSerialisable) {}
+    /// let _ = pool.apply(f, NotSerialisable).await;
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The future fails if the task panicked ([`Error::is_panic`]), its worker died
+    /// ([`Error::is_worker_died`]) or the pool was shut down ([`Error::is_closed`]).
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Apply<A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Input,
+        R: Output,
+    {
+        let _ = Plain::new(f);
+        Apply::new(self.core.clone(), encoder::<Plain<F>, S, W, A, R>(), arg)
+    }
+
+    /// Like [`apply`](Self::apply), for a task that takes its [`Worker`] context first.
+    pub fn apply_with<F, A, R>(&self, f: F, arg: A) -> Apply<A, R>
+    where
+        F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+        A: Input,
+        R: Output,
+    {
+        let _ = WithWorker::new(f);
+        Apply::new(
+            self.core.clone(),
+            encoder::<WithWorker<F>, S, W, A, R>(),
+            arg,
+        )
+    }
+
+    /// Runs `f` on every item and collects the results in input order. Fails fast: the first
+    /// failure is returned and the rest of the call is cancelled.
+    ///
+    /// The input is pulled as capacity frees (see [`Map::max_tasks_active`]); per-call options
+    /// are set on the returned value before it is awaited.
+    pub fn map<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = Plain::new(f);
+        Map::new(
+            self.core.clone(),
+            encoder::<Plain<F>, S, W, A, R>(),
+            items.into_iter(),
+            true,
+        )
+    }
+
+    /// Like [`map`](Self::map), with the [`Worker`] context.
+    pub fn map_with<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
+    where
+        F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = WithWorker::new(f);
+        Map::new(
+            self.core.clone(),
+            encoder::<WithWorker<F>, S, W, A, R>(),
+            items.into_iter(),
+            true,
+        )
+    }
+
+    /// Like [`map`](Self::map), with results in the order they complete.
+    pub fn map_unordered<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = Plain::new(f);
+        Map::new(
+            self.core.clone(),
+            encoder::<Plain<F>, S, W, A, R>(),
+            items.into_iter(),
+            false,
+        )
+    }
+
+    /// Like [`map_unordered`](Self::map_unordered), with the [`Worker`] context.
+    pub fn map_unordered_with<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
+    where
+        F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+        I: IntoIterator<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = WithWorker::new(f);
+        Map::new(
+            self.core.clone(),
+            encoder::<WithWorker<F>, S, W, A, R>(),
+            items.into_iter(),
+            false,
+        )
+    }
+
+    /// Runs `f` on every item of a stream and yields the results in input order, each a
+    /// `Result`: a failed task yields its error and the stream continues.
+    ///
+    /// Backpressured: input is pulled only as capacity frees, so an endless input works in
+    /// bounded memory. Dropping the stream stops pulling and cancels what it queued.
+    pub fn map_stream<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        St: Stream<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = Plain::new(f);
+        MapStream::new(
+            self.core.clone(),
+            encoder::<Plain<F>, S, W, A, R>(),
+            input,
+            true,
+        )
+    }
+
+    /// Like [`map_stream`](Self::map_stream), with the [`Worker`] context.
+    pub fn map_stream_with<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
+    where
+        F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+        St: Stream<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = WithWorker::new(f);
+        MapStream::new(
+            self.core.clone(),
+            encoder::<WithWorker<F>, S, W, A, R>(),
+            input,
+            true,
+        )
+    }
+
+    /// Like [`map_stream`](Self::map_stream), yielding results as they complete.
+    pub fn map_stream_unordered<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        St: Stream<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = Plain::new(f);
+        MapStream::new(
+            self.core.clone(),
+            encoder::<Plain<F>, S, W, A, R>(),
+            input,
+            false,
+        )
+    }
+
+    /// Like [`map_stream_unordered`](Self::map_stream_unordered), with the [`Worker`] context.
+    pub fn map_stream_unordered_with<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
+    where
+        F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+        St: Stream<Item = A>,
+        A: Input,
+        R: Output,
+    {
+        let _ = WithWorker::new(f);
+        MapStream::new(
+            self.core.clone(),
+            encoder::<WithWorker<F>, S, W, A, R>(),
+            input,
+            false,
+        )
+    }
+
+    /// Finishes the queued tasks, runs `worker_exit` in every worker, waits for the workers to
+    /// leave, and returns the exit results in worker order.
+    ///
+    /// # Errors
+    ///
+    /// A panic in `worker_exit`, or a pool broken by a failing `worker_init`.
+    pub async fn shutdown(self) -> Result<Vec<E>, Error> {
+        let exits = self.core.shutdown().await?;
+        exits
+            .into_iter()
+            .map(|r| {
+                r.and_then(|bytes| {
+                    postcard::from_bytes(&bytes)
+                        .map_err(|e| Error::codec("could not deserialise an exit result", e))
+                })
+            })
+            .collect()
+    }
+}
+
+impl<S, W, E> AsyncPool<S, W, E> {
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.core.settings.workers
+    }
+
+    /// The start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.core.settings.method
+    }
+
+    /// The process id of each worker (`None` for thread workers, or while a worker restarts).
+    pub fn worker_pids(&self) -> Vec<Option<u32>> {
+        self.core.pids()
+    }
+}
+
+impl<S, W, E> Drop for AsyncPool<S, W, E> {
+    fn drop(&mut self) {
+        self.core.stop();
+    }
+}
+
+impl<S, W, E> fmt::Debug for AsyncPool<S, W, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncPool")
+            .field("workers", &self.core.settings.workers)
+            .field("start_method", &self.core.settings.method)
+            .field("worker_pids", &self.core.pids())
+            .finish()
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<AsyncPool>();
+    assert_send_sync::<AsyncPool<Vec<u8>, std::rc::Rc<()>, String>>();
+    assert_send_sync::<Error>();
+};

@@ -1,0 +1,122 @@
+//! `ampire::init()`, the roles a process can take, and process-local globals.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use crate::sys;
+
+/// The environment variable that tells a re-executed child which role to take.
+pub(crate) const ROLE_VAR: &str = "AMPIRE_ROLE";
+pub(crate) const ROLE_WORKER: &str = "worker";
+pub(crate) const ROLE_SERVER: &str = "forkserver";
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Prepares this process for process start methods. Call it as the first line of `main`.
+///
+/// - In a child started by the `Spawn` method (or a re-executed forkserver) it takes that role
+///   and never returns. (A life-before-main hook of the crate normally does this even earlier,
+///   before `main` and before a test harness runs; `init` is the safety net.)
+/// - In the pool owner, while the process is still single-threaded, it forks the forkserver: a
+///   small single-threaded process that later forks `Forkserver` workers. If threads already
+///   exist (for example in a `cargo test` binary), the forkserver is started on first use by
+///   re-executing the binary instead, which is safe from any thread.
+///
+/// Calling it more than once is harmless. Pools with a process start method fail to build
+/// without it ([`Error::is_config`](crate::Error::is_config)); `Threading` pools do not need it.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn main() {
+///     ampire::init();
+///     // ... build a tokio runtime and pools ...
+/// }
+/// ```
+pub fn init() {
+    sys::ctor::keep();
+    divert_if_child();
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        INITIALIZED.store(true, Ordering::SeqCst);
+        if sys::fork::single_threaded() {
+            // A failure is not fatal: the forkserver is then started on first use.
+            let _ = crate::start::forkserver::start_early();
+        }
+    });
+}
+
+/// Whether `init()` ran in this process (or in the process this one was forked from).
+pub(crate) fn initialized() -> bool {
+    INITIALIZED.load(Ordering::SeqCst)
+}
+
+/// Whether this process was started as a child of ours but was not diverted into its role.
+pub(crate) fn undiverted_child() -> bool {
+    std::env::var_os(ROLE_VAR).is_some()
+}
+
+/// Takes the role named by `AMPIRE_ROLE`, if any, and never returns in that case.
+pub(crate) fn divert_if_child() {
+    let Some(role) = std::env::var_os(ROLE_VAR) else {
+        return;
+    };
+    sys::ctor::remove_env_single_threaded(ROLE_VAR);
+    INITIALIZED.store(true, Ordering::SeqCst);
+    sys::fd::ignore_sigpipe();
+    let code = std::panic::catch_unwind(|| match role.to_str() {
+        Some(ROLE_WORKER) => match (sys::fd::adopt(3), sys::fd::adopt(4)) {
+            (Some(tasks), Some(results)) => crate::worker::serve(tasks, results, None),
+            _ => 2,
+        },
+        Some(ROLE_SERVER) => match sys::fd::adopt(3) {
+            Some(ctl) => crate::start::forkserver::serve(ctl),
+            None => 2,
+        },
+        _ => 2,
+    })
+    .unwrap_or(101);
+    sys::fork::exit_now(code)
+}
+
+/// A global whose value belongs to one process: a child forked from this process sees no value
+/// (and never drops its parent's), so threads and descriptors of the parent are never reused.
+pub(crate) struct ProcessLocal<T> {
+    slot: AtomicPtr<(u32, T)>,
+}
+
+impl<T: Send + Sync + 'static> ProcessLocal<T> {
+    pub(crate) const fn new() -> Self {
+        ProcessLocal {
+            slot: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The value of this process, if set.
+    pub(crate) fn get(&self) -> Option<&'static T> {
+        let p = self.slot.load(Ordering::Acquire);
+        sys::fork::deref_leaked(p)
+            .filter(|(pid, _)| *pid == std::process::id())
+            .map(|(_, v)| v)
+    }
+
+    /// The value of this process, created by `make` if there is none yet.
+    pub(crate) fn get_or_try_init<E>(
+        &self,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<&'static T, E> {
+        if let Some(v) = self.get() {
+            return Ok(v);
+        }
+        let current = self.slot.load(Ordering::Acquire);
+        let leaked: &'static mut (u32, T) = Box::leak(Box::new((std::process::id(), make()?)));
+        match self
+            .slot
+            .compare_exchange(current, leaked, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(&leaked.1),
+            // Another thread won the race; ours stays leaked but unused, which is rare and small.
+            Err(_) => Ok(self.get().unwrap_or(&leaked.1)),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `Fork`: a copy-on-write copy of this process, forked from the launcher thread.
+//!
+//! The child is a copy of the launcher thread alone. It never touches tokio (its loop is blocking
+//! I/O on two pipes), never returns into the launcher's frames, never drops inherited state and
+//! leaves through `_exit`. The standard streams' locks are held across the fork (see
+//! `sys::fork::fork_with`), and glibc resets its allocator locks in the child, so printing and
+//! allocating are safe.
+//!
+//! **The remaining hazard**, as CPython documents for its `fork` method: any *other* lock that
+//! another thread of the pool owner held at the moment of the fork stays locked forever in the
+//! child (a `Mutex` of your own, a logger's, a C library's). A task that takes such a lock in a
+//! `Fork` worker deadlocks. `Forkserver` workers are forked from a process that has only one
+//! thread and do not have this problem; prefer it unless you need copy-on-write sharing of data
+//! built after start-up.
+
+use std::any::Any;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::{BoxFuture, Link, Pipes, Process, Spec, Start, launcher};
+use crate::error::{Error, Exit};
+use crate::sys;
+
+pub(crate) struct Fork;
+
+impl Start for Fork {
+    fn launch<'a>(&'a self, _id: usize, spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+        Box::pin(async move {
+            let Pipes {
+                tasks_w,
+                results_r,
+                tasks_r,
+                results_w,
+            } = Pipes::new().map_err(Error::start)?;
+            let shared: Arc<dyn Any + Send + Sync> = spec.shared.clone();
+            let parents_ends = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
+            let parent = std::process::id();
+            let (pid, pidfd) = launcher::run(move || {
+                let pid = sys::fork::fork_with(move || {
+                    for fd in parents_ends {
+                        sys::fd::close_inherited(fd);
+                    }
+                    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                        || nix::unistd::getppid().as_raw() as u32 != parent
+                    {
+                        return 1;
+                    }
+                    crate::worker::serve(tasks_r, results_w, Some(shared))
+                })?;
+                let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
+                Ok::<_, std::io::Error>((pid, pidfd))
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(|e| Error::start(format!("could not fork: {e}")))?;
+            let pidfd = sys::fd::register(pidfd, Interest::READABLE).map_err(Error::start)?;
+            let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
+            Ok(Link::Process {
+                tasks,
+                results,
+                proc: Box::new(Forked {
+                    pid,
+                    pidfd,
+                    exit: None,
+                }),
+                inherits: true,
+            })
+        })
+    }
+}
+
+/// A child of this process, watched through its pidfd and reaped with `waitpid(pid)`.
+pub(crate) struct Forked {
+    pid: Pid,
+    pidfd: AsyncFd<OwnedFd>,
+    exit: Option<Exit>,
+}
+
+fn to_exit(status: WaitStatus) -> Option<Exit> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(Exit::Code(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(Exit::Signal(sig as i32)),
+        WaitStatus::StillAlive => None,
+        _ => None,
+    }
+}
+
+impl Process for Forked {
+    fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = sys::fd::pidfd_send_signal(self.pidfd.get_ref(), libc::SIGKILL);
+        }
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            while self.exit.is_none() {
+                let Ok(mut guard) = self.pidfd.readable().await else {
+                    self.exit = Some(Exit::Unknown);
+                    break;
+                };
+                match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(status) => match to_exit(status) {
+                        Some(exit) => self.exit = Some(exit),
+                        None => guard.clear_ready(),
+                    },
+                    Err(_) => self.exit = Some(Exit::Unknown),
+                }
+            }
+            self.exit.unwrap_or(Exit::Unknown)
+        })
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+            let pid = self.pid;
+            // Reap on the launcher thread: after SIGKILL this returns as soon as the kernel has
+            // torn the process down, and no zombie stays behind.
+            let _ = launcher::submit(move || {
+                let _ = waitpid(pid, None);
+            });
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! `Forkserver`: workers forked from a small single-threaded server.
+//!
+//! `ampire::init()` forks the server while the pool owner is still single-threaded (or, when
+//! threads already exist, re-executes the binary in the server role from the launcher thread).
+//! The owner and the server talk over an `AF_UNIX` `SOCK_SEQPACKET` socket pair, one message per
+//! datagram:
+//!
+//! - owner → server: `Spawn { token }` with the worker's two pipe ends attached (`SCM_RIGHTS`);
+//! - server → owner: `Spawned { token, pid }` with a pidfd of the new worker attached, opened
+//!   before the server could reap it (so the pid cannot have been reused); `Failed { token }`;
+//!   `Exited { pid, exit }` when the server reaped a worker (only a parent can collect a status).
+//!
+//! The server dies with its owner (`PR_SET_PDEATHSIG` and EOF on the socket), and its workers die
+//! with the server (`PR_SET_PDEATHSIG`, set by the server's only thread).
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use super::{BoxFuture, Link, Pipes, Process, Spec, Start, launcher};
+use crate::error::{Error, Exit};
+use crate::role::{ProcessLocal, ROLE_SERVER, ROLE_VAR};
+use crate::sys;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Spawn { token: u64 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Spawned {
+        token: u64,
+        pid: i32,
+    },
+    Failed {
+        token: u64,
+        error: String,
+    },
+    Exited {
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process.
+
+/// The server's loop; returns its exit code.
+pub(crate) fn serve(ctl: OwnedFd) -> i32 {
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let mut old = SigSet::empty();
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&chld), Some(&mut old))
+        .is_err()
+    {
+        return 2;
+    }
+    let Ok(sfd) = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        return 2;
+    };
+    let server = std::process::id();
+    let mut buf = [0u8; 256];
+    loop {
+        let mut fds = [
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 2,
+        }
+        let ctl_ready = fds[0].any().unwrap_or(false);
+        let chld_ready = fds[1].any().unwrap_or(false);
+        if chld_ready {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            loop {
+                let reply = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => Reply::Exited {
+                        pid: pid.as_raw(),
+                        code: Some(code),
+                        signal: None,
+                    },
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => Reply::Exited {
+                        pid: pid.as_raw(),
+                        code: None,
+                        signal: Some(sig as i32),
+                    },
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if send(&ctl, &reply, &[]).is_err() {
+                    return 0;
+                }
+            }
+        }
+        if ctl_ready {
+            let (n, fds) = match sys::fd::recv_with_fds(&ctl, &mut buf) {
+                Ok(r) => r,
+                Err(_) => return 0,
+            };
+            if n == 0 && fds.is_empty() {
+                return 0; // the owner is gone
+            }
+            let Ok(Request::Spawn { token }) = postcard::from_bytes::<Request>(&buf[..n]) else {
+                continue;
+            };
+            let reply = match <[OwnedFd; 2]>::try_from(fds) {
+                Ok([tasks_r, results_w]) => {
+                    spawn_one(&ctl, &sfd, &old, server, tasks_r, results_w, token)
+                }
+                Err(_) => Err((
+                    Reply::Failed {
+                        token,
+                        error: "expected two descriptors".into(),
+                    },
+                    None,
+                )),
+            };
+            let sent = match reply {
+                Ok((reply, pidfd)) => send(&ctl, &reply, &[pidfd.as_raw_fd()]),
+                Err((reply, _)) => send(&ctl, &reply, &[]),
+            };
+            if sent.is_err() {
+                return 0;
+            }
+        }
+    }
+}
+
+type SpawnResult = Result<(Reply, OwnedFd), (Reply, Option<OwnedFd>)>;
+
+fn spawn_one(
+    ctl: &OwnedFd,
+    sfd: &SignalFd,
+    old: &SigSet,
+    server: u32,
+    tasks_r: OwnedFd,
+    results_w: OwnedFd,
+    token: u64,
+) -> SpawnResult {
+    let (ctl_fd, sfd_fd) = (ctl.as_raw_fd(), sfd.as_fd().as_raw_fd());
+    let old = *old;
+    let forked = sys::fork::fork_with(move || {
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        sys::fd::close_inherited(ctl_fd);
+        sys::fd::close_inherited(sfd_fd);
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid().as_raw() as u32 != server
+        {
+            return 1;
+        }
+        crate::worker::serve(tasks_r, results_w, None)
+    });
+    let failed = |e: std::io::Error| {
+        (
+            Reply::Failed {
+                token,
+                error: e.to_string(),
+            },
+            None,
+        )
+    };
+    let pid = forked.map_err(failed)?;
+    let pidfd = sys::fd::pidfd_open(pid.as_raw()).map_err(failed)?;
+    Ok((
+        Reply::Spawned {
+            token,
+            pid: pid.as_raw(),
+        },
+        pidfd,
+    ))
+}
+
+fn send<T: Serialize>(sock: &impl AsFd, msg: &T, fds: &[i32]) -> std::io::Result<()> {
+    let bytes = postcard::to_stdvec(msg).map_err(std::io::Error::other)?;
+    sys::fd::send_with_fds(sock, &bytes, fds)
+}
+
+/// Forks the server from this (single-threaded) process; called by `init()`.
+pub(crate) fn start_early() -> std::io::Result<()> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let owner = std::process::id();
+    let ours_fd = ours.as_raw_fd();
+    sys::fork::fork_with(move || {
+        sys::fd::close_inherited(ours_fd);
+        sys::fd::ignore_sigpipe();
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid().as_raw() as u32 != owner
+        {
+            return 1;
+        }
+        serve(theirs)
+    })?;
+    CLIENT.get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None)))?;
+    install(Client::new(ours, None)?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The owner's side.
+
+static CLIENT: ProcessLocal<Mutex<Option<Arc<Client>>>> = ProcessLocal::new();
+
+fn install(client: Arc<Client>) {
+    if let Ok(slot) = CLIENT.get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None))) {
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
+    }
+}
+
+/// The connection to this process's forkserver, started on first use if `init()` could not.
+async fn client() -> Result<Arc<Client>, Error> {
+    let slot = CLIENT
+        .get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None)))
+        .map_err(Error::start)?;
+    if let Some(c) = slot
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .filter(|c| !c.is_dead())
+    {
+        return Ok(c.clone());
+    }
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::start(format!("could not create the forkserver socket: {e}")))?;
+    let child = launcher::run(move || {
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.env(ROLE_VAR, ROLE_SERVER)
+            .stdin(std::process::Stdio::null());
+        if let Some(arg0) = std::env::args_os().next() {
+            std::os::unix::process::CommandExt::arg0(&mut cmd, arg0);
+        }
+        sys::fd::prepare_child(&mut cmd, [theirs.as_raw_fd()], std::process::id() as i32);
+        let child = cmd.spawn();
+        drop(theirs);
+        child
+    })
+    .await
+    .and_then(|r| r)
+    .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
+    let client = Client::new(ours, Some(child)).map_err(Error::start)?;
+    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    match guard.as_ref().filter(|c| !c.is_dead()) {
+        Some(existing) => Ok(existing.clone()), // another pool raced us; ours shuts down
+        None => {
+            *guard = Some(client.clone());
+            Ok(client)
+        }
+    }
+}
+
+struct Client {
+    ctl: OwnedFd,
+    state: Mutex<ClientState>,
+}
+
+#[derive(Default)]
+struct ClientState {
+    next_token: u64,
+    dead: bool,
+    pending: HashMap<u64, oneshot::Sender<Result<(i32, OwnedFd), String>>>,
+    live: HashSet<i32>,
+    exits: HashMap<i32, ExitSlot>,
+}
+
+enum ExitSlot {
+    Waiting(oneshot::Sender<Exit>),
+    Arrived(Exit),
+}
+
+impl Client {
+    fn new(ctl: OwnedFd, child: Option<std::process::Child>) -> std::io::Result<Arc<Client>> {
+        let client = Arc::new(Client {
+            ctl,
+            state: Mutex::new(ClientState::default()),
+        });
+        let reader = client.clone();
+        std::thread::Builder::new()
+            .name("ampire-forkserver".into())
+            .spawn(move || {
+                reader.read_loop();
+                if let Some(mut child) = child {
+                    let _ = child.wait();
+                }
+            })?;
+        Ok(client)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ClientState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_dead(&self) -> bool {
+        self.state().dead
+    }
+
+    fn read_loop(&self) {
+        let mut buf = [0u8; 256];
+        loop {
+            let (n, mut fds) = match sys::fd::recv_with_fds(&self.ctl, &mut buf) {
+                Ok((0, fds)) if fds.is_empty() => break,
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            let Ok(reply) = postcard::from_bytes::<Reply>(&buf[..n]) else {
+                continue;
+            };
+            let mut st = self.state();
+            match reply {
+                Reply::Spawned { token, pid } => {
+                    let Some(tx) = st.pending.remove(&token) else {
+                        continue;
+                    };
+                    match fds.pop() {
+                        Some(pidfd) => {
+                            st.live.insert(pid);
+                            let _ = tx.send(Ok((pid, pidfd)));
+                        }
+                        None => {
+                            let _ = tx.send(Err("the forkserver sent no pidfd".into()));
+                        }
+                    }
+                }
+                Reply::Failed { token, error } => {
+                    if let Some(tx) = st.pending.remove(&token) {
+                        let _ = tx.send(Err(error));
+                    }
+                }
+                Reply::Exited { pid, code, signal } => {
+                    let exit = match (code, signal) {
+                        (Some(c), _) => Exit::Code(c),
+                        (_, Some(s)) => Exit::Signal(s),
+                        _ => Exit::Unknown,
+                    };
+                    if !st.live.remove(&pid) {
+                        continue;
+                    }
+                    match st.exits.remove(&pid) {
+                        Some(ExitSlot::Waiting(tx)) => {
+                            let _ = tx.send(exit);
+                        }
+                        _ => {
+                            st.exits.insert(pid, ExitSlot::Arrived(exit));
+                        }
+                    }
+                }
+            }
+        }
+        // The server is gone; its workers died with it (PR_SET_PDEATHSIG).
+        let mut st = self.state();
+        st.dead = true;
+        st.pending.clear();
+        for (_, slot) in st.exits.drain() {
+            if let ExitSlot::Waiting(tx) = slot {
+                let _ = tx.send(Exit::Unknown);
+            }
+        }
+        st.live.clear();
+    }
+
+    async fn spawn(&self, tasks_r: OwnedFd, results_w: OwnedFd) -> Result<(i32, OwnedFd), String> {
+        let (tx, rx) = oneshot::channel();
+        let token = {
+            let mut st = self.state();
+            if st.dead {
+                return Err("the forkserver exited".into());
+            }
+            st.next_token += 1;
+            let token = st.next_token;
+            st.pending.insert(token, tx);
+            token
+        };
+        let msg = postcard::to_stdvec(&Request::Spawn { token }).map_err(|e| e.to_string())?;
+        sys::fd::send_with_fds(
+            &self.ctl,
+            &msg,
+            &[tasks_r.as_raw_fd(), results_w.as_raw_fd()],
+        )
+        .map_err(|e| {
+            self.state().pending.remove(&token);
+            e.to_string()
+        })?;
+        drop((tasks_r, results_w));
+        rx.await.map_err(|_| "the forkserver exited".to_string())?
+    }
+
+    fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state();
+        match st.exits.remove(&pid) {
+            Some(ExitSlot::Arrived(exit)) => {
+                let _ = tx.send(exit);
+            }
+            _ if st.dead => {
+                let _ = tx.send(Exit::Unknown);
+            }
+            _ => {
+                st.exits.insert(pid, ExitSlot::Waiting(tx));
+            }
+        }
+        rx
+    }
+
+    fn forget(&self, pid: i32) {
+        let mut st = self.state();
+        st.live.remove(&pid);
+        st.exits.remove(&pid);
+    }
+}
+
+pub(crate) struct Forkserver;
+
+impl Start for Forkserver {
+    fn launch<'a>(&'a self, _id: usize, _spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+        Box::pin(async move {
+            let client = client().await?;
+            let Pipes {
+                tasks_w,
+                results_r,
+                tasks_r,
+                results_w,
+            } = Pipes::new().map_err(Error::start)?;
+            let (pid, pidfd) = client
+                .spawn(tasks_r, results_w)
+                .await
+                .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
+            let exit = client.watch(pid);
+            let pidfd = sys::fd::register(pidfd, Interest::READABLE).map_err(Error::start)?;
+            let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
+            let proc = ServerChild {
+                pid,
+                pidfd,
+                client,
+                exit_rx: Some(exit),
+                exit: None,
+            };
+            Ok(Link::Process {
+                tasks,
+                results,
+                proc: Box::new(proc),
+                inherits: false,
+            })
+        })
+    }
+}
+
+/// A worker forked by the server: killed through its pidfd, its status reported by the server.
+struct ServerChild {
+    pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+    client: Arc<Client>,
+    exit_rx: Option<oneshot::Receiver<Exit>>,
+    exit: Option<Exit>,
+}
+
+impl Process for ServerChild {
+    fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = sys::fd::pidfd_send_signal(self.pidfd.get_ref(), libc::SIGKILL);
+        }
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            if self.exit.is_none() {
+                let exit = match self.exit_rx.as_mut() {
+                    Some(rx) => rx.await.unwrap_or(Exit::Unknown),
+                    None => Exit::Unknown,
+                };
+                self.exit_rx = None;
+                self.exit = Some(exit);
+            }
+            self.exit.unwrap_or(Exit::Unknown)
+        })
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+            self.client.forget(self.pid);
+        }
+    }
+}

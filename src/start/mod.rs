@@ -1,0 +1,334 @@
+//! Start methods: how a worker comes to exist. See `README.md` in this folder for who forks whom,
+//! who reaps whom, the frame layout and the shutdown order.
+
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::unix::pipe;
+
+use crate::error::{Error, Exit, Kind};
+use crate::sys::image::SetupEntry;
+use crate::task::Entry;
+use crate::wire::{self, AsyncReader, FromWorker, ToWorker};
+use crate::worker::{LocalEvent, LocalMsg};
+
+pub(crate) mod fork;
+pub(crate) mod forkserver;
+pub(crate) mod launcher;
+pub(crate) mod spawn;
+pub(crate) mod threading;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the pool's workers are started.
+///
+/// All four run the same tasks with the same API; switching is a one-line change. The default is
+/// [`StartMethod::Forkserver`].
+///
+/// | method | worker is | shared object | start-up | isolation | needs `init()` |
+/// |---|---|---|---|---|---|
+/// | `Threading` | a thread of this process | same object | fastest | none: a crash takes the process down | no |
+/// | `Spawn` | a fresh run of this binary | serialised once per worker | slowest (exec) | full | yes |
+/// | `Fork` | a fork of this process | inherited copy-on-write | fast | full, but see the fork hazard | yes |
+/// | `Forkserver` | a fork of a small server started by `init()` | serialised once per worker | fast | full | yes |
+///
+/// **Why `Forkserver` and not `Fork` by default.** MPIRE (like Python's `multiprocessing` before
+/// 3.14) defaults to `fork`. A tokio program has many threads, and forking a multi-threaded
+/// process copies every lock in whatever state another thread left it: the child can deadlock on
+/// a lock no thread will ever release. ampire's `Fork` guards the locks it knows (standard
+/// streams, glibc's allocator), but not those of other libraries. The forkserver is forked from a
+/// single-threaded process before any thread exists, so its workers start clean, and it is still
+/// a fork, not an exec. Python 3.14 made the same change of default for the same reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Dedicated threads of this process; arguments and results are moved, never serialised.
+    Threading,
+    /// Fresh processes re-executing this binary (`/proc/self/exe`), started with `tokio::process`.
+    Spawn,
+    /// Processes forked from this one (from a dedicated long-lived thread): copy-on-write memory.
+    Fork,
+    /// Processes forked from a single-threaded server that `ampire::init()` starts.
+    #[default]
+    Forkserver,
+}
+
+impl StartMethod {
+    /// All start methods, handy for running the same code under each.
+    pub const ALL: [StartMethod; 4] = [
+        StartMethod::Threading,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+        StartMethod::Forkserver,
+    ];
+
+    /// Whether workers are separate processes.
+    pub fn is_process(self) -> bool {
+        self != StartMethod::Threading
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartMethod::Threading => "threading",
+            StartMethod::Spawn => "spawn",
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+        })
+    }
+}
+
+/// What every worker of a pool is started with.
+pub(crate) struct Spec {
+    pub shared: Arc<dyn Any + Send + Sync>,
+    /// The shared object serialised, for workers that do not inherit memory.
+    pub shared_bytes: Arc<Vec<u8>>,
+    pub setup: Entry<SetupEntry>,
+    pub max_frame: usize,
+    pub start_timeout: Duration,
+}
+
+/// A started worker, before the handshake.
+pub(crate) enum Link {
+    Thread {
+        jobs: std::sync::mpsc::Sender<LocalMsg>,
+        events: tokio::sync::mpsc::UnboundedReceiver<LocalEvent>,
+    },
+    Process {
+        tasks: pipe::Sender,
+        results: pipe::Receiver,
+        proc: Box<dyn Process>,
+        /// Whether the worker inherits the pool's memory (so the shared object is not sent).
+        inherits: bool,
+    },
+}
+
+/// The private trait behind [`StartMethod`].
+pub(crate) trait Start: Send + Sync {
+    /// Starts worker `id`. The returned link has not done its handshake yet.
+    fn launch<'a>(&'a self, id: usize, spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>>;
+}
+
+pub(crate) fn backend(method: StartMethod) -> Box<dyn Start> {
+    match method {
+        StartMethod::Threading => Box::new(threading::Threading),
+        StartMethod::Spawn => Box::new(spawn::Spawn),
+        StartMethod::Fork => Box::new(fork::Fork),
+        StartMethod::Forkserver => Box::new(forkserver::Forkserver),
+    }
+}
+
+/// A worker process, as the pool sees it.
+pub(crate) trait Process: Send + Sync {
+    fn pid(&self) -> u32;
+    /// Sends SIGKILL; harmless if the process already ended.
+    fn kill(&mut self);
+    /// Waits until the process ended and returns how. Cancel-safe.
+    fn wait(&mut self) -> BoxFuture<'_, Exit>;
+}
+
+/// Both ends of the two pipes of a process worker: `(parent's, child's)`.
+pub(crate) struct Pipes {
+    pub tasks_w: OwnedFd,
+    pub results_r: OwnedFd,
+    pub tasks_r: OwnedFd,
+    pub results_w: OwnedFd,
+}
+
+impl Pipes {
+    pub(crate) fn new() -> io::Result<Pipes> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let (tasks_r, tasks_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (results_r, results_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Larger pipes mean fewer wake-ups per chunk; the kernel may refuse, which is fine.
+        for fd in [&tasks_w, &results_w] {
+            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+        Ok(Pipes {
+            tasks_w,
+            results_r,
+            tasks_r,
+            results_w,
+        })
+    }
+
+    /// Registers the parent's ends with the current tokio reactor.
+    pub(crate) fn into_parent(
+        tasks_w: OwnedFd,
+        results_r: OwnedFd,
+    ) -> io::Result<(pipe::Sender, pipe::Receiver)> {
+        Ok((
+            pipe::Sender::from_owned_fd(tasks_w)?,
+            pipe::Receiver::from_owned_fd(results_r)?,
+        ))
+    }
+}
+
+/// The halves of a connected worker.
+pub(crate) struct Connected {
+    pub tx: Tx,
+    pub rx: Rx,
+    pub proc: Option<Box<dyn Process>>,
+}
+
+pub(crate) enum Tx {
+    Thread(std::sync::mpsc::Sender<LocalMsg>),
+    Pipe { io: pipe::Sender, buf: Vec<u8> },
+}
+
+pub(crate) enum Rx {
+    Thread(tokio::sync::mpsc::UnboundedReceiver<LocalEvent>),
+    Pipe(AsyncReader<pipe::Receiver>),
+}
+
+/// Performs the handshake: `Hello` (identity and protocol checks), `Setup`, then `Ready`.
+pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connected, Error> {
+    match link {
+        Link::Thread { jobs, mut events } => match events.recv().await {
+            Some(LocalEvent::Ready) => Ok(Connected {
+                tx: Tx::Thread(jobs),
+                rx: Rx::Thread(events),
+                proc: None,
+            }),
+            Some(LocalEvent::InitFailed(failure)) => Err(Error::new(Kind::Panic {
+                failure,
+                during: crate::error::Stage::Init,
+            })
+            .with_worker(id)),
+            _ => Err(Error::start("worker thread ended during set-up").with_worker(id)),
+        },
+        Link::Process {
+            tasks,
+            results,
+            mut proc,
+            inherits,
+        } => {
+            let mut rx = AsyncReader::new(results, spec.max_frame);
+            let mut tx = tasks;
+            let handshake = async {
+                let hello = rx.next::<FromWorker>().await;
+                check_hello(hello)?;
+                let setup = ToWorker::Setup {
+                    worker_id: id as u32,
+                    setup: spec.setup.offset,
+                    shared: !inherits,
+                };
+                let mut head = Vec::new();
+                let body: &[u8] = if inherits { &[] } else { &spec.shared_bytes };
+                wire::encode_head(&mut head, &setup, body.len());
+                wire::write_parts(&mut tx, &head, body)
+                    .await
+                    .map_err(|e| Error::start(format!("could not send set-up: {e}")))?;
+                match rx.next::<FromWorker>().await {
+                    Ok(Some(frame)) => match frame.header {
+                        FromWorker::Ready => Ok(()),
+                        FromWorker::InitFailed(failure) => Err(Error::new(Kind::Panic {
+                            failure,
+                            during: crate::error::Stage::Init,
+                        })),
+                        FromWorker::Fatal(m) => Err(Error::new(Kind::Protocol(m))),
+                        other => Err(Error::new(Kind::Protocol(format!(
+                            "expected ready, got {other:?}"
+                        )))),
+                    },
+                    Ok(None) => Err(Error::new(Kind::WorkerDied {
+                        exit: Exit::Unknown,
+                        during: crate::error::Stage::Init,
+                    })),
+                    Err(e) => Err(Error::new(Kind::Protocol(e.to_string()))),
+                }
+            };
+            let result = match tokio::time::timeout(spec.start_timeout, handshake).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::start(format!(
+                    "worker did not finish its start-up within {:?}",
+                    spec.start_timeout
+                ))),
+            };
+            match result {
+                Ok(()) => Ok(Connected {
+                    tx: Tx::Pipe {
+                        io: tx,
+                        buf: Vec::new(),
+                    },
+                    rx: Rx::Pipe(rx),
+                    proc: Some(proc),
+                }),
+                Err(e) => {
+                    proc.kill();
+                    let exit = proc.wait().await;
+                    // A worker that died during set-up is reported with how it died.
+                    let e = match e.kind() {
+                        Kind::WorkerDied { during, .. } => Error::new(Kind::WorkerDied {
+                            exit,
+                            during: *during,
+                        }),
+                        _ => e,
+                    };
+                    Err(e.with_worker(id))
+                }
+            }
+        }
+    }
+}
+
+fn check_hello(hello: io::Result<Option<wire::Frame<FromWorker>>>) -> Result<(), Error> {
+    let frame = match hello {
+        Ok(Some(frame)) => frame,
+        Ok(None) => {
+            return Err(Error::new(Kind::WorkerDied {
+                exit: Exit::Unknown,
+                during: crate::error::Stage::Init,
+            }));
+        }
+        Err(e) => return Err(Error::new(Kind::Protocol(format!("bad hello: {e}")))),
+    };
+    match frame.header {
+        FromWorker::Hello {
+            magic,
+            version,
+            pid: _,
+            identity,
+        } => {
+            if magic != wire::MAGIC || version != wire::VERSION {
+                return Err(Error::new(Kind::Mismatch(format!(
+                    "protocol {magic:#x}/{version}, expected {:#x}/{}",
+                    wire::MAGIC,
+                    wire::VERSION
+                ))));
+            }
+            let mine = crate::sys::image::identity();
+            let same_build = if mine.build_id.is_empty() {
+                identity.build_id.is_empty() && identity.exe == mine.exe
+            } else {
+                identity.build_id == mine.build_id
+            };
+            if !same_build || identity.anchor_offset != mine.anchor_offset {
+                return Err(Error::new(Kind::Mismatch(format!(
+                    "build id {} (anchor at {:#x}), expected {} (anchor at {:#x})",
+                    hex(&identity.build_id),
+                    identity.anchor_offset,
+                    hex(&mine.build_id),
+                    mine.anchor_offset
+                ))));
+            }
+            Ok(())
+        }
+        other => Err(Error::new(Kind::Protocol(format!(
+            "expected hello, got {other:?}"
+        )))),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "none".into();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,165 @@
+//! Raw descriptors: pidfds, descriptor passing, tokio registration and `pre_exec`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use tokio::io::unix::AsyncFd;
+
+/// Opens a pidfd for `pid`. The caller must be the process's parent and must not have reaped it
+/// yet, so the pid cannot have been reused (see `pidfd_open(2)`).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments; a non-negative result is a new descriptor
+    // that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`. Unlike `kill(pid)`, it cannot hit a process that
+/// took over a recycled pid.
+pub(crate) fn pidfd_send_signal(pidfd: &impl AsFd, signal: i32) -> io::Result<()> {
+    let fd = pidfd.as_fd().as_raw_fd();
+    // SAFETY: plain syscall; `fd` is a live pidfd borrowed for the call, the info pointer is null.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            signal,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Registers a descriptor with the current tokio reactor.
+pub(crate) fn register(fd: OwnedFd, interest: tokio::io::Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `AsyncFd::register` requires that the descriptor stays open and refers to the same
+    // file for the lifetime of the `AsyncFd`. It is an `OwnedFd` moved into the `AsyncFd`, which
+    // closes it only when dropped, after deregistration.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+/// Sends one datagram with descriptors attached.
+pub(crate) fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let iov = [IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one datagram and the descriptors attached to it (close-on-exec). An empty result
+/// with no descriptors means the peer closed the socket.
+pub(crate) fn recv_with_fds(sock: &impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel installed these descriptors in this process for this message;
+            // nothing else refers to them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Installs the `pre_exec` hook of a re-executed child: `fds[i]` becomes descriptor `3 + i`, and
+/// the child dies with the thread that spawned it (`PR_SET_PDEATHSIG`).
+pub(crate) fn prepare_child<const N: usize>(
+    cmd: &mut std::process::Command,
+    fds: [RawFd; N],
+    parent: i32,
+) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls: fcntl, dup2, prctl, getppid, _exit.
+        let cvt = |r: libc::c_int| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        };
+        let mut high = [0; N];
+        // SAFETY: the descriptors are open in the child (inherited from the parent, which keeps
+        // them open until the spawn returns); the calls below take integer arguments only.
+        unsafe {
+            // First move every descriptor out of the way, so that dup2 onto 3.. clobbers none.
+            for (h, &fd) in high.iter_mut().zip(fds.iter()) {
+                *h = cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10))?;
+            }
+            for (i, &h) in high.iter().enumerate() {
+                cvt(libc::dup2(h, 3 + i as libc::c_int))?;
+            }
+            cvt(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (the closure
+    // captures plain integers), as `pre_exec` requires after fork in a multi-threaded parent.
+    unsafe { cmd.pre_exec(hook) };
+}
+
+/// Takes ownership of a descriptor number handed over by the parent (3 and 4 in a spawned worker).
+pub(crate) fn adopt(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the role protocol reserves this number for us; it is open (checked above) and no
+    // other owner exists in this freshly executed process.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes writes to a closed pipe fail with `EPIPE` instead of killing the process, as a Rust
+/// `main` does (a re-executed worker takes its role before `main` has set this up).
+pub(crate) fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installing `SIG_IGN` runs no code in signal context and replaces no handler of ours.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// Closes a descriptor number inherited from the parent in a forked child. The child never runs
+/// the destructor of the object that owns it in the parent's memory.
+pub(crate) fn close_inherited(fd: RawFd) {
+    let _ = nix::unistd::close(fd);
+}

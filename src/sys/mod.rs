@@ -1,0 +1,16 @@
+//! Every `unsafe` block of the crate lives below this module.
+//!
+//! The rest of the crate is compiled with `#![deny(unsafe_code)]`. Each block here carries a
+//! `// SAFETY:` comment that states the invariant it relies on. The pieces are:
+//!
+//! - [`ctor`]: the life-before-main hook that turns a re-executed child into a worker or a
+//!   forkserver before `main` (or the libtest harness) runs;
+//! - [`fork`]: `fork(2)` from a known thread, with the standard streams' locks held across it;
+//! - [`image`]: naming a function across processes (offsets from an anchor symbol, checked
+//!   against the executable mapping and the ELF build id) and conjuring zero-sized task values;
+//! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, `pre_exec` set-up.
+
+pub(crate) mod ctor;
+pub(crate) mod fd;
+pub(crate) mod fork;
+pub(crate) mod image;

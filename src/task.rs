@@ -1,0 +1,445 @@
+//! Task functions, the worker context they may ask for, and the type-erased entry points that
+//! run them inside a worker.
+//!
+//! A task function must be an `fn` item or a closure that captures nothing: such a type is
+//! zero-sized, so the worker can produce its value without receiving anything but the *type*,
+//! which the pool names by the offset of a monomorphised entry function (see `sys/image.rs`).
+//! Any other function is rejected at compile time.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::sys::image::{ChunkEntry, ExitEntry, SetupEntry, conjure, offset_of};
+use crate::wire::Failure;
+use crate::worker::{Context, catch};
+
+/// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
+/// own state.
+///
+/// Tasks that take a `&mut Worker` as first argument are run with the `*_with` methods of
+/// [`AsyncPool`](crate::AsyncPool); `worker_init` and `worker_exit` receive one too.
+///
+/// # Examples
+///
+/// ```no_run
+/// use ampire::{AsyncPool, Worker};
+///
+/// // Count how many tasks each worker ran; the state lives as long as the worker.
+/// fn count(w: &mut Worker<'_, u64, u32>, x: u64) -> u64 {
+///     *w.state() += 1;
+///     x + *w.shared()
+/// }
+/// fn start(_: &Worker<'_, u64, ()>) -> u32 {
+///     0
+/// }
+/// fn finish(w: &mut Worker<'_, u64, u32>) -> u32 {
+///     *w.state()
+/// }
+///
+/// # async fn demo() -> Result<(), ampire::Error> {
+/// let pool = AsyncPool::builder()
+///     .workers(2)
+///     .shared(100u64)
+///     .worker_init(start)
+///     .worker_exit(finish)
+///     .build()
+///     .await?;
+/// let out = pool.map_with(count, 0..10u64).await?;
+/// assert_eq!(out[0], 100);
+/// let per_worker: Vec<u32> = pool.shutdown().await?;
+/// assert_eq!(per_worker.iter().sum::<u32>(), 10);
+/// # Ok(()) }
+/// ```
+pub struct Worker<'a, S = (), W = ()> {
+    id: usize,
+    shared: &'a S,
+    state: &'a mut W,
+}
+
+impl<S, W> Worker<'_, S, W> {
+    /// This worker's id, `0..workers`; a replacement worker keeps the id of the one it replaces.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The pool's shared object: the same object under `Threading`, inherited copy-on-write under
+    /// `Fork`, deserialised once per worker under `Spawn` and `Forkserver`.
+    pub fn shared(&self) -> &S {
+        self.shared
+    }
+
+    /// This worker's state, created by `worker_init` and kept across its tasks.
+    pub fn state(&mut self) -> &mut W {
+        self.state
+    }
+}
+
+impl<S, W> std::fmt::Debug for Worker<'_, S, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Types that may be a task's input: serialisable (for process workers) and `Debug` (for error
+/// reports).
+pub trait Input: Serialize + DeserializeOwned + Debug + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Debug + Send + 'static> Input for T {}
+
+/// Types that may be a task's result or an exit result.
+pub trait Output: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Output for T {}
+
+/// Types that may be the pool's shared object.
+pub trait Shared: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared for T {}
+
+/// A zero-sized value that holds a user function type; see `sys::image::conjure`.
+#[derive(Clone, Copy)]
+pub(crate) struct Func<F>(pub F);
+
+/// Marker for [`Func`] over user function types (`fn` items and closures that capture nothing).
+pub(crate) trait ZeroSized: Copy + 'static {}
+impl<F: Copy + Send + Sync + 'static> ZeroSized for Func<F> {}
+
+/// Produces the one value of the zero-sized function type `F`.
+fn summon<F: Copy + Send + Sync + 'static>() -> F {
+    conjure::<Func<F>>().0
+}
+
+const fn assert_zero_sized<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "ampire: a task, worker_init or worker_exit must be an fn item or a closure that captures nothing"
+    );
+}
+
+/// A task function, with or without the worker context. Implementors are data-free markers.
+pub(crate) trait Call<S, W, A, R>: Copy + Send + Sync + 'static {
+    fn marker() -> Self;
+    fn call(self, w: &mut Worker<'_, S, W>, a: A) -> R;
+}
+
+macro_rules! marker {
+    ($($(#[$m:meta])* $t:ident;)*) => {$(
+        $(#[$m])*
+        pub(crate) struct $t<F>(PhantomData<fn() -> F>);
+        impl<F> Clone for $t<F> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<F> Copy for $t<F> {}
+        impl<F> $t<F> {
+            /// Wraps a user function, rejecting at compile time any that is not zero-sized.
+            pub(crate) fn new(_f: F) -> Self {
+                const { assert_zero_sized::<F>() };
+                $t(PhantomData)
+            }
+        }
+    )*};
+}
+marker! {
+    /// `fn(A) -> R`.
+    Plain;
+    /// `fn(&mut Worker<S, W>, A) -> R`.
+    WithWorker;
+    /// `worker_init`: `fn(&Worker<S, ()>) -> W`.
+    Init;
+    /// `worker_exit`: `fn(&mut Worker<S, W>) -> E`.
+    ExitFn;
+}
+
+impl<F, S, W, A, R> Call<S, W, A, R> for Plain<F>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+{
+    fn marker() -> Self {
+        Plain(PhantomData)
+    }
+    fn call(self, _w: &mut Worker<'_, S, W>, a: A) -> R {
+        summon::<F>()(a)
+    }
+}
+
+impl<F, S, W, A, R> Call<S, W, A, R> for WithWorker<F>
+where
+    F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
+{
+    fn marker() -> Self {
+        WithWorker(PhantomData)
+    }
+    fn call(self, w: &mut Worker<'_, S, W>, a: A) -> R {
+        summon::<F>()(w, a)
+    }
+}
+
+pub(crate) trait MakeState<S, W>: Copy + Send + Sync + 'static {
+    fn marker() -> Self;
+    fn make(self, w: &Worker<'_, S, ()>) -> W;
+}
+pub(crate) trait Finish<S, W, E>: Copy + Send + Sync + 'static {
+    fn marker() -> Self;
+    fn finish(self, w: &mut Worker<'_, S, W>) -> E;
+}
+
+/// The `worker_init` of a pool that has none: the state is `()`.
+#[derive(Clone, Copy)]
+pub(crate) struct NoInit;
+impl<S> MakeState<S, ()> for NoInit {
+    fn marker() -> Self {
+        NoInit
+    }
+    fn make(self, _: &Worker<'_, S, ()>) {}
+}
+
+impl<F, S, W> MakeState<S, W> for Init<F>
+where
+    F: Fn(&Worker<'_, S, ()>) -> W + Copy + Send + Sync + 'static,
+{
+    fn marker() -> Self {
+        Init(PhantomData)
+    }
+    fn make(self, w: &Worker<'_, S, ()>) -> W {
+        summon::<F>()(w)
+    }
+}
+
+impl<F, S, W, E> Finish<S, W, E> for ExitFn<F>
+where
+    F: Fn(&mut Worker<'_, S, W>) -> E + Copy + Send + Sync + 'static,
+{
+    fn marker() -> Self {
+        ExitFn(PhantomData)
+    }
+    fn finish(self, w: &mut Worker<'_, S, W>) -> E {
+        summon::<F>()(w)
+    }
+}
+
+/// Borrows the typed shared object and state out of a worker context.
+fn parts<'c, S: 'static, W: 'static>(
+    cx: &'c mut Context,
+) -> Result<(usize, &'c S, &'c mut W), String> {
+    let id = cx.id;
+    let shared = cx
+        .shared
+        .as_deref()
+        .and_then(|s| (s as &dyn Any).downcast_ref::<S>());
+    let state = cx.state.as_deref_mut().and_then(|s| s.downcast_mut::<W>());
+    match (shared, state) {
+        (Some(s), Some(w)) => Ok((id, s, w)),
+        _ => Err("worker context does not match the task's types".into()),
+    }
+}
+
+/// Runs a chunk of serialised inputs; appends one serialised `Result<R, Failure>` per input.
+fn chunk_entry<T, S, W, A, R>(
+    cx: &mut Context,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String>
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Input,
+    R: Output,
+{
+    let task = T::marker();
+    let (id, shared, state) = parts::<S, W>(cx)?;
+    let mut rest = input;
+    let mut index = 0u32;
+    while !rest.is_empty() {
+        let here = rest;
+        let (a, tail) = postcard::take_from_bytes::<A>(rest)
+            .map_err(|e| format!("could not decode a task input: {e}"))?;
+        rest = tail;
+        let result = catch(|| {
+            task.call(
+                &mut Worker {
+                    id,
+                    shared,
+                    state: &mut *state,
+                },
+                a,
+            )
+        })
+        .map_err(|mut fail| {
+            fail.index = index;
+            // The input was moved into the task; decode it once more from its bytes to report it.
+            fail.input = postcard::take_from_bytes::<A>(here)
+                .ok()
+                .map(|(a, _)| format!("{a:?}"));
+            fail
+        });
+        let encoded = match &result {
+            Ok(r) => postcard::to_extend(&Ok::<&R, &Failure>(r), std::mem::take(out)),
+            Err(fail) => postcard::to_extend(&Err::<&R, &Failure>(fail), std::mem::take(out)),
+        };
+        *out = match encoded {
+            Ok(v) => v,
+            Err(e) => {
+                let fail = Failure {
+                    message: format!("could not serialise the result: {e}"),
+                    index,
+                    ..Failure::default()
+                };
+                postcard::to_extend(&Err::<(), Failure>(fail), Vec::new())
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        index += 1;
+    }
+    Ok(())
+}
+
+/// Decodes the shared object (if given as bytes) and builds the worker state.
+fn setup_entry<I, S, W>(cx: &mut Context, shared: Option<&[u8]>) -> Result<(), Failure>
+where
+    I: MakeState<S, W>,
+    S: Shared,
+    W: 'static,
+{
+    if let Some(bytes) = shared {
+        let s: S = postcard::from_bytes(bytes).map_err(|e| Failure {
+            message: format!("could not decode the shared object: {e}"),
+            ..Failure::default()
+        })?;
+        cx.shared = Some(Arc::new(s));
+    }
+    let Some(shared) = cx
+        .shared
+        .as_deref()
+        .and_then(|s| (s as &dyn Any).downcast_ref::<S>())
+    else {
+        return Err(Failure {
+            message: "the shared object has an unexpected type".into(),
+            ..Failure::default()
+        });
+    };
+    let id = cx.id;
+    let state = catch(|| {
+        I::marker().make(&Worker {
+            id,
+            shared,
+            state: &mut (),
+        })
+    })?;
+    cx.state = Some(Box::new(state));
+    Ok(())
+}
+
+/// Runs `worker_exit` and serialises its result.
+fn exit_entry<X, S, W, E>(cx: &mut Context) -> Result<Vec<u8>, Failure>
+where
+    X: Finish<S, W, E>,
+    S: 'static,
+    W: 'static,
+    E: Output,
+{
+    let (id, shared, state) = parts::<S, W>(cx).map_err(|message| Failure {
+        message,
+        ..Failure::default()
+    })?;
+    let e = catch(|| X::marker().finish(&mut Worker { id, shared, state }))?;
+    postcard::to_stdvec(&e).map_err(|e| Failure {
+        message: format!("could not serialise the exit result: {e}"),
+        ..Failure::default()
+    })
+}
+
+/// An entry point together with its offset, as sent to process workers.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry<P> {
+    pub ptr: P,
+    pub offset: i64,
+}
+
+pub(crate) fn chunk<T, S, W, A, R>() -> Entry<ChunkEntry>
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Input,
+    R: Output,
+{
+    let ptr: ChunkEntry = chunk_entry::<T, S, W, A, R>;
+    Entry {
+        ptr,
+        offset: offset_of(ptr as usize),
+    }
+}
+
+pub(crate) fn setup<I, S, W>() -> Entry<SetupEntry>
+where
+    I: MakeState<S, W>,
+    S: Shared,
+    W: 'static,
+{
+    let ptr: SetupEntry = setup_entry::<I, S, W>;
+    Entry {
+        ptr,
+        offset: offset_of(ptr as usize),
+    }
+}
+
+pub(crate) fn exit<X, S, W, E>() -> Entry<ExitEntry>
+where
+    X: Finish<S, W, E>,
+    S: 'static,
+    W: 'static,
+    E: Output,
+{
+    let ptr: ExitEntry = exit_entry::<X, S, W, E>;
+    Entry {
+        ptr,
+        offset: offset_of(ptr as usize),
+    }
+}
+
+/// A chunk for a thread worker: the inputs are moved, never serialised. The closure returns a
+/// boxed `Vec<Result<R, Failure>>`.
+pub(crate) type LocalChunk =
+    Box<dyn FnOnce(&mut Context) -> Result<Box<dyn Any + Send>, String> + Send>;
+
+pub(crate) fn local_chunk<T, S, W, A, R>(items: Vec<A>) -> LocalChunk
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    Box::new(move |cx: &mut Context| {
+        let task = T::marker();
+        let (id, shared, state) = parts::<S, W>(cx)?;
+        let out: Vec<Result<R, Failure>> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                catch(|| {
+                    task.call(
+                        &mut Worker {
+                            id,
+                            shared,
+                            state: &mut *state,
+                        },
+                        a,
+                    )
+                })
+                .map_err(|mut fail| {
+                    fail.index = i as u32;
+                    fail
+                })
+            })
+            .collect();
+        Ok(Box::new(out) as Box<dyn Any + Send>)
+    })
+}

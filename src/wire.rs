@@ -1,0 +1,341 @@
+//! The wire protocol between the pool and a process worker.
+//!
+//! Every message is one frame:
+//!
+//! ```text
+//! [u32 LE frame length][u32 LE header length][postcard header][body bytes]
+//! ```
+//!
+//! The frame length counts everything after itself. The header is a postcard-encoded
+//! [`ToWorker`] or [`FromWorker`]; the body carries bulk data (a chunk of serialised inputs, the
+//! serialised results, a shared object) so that it is never copied into the header. Both sides
+//! reject a frame longer than the pool's `max_frame_len`, and a header that does not decode: the
+//! pool kills such a worker and replaces it.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::sys::image::Identity;
+
+/// Protocol magic, "amp" and the major version.
+pub(crate) const MAGIC: u32 = 0x616d_7001;
+/// Bumped on every incompatible change of the messages below.
+pub(crate) const VERSION: u16 = 1;
+
+/// Messages from the pool to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// First message after `Hello`: who the worker is and how to build its context. The body holds
+    /// the serialised shared object when `shared` is set.
+    Setup {
+        worker_id: u32,
+        setup: i64,
+        shared: bool,
+    },
+    /// Run `count` tasks through the chunk entry `entry`; the body holds the inputs.
+    Task { id: u64, entry: i64, count: u32 },
+    /// Run the exit function (if any), send `Exit`, and leave.
+    Shutdown { exit: Option<i64> },
+}
+
+/// Messages from a worker to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// First message of every worker; checked before anything else is sent.
+    Hello {
+        magic: u32,
+        version: u16,
+        pid: u32,
+        identity: Identity,
+    },
+    /// Set-up (shared object, `worker_init`) is done; tasks may come.
+    Ready,
+    /// Set-up failed; the worker leaves after sending this.
+    InitFailed(Failure),
+    /// The results of task `id`; the body holds `count` serialised `Result<R, Failure>`.
+    Done { id: u64, busy_ns: u64 },
+    /// The exit function's result; on success the body holds the serialised value.
+    Exit(Option<Failure>),
+    /// A task could not be decoded or named; the worker leaves after sending this.
+    Fatal(String),
+}
+
+/// A panic (or another failure) inside a worker, as data.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub message: String,
+    pub location: Option<String>,
+    pub backtrace: Option<String>,
+    /// `Debug` of the input, when the worker could still see it.
+    pub input: Option<String>,
+    /// Position of the failed task inside its chunk.
+    pub index: u32,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(loc) = &self.location {
+            write!(f, " at {loc}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The default largest frame either side accepts.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 1 << 30;
+const PREFIX: usize = 8;
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Appends the prefix and header of a frame whose body of `body_len` bytes follows.
+pub(crate) fn encode_head<H: Serialize>(out: &mut Vec<u8>, header: &H, body_len: usize) {
+    let at = out.len();
+    out.extend_from_slice(&[0; PREFIX]);
+    let mut v = postcard::to_extend(header, std::mem::take(out)).expect("headers always serialise");
+    let hlen = v.len() - at - PREFIX;
+    let flen = (PREFIX - 4 + hlen + body_len) as u32;
+    v[at..at + 4].copy_from_slice(&flen.to_le_bytes());
+    v[at + 4..at + 8].copy_from_slice(&(hlen as u32).to_le_bytes());
+    *out = v;
+}
+
+/// Appends one whole frame to `out`.
+pub(crate) fn encode<H: Serialize>(out: &mut Vec<u8>, header: &H, body: &[u8]) {
+    encode_head(out, header, body.len());
+    out.extend_from_slice(body);
+}
+
+/// A decoded frame: the header and where its body lies in the reader's buffer.
+pub(crate) struct Frame<H> {
+    pub header: H,
+    pub body: Range<usize>,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// A buffer of incoming bytes split into frames; shared by the blocking and the async reader.
+struct Buffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max: usize,
+}
+
+impl Buffer {
+    fn new(max: usize) -> Self {
+        Buffer {
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    /// The byte length of the next frame if it is complete in the buffer; `Err` if it is too long.
+    fn complete(&self) -> io::Result<Option<usize>> {
+        let have = self.end - self.start;
+        if have < 4 {
+            return Ok(None);
+        }
+        let flen = le32(&self.buf[self.start..]) as usize;
+        if flen > self.max {
+            return Err(bad(format!(
+                "frame of {flen} bytes exceeds the limit of {} bytes",
+                self.max
+            )));
+        }
+        if flen < 4 {
+            return Err(bad("frame shorter than its header length"));
+        }
+        Ok((have >= 4 + flen).then_some(4 + flen))
+    }
+
+    /// Makes room for at least `want` more bytes after `end`.
+    fn reserve(&mut self, want: usize) {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < want) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < want {
+            let new_len = (self.end + want).max(self.buf.len() * 2);
+            self.buf.resize(new_len, 0);
+        }
+    }
+
+    /// How many bytes to read next: the rest of the current frame, at least a page.
+    fn want(&self) -> usize {
+        let have = self.end - self.start;
+        if have >= 4 {
+            let flen = le32(&self.buf[self.start..]) as usize;
+            (4 + flen).saturating_sub(have).max(16 * 1024)
+        } else {
+            16 * 1024
+        }
+    }
+
+    fn take<H: for<'de> Deserialize<'de>>(&mut self, len: usize) -> io::Result<Frame<H>> {
+        let at = self.start;
+        self.start += len;
+        let hlen = le32(&self.buf[at + 4..]) as usize;
+        if PREFIX + hlen > len {
+            return Err(bad("header length exceeds the frame"));
+        }
+        let header = postcard::from_bytes(&self.buf[at + PREFIX..at + PREFIX + hlen])
+            .map_err(|e| bad(format!("malformed frame header: {e}")))?;
+        Ok(Frame {
+            header,
+            body: at + PREFIX + hlen..at + len,
+        })
+    }
+}
+
+/// Blocking frame reader (the worker side).
+pub(crate) struct Reader<R> {
+    io: R,
+    b: Buffer,
+}
+
+impl<R: Read> Reader<R> {
+    pub(crate) fn new(io: R, max: usize) -> Self {
+        Reader {
+            io,
+            b: Buffer::new(max),
+        }
+    }
+
+    /// The next frame, or `None` at end of stream.
+    pub(crate) fn next<H: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<Frame<H>>> {
+        loop {
+            if let Some(len) = self.b.complete()? {
+                return self.b.take(len).map(Some);
+            }
+            let want = self.b.want();
+            self.b.reserve(want);
+            let end = self.b.end;
+            let n = match self.io.read(&mut self.b.buf[end..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return if self.b.end == self.b.start {
+                    Ok(None)
+                } else {
+                    Err(bad("stream ended inside a frame"))
+                };
+            }
+            self.b.end += n;
+        }
+    }
+
+    /// Whether a whole frame is already buffered (so the caller need not flush before reading).
+    pub(crate) fn has_frame(&self) -> bool {
+        matches!(self.b.complete(), Ok(Some(_)))
+    }
+
+    pub(crate) fn body(&self, r: Range<usize>) -> &[u8] {
+        &self.b.buf[r]
+    }
+}
+
+/// Async frame reader (the pool side). [`AsyncReader::next`] is cancel-safe: all state lives in
+/// the reader and each await is a single `read`.
+pub(crate) struct AsyncReader<R> {
+    io: R,
+    b: Buffer,
+}
+
+impl<R: AsyncRead + Unpin> AsyncReader<R> {
+    pub(crate) fn new(io: R, max: usize) -> Self {
+        AsyncReader {
+            io,
+            b: Buffer::new(max),
+        }
+    }
+
+    pub(crate) async fn next<H: for<'de> Deserialize<'de>>(
+        &mut self,
+    ) -> io::Result<Option<Frame<H>>> {
+        loop {
+            if let Some(len) = self.b.complete()? {
+                return self.b.take(len).map(Some);
+            }
+            let want = self.b.want();
+            self.b.reserve(want);
+            let end = self.b.end;
+            let n = self.io.read(&mut self.b.buf[end..]).await?;
+            if n == 0 {
+                return if self.b.end == self.b.start {
+                    Ok(None)
+                } else {
+                    Err(bad("stream ended inside a frame"))
+                };
+            }
+            self.b.end += n;
+        }
+    }
+
+    pub(crate) fn body(&self, r: Range<usize>) -> &[u8] {
+        &self.b.buf[r]
+    }
+}
+
+/// Writes `head` then `body` (the body is not copied into the head buffer).
+pub(crate) async fn write_parts<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> io::Result<()> {
+    io.write_all(head).await?;
+    if !body.is_empty() {
+        io.write_all(body).await?;
+    }
+    Ok(())
+}
+
+/// Blocking frame writer (the worker side): frames gather in a buffer until [`Writer::flush`].
+pub(crate) struct Writer<W> {
+    io: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Writer<W> {
+    pub(crate) fn new(io: W) -> Self {
+        Writer {
+            io,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    pub(crate) fn send<H: Serialize>(&mut self, header: &H, body: &[u8]) -> io::Result<()> {
+        if body.len() > 64 * 1024 {
+            encode_head(&mut self.buf, header, body.len());
+            self.flush()?;
+            return self.io.write_all(body);
+        }
+        encode(&mut self.buf, header, body);
+        if self.buf.len() > 256 * 1024 {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}

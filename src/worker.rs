@@ -1,0 +1,242 @@
+//! The worker side: the loop a worker process or thread runs, and panic capture.
+//!
+//! A process worker is blocking and single-threaded on our side (user tasks may start threads
+//! or even pools of their own). It never touches tokio, so the same loop serves a forked child
+//! of a multi-threaded parent, a child of the forkserver and a re-executed binary.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Once};
+use std::time::Instant;
+
+use crate::sys::image::{self, ChunkEntry, ExitEntry, SetupEntry};
+use crate::task::LocalChunk;
+use crate::wire::{self, Failure, FromWorker, Reader, ToWorker, Writer};
+
+/// What a worker holds across its tasks.
+pub(crate) struct Context {
+    pub id: usize,
+    pub shared: Option<Arc<dyn Any + Send + Sync>>,
+    pub state: Option<Box<dyn Any>>,
+}
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static CAPTURED: RefCell<Option<Failure>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) the panic hook that records panics of tasks as data.
+pub(crate) fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if ARMED.try_with(Cell::get).unwrap_or(false) {
+                let failure = Failure {
+                    message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
+                    location: info.location().map(|l| l.to_string()),
+                    backtrace: Some(std::backtrace::Backtrace::force_capture().to_string()),
+                    ..Failure::default()
+                };
+                let _ = CAPTURED.try_with(|c| *c.borrow_mut() = Some(failure));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, turning a panic into a [`Failure`] with message, location and backtrace.
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
+    install_panic_hook();
+    let was = ARMED.replace(true);
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    ARMED.set(was);
+    result.map_err(|payload| {
+        let mut failure = CAPTURED.take().unwrap_or_default();
+        if failure.message.is_empty() {
+            failure.message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<dyn Any>".into());
+        }
+        // Dropping a panic payload may panic again; keep that from escaping.
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        failure
+    })
+}
+
+/// The loop of a worker process. Returns the exit code; the caller leaves through `_exit`.
+///
+/// `inherited` is the pool's shared object when the worker was forked from the pool itself.
+pub(crate) fn serve(
+    tasks: OwnedFd,
+    results: OwnedFd,
+    inherited: Option<Arc<dyn Any + Send + Sync>>,
+) -> i32 {
+    install_panic_hook();
+    let mut rd = Reader::new(File::from(tasks), wire::DEFAULT_MAX_FRAME);
+    let mut wr = Writer::new(File::from(results));
+    let hello = FromWorker::Hello {
+        magic: wire::MAGIC,
+        version: wire::VERSION,
+        pid: std::process::id(),
+        identity: image::identity(),
+    };
+    if wr.send(&hello, &[]).and_then(|()| wr.flush()).is_err() {
+        return 2;
+    }
+    let fatal = |wr: &mut Writer<File>, msg: String| {
+        let _ = wr.send(&FromWorker::Fatal(msg), &[]);
+        let _ = wr.flush();
+        3
+    };
+    let mut cx = Context {
+        id: 0,
+        shared: inherited,
+        state: None,
+    };
+    match rd.next::<ToWorker>() {
+        Ok(Some(frame)) => match frame.header {
+            ToWorker::Setup {
+                worker_id,
+                setup,
+                shared,
+            } => {
+                cx.id = worker_id as usize;
+                let Some(entry) = image::setup_entry(setup) else {
+                    return fatal(&mut wr, "set-up entry is outside this binary".into());
+                };
+                let bytes = shared.then(|| rd.body(frame.body.clone()));
+                let reply = match entry(&mut cx, bytes) {
+                    Ok(()) => FromWorker::Ready,
+                    Err(f) => FromWorker::InitFailed(f),
+                };
+                let failed = matches!(reply, FromWorker::InitFailed(_));
+                if wr.send(&reply, &[]).and_then(|()| wr.flush()).is_err() || failed {
+                    return 0;
+                }
+            }
+            other => return fatal(&mut wr, format!("expected set-up, got {other:?}")),
+        },
+        Ok(None) => return 0,
+        Err(e) => return fatal(&mut wr, e.to_string()),
+    }
+    let mut out = Vec::new();
+    let mut last: Option<(i64, ChunkEntry)> = None;
+    loop {
+        let frame = match rd.next::<ToWorker>() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return 0,
+            Err(e) => return fatal(&mut wr, e.to_string()),
+        };
+        match frame.header {
+            ToWorker::Task {
+                id,
+                entry,
+                count: _,
+            } => {
+                let run = match last {
+                    Some((off, f)) if off == entry => f,
+                    _ => match image::chunk_entry(entry) {
+                        Some(f) => {
+                            last = Some((entry, f));
+                            f
+                        }
+                        None => return fatal(&mut wr, "task entry is outside this binary".into()),
+                    },
+                };
+                out.clear();
+                let t0 = Instant::now();
+                if let Err(msg) = run(&mut cx, rd.body(frame.body), &mut out) {
+                    return fatal(&mut wr, msg);
+                }
+                let busy_ns = t0.elapsed().as_nanos() as u64;
+                if wr.send(&FromWorker::Done { id, busy_ns }, &out).is_err() {
+                    return 2;
+                }
+                if !rd.has_frame() && wr.flush().is_err() {
+                    return 2;
+                }
+            }
+            ToWorker::Shutdown { exit } => {
+                let (reply, body) = match exit.map(|off| (off, image::exit_entry(off))) {
+                    None => (FromWorker::Exit(None), Vec::new()),
+                    Some((_, None)) => {
+                        return fatal(&mut wr, "exit entry is outside this binary".into());
+                    }
+                    Some((_, Some(f))) => match f(&mut cx) {
+                        Ok(bytes) => (FromWorker::Exit(None), bytes),
+                        Err(fail) => (FromWorker::Exit(Some(fail)), Vec::new()),
+                    },
+                };
+                let _ = wr.send(&reply, &body);
+                let _ = wr.flush();
+                return 0;
+            }
+            ToWorker::Setup { .. } => return fatal(&mut wr, "set-up sent twice".into()),
+        }
+    }
+}
+
+/// Messages to a thread worker.
+pub(crate) enum LocalMsg {
+    Task { id: u64, chunk: LocalChunk },
+    Shutdown { exit: Option<ExitEntry> },
+}
+
+/// Events from a thread worker.
+pub(crate) enum LocalEvent {
+    Ready,
+    InitFailed(Failure),
+    Done {
+        id: u64,
+        out: Result<Box<dyn Any + Send>, String>,
+        busy_ns: u64,
+    },
+    Exit(Result<Vec<u8>, Failure>),
+}
+
+/// The loop of a thread worker.
+pub(crate) fn serve_thread(
+    id: usize,
+    shared: Arc<dyn Any + Send + Sync>,
+    setup: SetupEntry,
+    jobs: std::sync::mpsc::Receiver<LocalMsg>,
+    events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
+) {
+    install_panic_hook();
+    let mut cx = Context {
+        id,
+        shared: Some(shared),
+        state: None,
+    };
+    if let Err(f) = setup(&mut cx, None) {
+        let _ = events.send(LocalEvent::InitFailed(f));
+        return;
+    }
+    if events.send(LocalEvent::Ready).is_err() {
+        return;
+    }
+    while let Ok(msg) = jobs.recv() {
+        match msg {
+            LocalMsg::Task { id, chunk } => {
+                let t0 = Instant::now();
+                let out = chunk(&mut cx);
+                let busy_ns = t0.elapsed().as_nanos() as u64;
+                if events.send(LocalEvent::Done { id, out, busy_ns }).is_err() {
+                    return;
+                }
+            }
+            LocalMsg::Shutdown { exit } => {
+                let result = exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
+                let _ = events.send(LocalEvent::Exit(result));
+                return;
+            }
+        }
+    }
+}
