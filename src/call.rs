@@ -40,6 +40,7 @@ where
         }
         Ok(Payload::Remote {
             entry: crate::task::chunk::<T, S, W, A, R>().offset,
+            count: items.len() as u32,
             body: Arc::new(body),
         })
     }
@@ -281,7 +282,15 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 let first = self.next_index;
                 self.next_seq += 1;
                 self.next_index += len;
-                match (self.encode)(self.core.is_local(), items) {
+                let max = self.core.spec.max_frame;
+                let encoded = (self.encode)(self.core.is_local(), items).and_then(|p| match &p {
+                    Payload::Remote { body, .. } if body.len() + 64 > max => Err(Error::config(format!(
+                        "a chunk of {len} inputs takes {} bytes, more than max_frame_len ({max})",
+                        body.len()
+                    ))),
+                    _ => Ok(p),
+                });
+                match encoded {
                     Ok(payload) => {
                         self.core.submit(Job::new(
                             self.link.clone(),

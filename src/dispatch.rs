@@ -64,7 +64,11 @@ pub(crate) enum Payload {
     Local(Option<LocalChunk>),
     /// For process workers; kept until the result arrives, so the job can be sent again if the
     /// worker dies before reading it.
-    Remote { entry: i64, body: Arc<Vec<u8>> },
+    Remote {
+        entry: i64,
+        count: u32,
+        body: Arc<Vec<u8>>,
+    },
 }
 
 /// What a call shares with the pool: its cancellation flag and where its results go.
@@ -155,7 +159,11 @@ enum Next {
 
 enum Outgoing {
     Local(LocalChunk),
-    Remote { entry: i64, body: Arc<Vec<u8>> },
+    Remote {
+        entry: i64,
+        count: u32,
+        body: Arc<Vec<u8>>,
+    },
 }
 
 impl Core {
@@ -203,6 +211,12 @@ impl Core {
 
     /// Starts the driver tasks for connected workers.
     pub(crate) fn run(self: &Arc<Self>, workers: Vec<Connected>) {
+        {
+            let mut st = self.state();
+            for (slot, conn) in workers.iter().enumerate() {
+                st.pids[slot] = conn.proc.as_ref().map(|p| p.pid());
+            }
+        }
         let mut drivers = self.drivers.lock().unwrap_or_else(PoisonError::into_inner);
         for (slot, conn) in workers.into_iter().enumerate() {
             drivers.push(tokio::spawn(drive(self.clone(), slot, conn)));
@@ -279,8 +293,9 @@ impl Core {
             }
             let send = match &mut job.payload {
                 Payload::Local(chunk) => Outgoing::Local(chunk.take()?),
-                Payload::Remote { entry, body } => Outgoing::Remote {
+                Payload::Remote { entry, count, body } => Outgoing::Remote {
                     entry: *entry,
+                    count: *count,
                     body: body.clone(),
                 },
             };
@@ -593,14 +608,10 @@ impl Tx {
             Tx::Pipe { io, buf } => {
                 buf.clear();
                 for (id, job) in jobs {
-                    let Outgoing::Remote { entry, body } = job else {
+                    let Outgoing::Remote { entry, count, body } = job else {
                         continue;
                     };
-                    let header = ToWorker::Task {
-                        id,
-                        entry,
-                        count: 0,
-                    };
+                    let header = ToWorker::Task { id, entry, count };
                     if body.len() > 64 * 1024 {
                         wire::encode_head(buf, &header, body.len());
                         wire::write_parts(io, buf, &body).await?;

@@ -21,3 +21,5 @@ pub use crate::pool::{AsyncPool, Builder};
 pub use crate::role::init;
 pub use crate::start::StartMethod;
 pub use crate::task::{Input, Output, Shared, Worker};
+#[doc(hidden)]
+pub use crate::worker::inject_raw_result_bytes as __inject_raw_result_bytes;

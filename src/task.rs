@@ -243,6 +243,7 @@ fn parts<'c, S: 'static, W: 'static>(
 fn chunk_entry<T, S, W, A, R>(
     cx: &mut Context,
     input: &[u8],
+    count: u32,
     out: &mut Vec<u8>,
 ) -> Result<(), String>
 where
@@ -255,8 +256,7 @@ where
     let task = T::marker();
     let (id, shared, state) = parts::<S, W>(cx)?;
     let mut rest = input;
-    let mut index = 0u32;
-    while !rest.is_empty() {
+    for index in 0..count {
         let here = rest;
         let (a, tail) = postcard::take_from_bytes::<A>(rest)
             .map_err(|e| format!("could not decode a task input: {e}"))?;
@@ -295,7 +295,6 @@ where
                     .map_err(|e| e.to_string())?
             }
         };
-        index += 1;
     }
     Ok(())
 }

@@ -238,11 +238,6 @@ impl<R: Read> Reader<R> {
         }
     }
 
-    /// Whether a whole frame is already buffered (so the caller need not flush before reading).
-    pub(crate) fn has_frame(&self) -> bool {
-        matches!(self.b.complete(), Ok(Some(_)))
-    }
-
     pub(crate) fn body(&self, r: Range<usize>) -> &[u8] {
         &self.b.buf[r]
     }

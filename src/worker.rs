@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, PoisonError};
 use std::time::Instant;
 
 use crate::sys::image::{self, ChunkEntry, ExitEntry, SetupEntry};
@@ -35,6 +35,9 @@ pub(crate) fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if ARMED.try_with(Cell::get).unwrap_or(false) {
+                let _capturing = capture_lock()
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let failure = Failure {
                     message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
                     location: info.location().map(|l| l.to_string()),
@@ -47,6 +50,14 @@ pub(crate) fn install_panic_hook() {
             }
         }));
     });
+}
+
+/// Held (shared) while a task's panic captures its backtrace, and (exclusively) by the `Fork`
+/// start method across `fork(2)`: std's backtrace machinery takes a global lock, and a child
+/// forked while another thread held it would deadlock at its first panic.
+pub(crate) fn capture_lock() -> &'static std::sync::RwLock<()> {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    &LOCK
 }
 
 /// Runs `f`, turning a panic into a [`Failure`] with message, location and backtrace.
@@ -135,11 +146,7 @@ pub(crate) fn serve(
             Err(e) => return fatal(&mut wr, e.to_string()),
         };
         match frame.header {
-            ToWorker::Task {
-                id,
-                entry,
-                count: _,
-            } => {
+            ToWorker::Task { id, entry, count } => {
                 let run = match last {
                     Some((off, f)) if off == entry => f,
                     _ => match image::chunk_entry(entry) {
@@ -152,14 +159,16 @@ pub(crate) fn serve(
                 };
                 out.clear();
                 let t0 = Instant::now();
-                if let Err(msg) = run(&mut cx, rd.body(frame.body), &mut out) {
+                if let Err(msg) = run(&mut cx, rd.body(frame.body), count, &mut out) {
                     return fatal(&mut wr, msg);
                 }
                 let busy_ns = t0.elapsed().as_nanos() as u64;
                 if wr.send(&FromWorker::Done { id, busy_ns }, &out).is_err() {
                     return 2;
                 }
-                if !rd.has_frame() && wr.flush().is_err() {
+                // Results leave before the next task starts: if that task kills the process,
+                // everything finished before it has already reached the pool.
+                if wr.flush().is_err() {
                     return 2;
                 }
             }
@@ -181,6 +190,18 @@ pub(crate) fn serve(
             ToWorker::Setup { .. } => return fatal(&mut wr, "set-up sent twice".into()),
         }
     }
+}
+
+static RESULT_PIPE: crate::role::ProcessLocal<File> = crate::role::ProcessLocal::new();
+
+/// Fault injection for tests: writes `bytes` raw (unframed) into this worker's result pipe.
+/// Returns `false` outside a process worker. Not part of the API.
+#[doc(hidden)]
+pub fn inject_raw_result_bytes(bytes: &[u8]) -> bool {
+    use std::io::Write;
+    RESULT_PIPE
+        .get()
+        .is_some_and(|mut f| f.write_all(bytes).and_then(|()| f.flush()).is_ok())
 }
 
 /// Messages to a thread worker.

@@ -15,7 +15,7 @@
 
 use std::any::Any;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -41,7 +41,11 @@ impl Start for Fork {
             let parents_ends = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
             let parent = std::process::id();
             let (pid, pidfd) = launcher::run(move || {
-                let pid = sys::fork::fork_with(move || {
+                // No thread of ours may be capturing a backtrace (std's global lock) as we fork.
+                let held = crate::worker::capture_lock()
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let pid = sys::fork::fork_with(held, move || {
                     for fd in parents_ends {
                         sys::fd::close_inherited(fd);
                     }

@@ -154,7 +154,7 @@ fn spawn_one(
 ) -> SpawnResult {
     let (ctl_fd, sfd_fd) = (ctl.as_raw_fd(), sfd.as_fd().as_raw_fd());
     let old = *old;
-    let forked = sys::fork::fork_with(move || {
+    let forked = sys::fork::fork_with((), move || {
         let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         sys::fd::close_inherited(ctl_fd);
         sys::fd::close_inherited(sfd_fd);
@@ -200,7 +200,7 @@ pub(crate) fn start_early() -> std::io::Result<()> {
     )?;
     let owner = std::process::id();
     let ours_fd = ours.as_raw_fd();
-    sys::fork::fork_with(move || {
+    sys::fork::fork_with((), move || {
         sys::fd::close_inherited(ours_fd);
         sys::fd::ignore_sigpipe();
         if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()

@@ -11,7 +11,10 @@ use nix::unistd::{ForkResult, Pid};
 /// The standard streams' locks are taken before the fork and released on both sides after it,
 /// so a child never inherits a stdout or stderr lock that another thread held at that moment
 /// (the lock then belongs to this very thread, whose copy is the child's only thread).
-pub(crate) fn fork_with(child: impl FnOnce() -> i32) -> io::Result<Pid> {
+///
+/// `held` is any other set of lock guards the caller took for the same reason; it is released on
+/// both sides after the fork, like the streams' locks.
+pub(crate) fn fork_with<G>(held: G, child: impl FnOnce() -> i32) -> io::Result<Pid> {
     let out = io::stdout();
     let err = io::stderr();
     let mut out_guard = out.lock();
@@ -25,12 +28,16 @@ pub(crate) fn fork_with(child: impl FnOnce() -> i32) -> io::Result<Pid> {
     // across the call.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
+            drop(held);
             drop(err_guard);
             drop(out_guard);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
             exit_now(code)
         }
-        Ok(ForkResult::Parent { child }) => Ok(child),
+        Ok(ForkResult::Parent { child }) => {
+            drop(held);
+            Ok(child)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -155,9 +155,9 @@ fn checked_address(offset: i64) -> Option<usize> {
         .then_some(addr)
 }
 
-/// Entry point of a chunk of tasks: `(worker context, input bytes, output bytes)`.
+/// Entry point of a chunk of tasks: `(worker context, input bytes, input count, output bytes)`.
 pub(crate) type ChunkEntry =
-    fn(&mut crate::worker::Context, &[u8], &mut Vec<u8>) -> Result<(), String>;
+    fn(&mut crate::worker::Context, &[u8], u32, &mut Vec<u8>) -> Result<(), String>;
 /// Entry point of worker set-up: `(context, shared-object bytes)`.
 pub(crate) type SetupEntry =
     fn(&mut crate::worker::Context, Option<&[u8]>) -> Result<(), crate::wire::Failure>;

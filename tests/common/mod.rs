@@ -1,0 +1,133 @@
+//! Shared test harness: every behaviour runs under every start method.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[allow(unused_imports)]
+pub use ampire::{AsyncPool, Error, StartMethod, Worker};
+
+/// Runs `body` on a fresh multi-threaded runtime, after `ampire::init()`.
+pub fn run<F, Fut>(method: StartMethod, body: F)
+where
+    F: FnOnce(StartMethod) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    ampire::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A hang is a failure, reported as one; nothing below waits on this timer.
+        tokio::time::timeout(Duration::from_secs(120), body(method))
+            .await
+            .expect("test timed out: hang");
+    });
+}
+
+/// Declares `async fn name(method: StartMethod) { ... }` once and generates one `#[test]` per
+/// start method (or per listed method) in a module named after it.
+#[macro_export]
+macro_rules! each_method {
+    ($(#[$meta:meta])* async fn $name:ident($m:ident: StartMethod) $body:block $($rest:tt)*) => {
+        $crate::each_method!(@one [threading spawn fork forkserver] $(#[$meta])* $name $m $body);
+        $crate::each_method!($($rest)*);
+    };
+    ($(#[$meta:meta])* processes async fn $name:ident($m:ident: StartMethod) $body:block $($rest:tt)*) => {
+        $crate::each_method!(@one [spawn fork forkserver] $(#[$meta])* $name $m $body);
+        $crate::each_method!($($rest)*);
+    };
+    () => {};
+    (@one [$($method:ident)*] $(#[$meta:meta])* $name:ident $m:ident $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn body($m: $crate::common::StartMethod) $body
+            $(
+                #[test]
+                fn $method() {
+                    $crate::common::run($crate::each_method!(@method $method), body);
+                }
+            )*
+        }
+    };
+    (@method threading) => { $crate::common::StartMethod::Threading };
+    (@method spawn) => { $crate::common::StartMethod::Spawn };
+    (@method fork) => { $crate::common::StartMethod::Fork };
+    (@method forkserver) => { $crate::common::StartMethod::Forkserver };
+}
+
+pub async fn pool(method: StartMethod, workers: usize) -> AsyncPool {
+    AsyncPool::builder()
+        .workers(workers)
+        .start_method(method)
+        .build()
+        .await
+        .expect("pool builds")
+}
+
+/// A datagram socket a task can signal through ("I started", with its pid), from any worker.
+pub struct Signal {
+    pub path: PathBuf,
+    sock: tokio::net::UnixDatagram,
+}
+
+impl Signal {
+    pub fn new() -> Signal {
+        let path =
+            std::env::temp_dir().join(format!("ampire-test-{}-{}", std::process::id(), unique()));
+        let _ = std::fs::remove_file(&path);
+        let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
+        Signal { path, sock }
+    }
+
+    /// Waits for the next signal and returns the pid it carries.
+    pub async fn recv(&self) -> u32 {
+        let mut buf = [0u8; 4];
+        let n = self.sock.recv(&mut buf).await.unwrap();
+        assert_eq!(n, 4);
+        u32::from_le_bytes(buf)
+    }
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Called from inside a task: tells the test this task started, and in which process.
+pub fn signal(path: &str) {
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sock.send_to(&std::process::id().to_le_bytes(), path)
+        .unwrap();
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Waits (bounded) until process `pid` has ended and been reaped.
+pub async fn wait_gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Blocks the calling task's thread forever (until its process is killed).
+pub fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}

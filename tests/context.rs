@@ -1,0 +1,86 @@
+//! Worker context: worker id, shared objects, per-worker state, init and exit functions.
+mod common;
+use common::*;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Table {
+    weights: Vec<u64>,
+}
+
+type Ctx<'a> = Worker<'a, Table, State>;
+
+#[derive(Default)]
+struct State {
+    seen: u64,
+    sum: u64,
+}
+
+fn init(w: &Worker<'_, Table, ()>) -> State {
+    assert_eq!(w.shared().weights.len(), 1000);
+    State::default()
+}
+
+fn weigh(w: &mut Ctx<'_>, i: usize) -> u64 {
+    let x = w.shared().weights[i];
+    let st = w.state();
+    st.seen += 1;
+    st.sum += x;
+    x
+}
+
+fn report(w: &mut Ctx<'_>) -> (usize, u64, u64) {
+    (w.id(), w.state().seen, w.state().sum)
+}
+
+fn panicking_init(w: &Worker<'_, (), ()>) -> u32 {
+    if w.id() == 1 {
+        panic!("init refuses worker 1");
+    }
+    0
+}
+
+fn id(w: &mut Worker<'_, (), u32>, _: ()) -> usize {
+    w.id()
+}
+
+each_method! {
+    async fn shared_object_state_and_exit_results(m: StartMethod) {
+        let table = Table { weights: (0..1000).map(|i| i * 3).collect() };
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(m)
+            .shared(table)
+            .worker_init(init)
+            .worker_exit(report)
+            .build()
+            .await
+            .unwrap();
+        let got = pool.map_with(weigh, 0..1000usize).chunk_size(10).await.unwrap();
+        assert_eq!(got, (0..1000u64).map(|i| i * 3).collect::<Vec<_>>());
+        let one = pool.apply_with(weigh, 10).await.unwrap();
+        assert_eq!(one, 30);
+        let exits = pool.shutdown().await.unwrap();
+        assert_eq!(exits.len(), 2);
+        assert_eq!(exits.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1]);
+        // Each worker's state saw its own tasks; together they saw them all, exactly once.
+        assert_eq!(exits.iter().map(|e| e.1).sum::<u64>(), 1001);
+        assert_eq!(exits.iter().map(|e| e.2).sum::<u64>(), (0..1000u64).map(|i| i * 3).sum::<u64>() + 30);
+    }
+
+    async fn a_panicking_worker_init_fails_build(m: StartMethod) {
+        let e = AsyncPool::builder().workers(2).start_method(m).worker_init(panicking_init).build().await.unwrap_err();
+        assert!(e.is_init() && e.is_panic(), "{e}");
+        assert_eq!(e.panic_message(), Some("init refuses worker 1"));
+        assert_eq!(e.worker_id(), Some(1));
+        assert!(e.to_string().starts_with("worker_init panicked in worker 1"), "{e}");
+    }
+
+    async fn worker_ids_are_in_range(m: StartMethod) {
+        let pool = AsyncPool::builder().workers(3).start_method(m).worker_init(|_: &Worker<'_>| 0u32).build().await.unwrap();
+        let mut ids = pool.map_with(id, vec![(); 300]).chunk_size(1).await.unwrap();
+        ids.sort_unstable();
+        ids.dedup();
+        assert!(ids.iter().all(|&i| i < 3), "{ids:?}");
+        pool.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,37 @@
+//! A task may run a pool of its own, under every start method.
+mod common;
+use common::*;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Runs inside a worker: builds its own runtime and pool with the given method.
+fn inner_sum(method: u8) -> u64 {
+    let method = StartMethod::ALL[method as usize];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(method)
+            .build()
+            .await
+            .unwrap();
+        let v = pool.map(square, 0..100u64).await.unwrap();
+        pool.shutdown().await.unwrap();
+        v.into_iter().sum()
+    })
+}
+
+each_method! {
+    async fn a_worker_runs_a_pool_of_its_own(m: StartMethod) {
+        let pool = pool(m, 2).await;
+        let want: u64 = (0..100u64).map(square).sum();
+        let got = pool.map(inner_sum, 0..4u8).chunk_size(1).await.unwrap();
+        assert_eq!(got, vec![want; 4]);
+        pool.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,68 @@
+//! A worker that breaks the wire protocol is killed and replaced; the pool never panics.
+mod common;
+use common::*;
+
+/// A frame whose header is not a valid message.
+fn send_garbage(x: u64) -> u64 {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&12u32.to_le_bytes()); // frame length
+    frame.extend_from_slice(&8u32.to_le_bytes()); // header length
+    frame.extend_from_slice(&[0xff; 8]); // not a postcard `FromWorker`
+    assert!(ampire::__inject_raw_result_bytes(&frame));
+    x
+}
+
+/// A frame that claims to be 3 GiB long.
+fn send_oversized(x: u64) -> u64 {
+    assert!(ampire::__inject_raw_result_bytes(
+        &(3u32 << 30).to_le_bytes()
+    ));
+    x
+}
+
+fn byte_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+fn big_result(n: usize) -> Vec<u8> {
+    vec![7; n]
+}
+
+each_method! {
+    processes async fn a_garbage_frame_kills_and_replaces_the_worker(m: StartMethod) {
+        let pool = pool(m, 2).await;
+        let e = pool.apply(send_garbage, 1).await.unwrap_err();
+        assert!(e.is_protocol(), "{e}");
+        assert!(e.to_string().contains("malformed frame header"), "{e}");
+        assert_eq!(pool.map(std::convert::identity::<u64>, 0..100u64).await.unwrap().len(), 100);
+        pool.shutdown().await.unwrap();
+    }
+
+    processes async fn an_oversized_frame_kills_and_replaces_the_worker(m: StartMethod) {
+        let pool = pool(m, 2).await;
+        let e = pool.apply(send_oversized, 1).await.unwrap_err();
+        assert!(e.is_protocol() && e.to_string().contains("exceeds the limit"), "{e}");
+        assert_eq!(pool.apply(std::convert::identity::<u64>, 5).await.unwrap(), 5);
+        pool.shutdown().await.unwrap();
+    }
+
+    processes async fn results_over_max_frame_len_are_refused(m: StartMethod) {
+        let pool = AsyncPool::builder().workers(1).start_method(m).max_frame_len(64 * 1024).build().await.unwrap();
+        assert_eq!(pool.apply(big_result, 1000).await.unwrap().len(), 1000);
+        let e = pool.apply(big_result, 1 << 20).await.unwrap_err();
+        assert!(e.is_protocol(), "{e}");
+        assert_eq!(pool.apply(big_result, 10).await.unwrap().len(), 10);
+        pool.shutdown().await.unwrap();
+    }
+
+    async fn inputs_over_max_frame_len_are_refused(m: StartMethod) {
+        let pool = AsyncPool::builder().workers(1).start_method(m).max_frame_len(64 * 1024).build().await.unwrap();
+        let r = pool.apply(byte_len, vec![0u8; 1 << 20]).await;
+        if m.is_process() {
+            assert!(r.unwrap_err().is_config());
+        } else {
+            assert_eq!(r.unwrap(), 1 << 20); // threads move inputs; nothing is framed
+        }
+        pool.shutdown().await.unwrap();
+    }
+}
