@@ -1,4 +1,122 @@
-//! PLACEHOLDER
+//! An async, tokio-integrated multiprocessing pool: the Rust answer to Python's
+//! [MPIRE](https://github.com/sybrenjansen/mpire).
+//!
+//! `ampire` runs CPU-heavy, crash-prone or non-thread-safe work on a pool of workers — threads,
+//! or processes isolated from yours — and hands the results back as futures and backpressured
+//! streams. A panic, a segfault or a `SIGKILL` in a worker fails that task alone; the worker is
+//! replaced and the pool keeps serving.
+//!
+//! # How it works
+//!
+//! An [`AsyncPool`] owns `workers` workers, started by one of four [`StartMethod`]s. For each
+//! worker the pool runs two tokio tasks on your runtime: a *writer* that feeds it chunks of tasks
+//! and a *driver* that reads its results, notices its death and replaces it. Process workers
+//! talk over two pipes registered with the tokio reactor, in length-prefixed postcard frames;
+//! thread workers over channels, with inputs and results moved, never serialised.
+//!
+//! Which processes exist, and who reaps whom:
+//!
+//! - `Spawn`: the pool owner re-executes its own binary (`/proc/self/exe`) through
+//!   `tokio::process`; the child becomes a worker before `main` runs. tokio reaps it.
+//! - `Fork`: a long-lived `ampire-launcher` thread of the owner forks it; the owner reaps it
+//!   through a pidfd.
+//! - `Forkserver`: [`init()`] forks a small single-threaded server at the top of `main`; the
+//!   server forks workers on request, reaps them and reports their exit status; the owner kills
+//!   and watches them through pidfds the server sends back.
+//!
+//! Every worker process dies with its owner (`PR_SET_PDEATHSIG`, tied to a thread that lives as
+//! long as the process). The design note `src/start/README.md` has the details: who forks whom,
+//! the frame layout and the shutdown order.
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! fn main() -> Result<(), ampire::Error> {
+//!     ampire::init(); // first line of main: a spawned child becomes a worker here
+//!     tokio::runtime::Runtime::new().unwrap().block_on(run())
+//! }
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! async fn run() -> Result<(), ampire::Error> {
+//!     use futures_util::StreamExt;
+//!
+//!     let pool = ampire::AsyncPool::builder()
+//!         .workers(4)
+//!         .start_method(ampire::StartMethod::Forkserver)
+//!         .build()
+//!         .await?;
+//!     let one: u64 = pool.apply(square, 7).await?;
+//!     let all: Vec<u64> = pool.map(square, 0..1_000_000u64).await?;
+//!     let mut stream = pool.map_stream(square, futures_util::stream::iter(0..10u64));
+//!     while let Some(result) = stream.next().await {
+//!         println!("{}", result?);
+//!     }
+//!     pool.shutdown().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Task functions are `fn` items or closures that capture nothing, under every start method, so
+//! switching the method is a one-line change. Inputs and results implement serde's `Serialize`
+//! and `Deserialize` (and inputs `Debug`, for error reports).
+//!
+//! Per-call options are set on what a call returns, before it is awaited:
+//! `pool.map(f, items).chunk_size(100).max_tasks_active(1_000).await`.
+//!
+//! MPIRE's worker context (`pass_worker_id`, `shared_objects`, `use_worker_state`,
+//! `worker_init`, `worker_exit`) is typed: see [`Worker`] and [`Builder::shared`].
+//!
+//! # Start methods
+//!
+//! | method | worker | shared object | start-up | a crash | needs `init()` |
+//! |---|---|---|---|---|---|
+//! | [`Threading`](StartMethod::Threading) | thread | same object | µs | takes the process down | no |
+//! | [`Spawn`](StartMethod::Spawn) | re-executed binary | serialised once per worker | ms | isolated | yes |
+//! | [`Fork`](StartMethod::Fork) | fork of the owner | inherited copy-on-write | sub-ms | isolated | yes |
+//! | [`Forkserver`](StartMethod::Forkserver) (default) | fork of a clean server | serialised once per worker | sub-ms | isolated | yes |
+//!
+//! The default is `Forkserver`, not MPIRE's `fork`: forking a multi-threaded tokio process can
+//! leave the child holding locks no thread will ever release; the forkserver forks from a process
+//! that has one thread. See [`StartMethod`] for the whole argument, and `Fork`'s remaining hazard.
+//!
+//! # Feature flags
+//!
+//! None yet.
+//!
+//! # Platform support
+//!
+//! Linux (glibc), kernel 5.3 or newer (pidfds). `Threading` alone would work elsewhere, but the
+//! crate is not built for other platforms yet.
+//!
+//! # Dropping and cancellation
+//!
+//! - Dropping an [`AsyncPool`] kills its workers at once; unfinished tasks fail with
+//!   [`Error::is_closed`]. [`AsyncPool::shutdown`] finishes queued tasks and runs `worker_exit`.
+//! - Dropping a call's future or stream stops pulling its input and removes its queued tasks. A
+//!   process worker still running one of its tasks is killed and replaced, so the cancellation
+//!   reaches the work itself. A thread cannot be killed: its task runs to the end and the result
+//!   is dropped.
+//! - A `map` fails fast: its first error is returned and the rest of the call is cancelled as
+//!   above. Streams yield a per-task `Err` and go on. `apply` failures are isolated.
+//!
+//! # Wire-format limits
+//!
+//! Inputs, results, the shared object and exit results cross process boundaries with
+//! [postcard](https://docs.rs/postcard), which is not self-describing: `#[serde(flatten)]`,
+//! `#[serde(untagged)]` enums and `#[serde(skip_serializing_if)]` do not round-trip. A frame
+//! (a chunk of inputs or of results) is limited by [`Builder::max_frame_len`] (1 GiB by default);
+//! a worker sending a larger or malformed frame is killed and replaced.
+//!
+//! # Testing with process workers
+//!
+//! A `cargo test` binary works as it is: a re-executed test binary becomes a worker before the
+//! test harness starts (a life-before-main hook of this crate), so it never runs the tests. Call
+//! [`init()`] at the top of each test; in a test binary threads already exist, so the forkserver
+//! is started by re-executing the binary rather than by forking.
+
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -21,5 +139,10 @@ pub use crate::pool::{AsyncPool, Builder};
 pub use crate::role::init;
 pub use crate::start::StartMethod;
 pub use crate::task::{Input, Output, Shared, Worker};
+
 #[doc(hidden)]
 pub use crate::worker::inject_raw_result_bytes as __inject_raw_result_bytes;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

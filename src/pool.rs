@@ -18,6 +18,9 @@ use crate::task::{
     self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
 };
 
+/// Carries the pool's type parameters without owning values of them.
+type Types<S, W, E> = PhantomData<fn() -> (S, W, E)>;
+
 /// A pool of workers that runs tasks and hands back their results as futures and streams.
 ///
 /// Build one with [`AsyncPool::builder`]. `S` is the type of the shared object, `W` of each
@@ -43,7 +46,7 @@ use crate::task::{
 /// ```
 pub struct AsyncPool<S = (), W = (), E = ()> {
     core: Arc<Core>,
-    _t: PhantomData<fn() -> (S, W, E)>,
+    _t: Types<S, W, E>,
 }
 
 /// Configures and starts an [`AsyncPool`].

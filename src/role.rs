@@ -28,10 +28,9 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// # Examples
 ///
 /// ```no_run
-/// fn main() {
-///     ampire::init();
-///     // ... build a tokio runtime and pools ...
-/// }
+/// // The first statement of a synchronous `main`, before the tokio runtime exists:
+/// ampire::init();
+/// let runtime = tokio::runtime::Runtime::new().unwrap();
 /// ```
 pub fn init() {
     sys::ctor::keep();

@@ -224,9 +224,7 @@ where
 }
 
 /// Borrows the typed shared object and state out of a worker context.
-fn parts<'c, S: 'static, W: 'static>(
-    cx: &'c mut Context,
-) -> Result<(usize, &'c S, &'c mut W), String> {
+fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<(usize, &S, &mut W), String> {
     let id = cx.id;
     let shared = cx
         .shared

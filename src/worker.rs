@@ -39,7 +39,7 @@ pub(crate) fn install_panic_hook() {
                     .read()
                     .unwrap_or_else(PoisonError::into_inner);
                 let failure = Failure {
-                    message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
+                    message: payload_message(info.payload()),
                     location: info.location().map(|l| l.to_string()),
                     backtrace: Some(std::backtrace::Backtrace::force_capture().to_string()),
                     ..Failure::default()
@@ -60,6 +60,14 @@ pub(crate) fn capture_lock() -> &'static std::sync::RwLock<()> {
     &LOCK
 }
 
+fn payload_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".into())
+}
+
 /// Runs `f`, turning a panic into a [`Failure`] with message, location and backtrace.
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
     install_panic_hook();
@@ -69,11 +77,7 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
     result.map_err(|payload| {
         let mut failure = CAPTURED.take().unwrap_or_default();
         if failure.message.is_empty() {
-            failure.message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "Box<dyn Any>".into());
+            failure.message = payload_message(&*payload);
         }
         // Dropping a panic payload may panic again; keep that from escaping.
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));

@@ -277,11 +277,14 @@ struct Client {
     state: Mutex<ClientState>,
 }
 
+/// A forked worker's pid and pidfd, or why the server could not fork it.
+type SpawnReply = Result<(i32, OwnedFd), String>;
+
 #[derive(Default)]
 struct ClientState {
     next_token: u64,
     dead: bool,
-    pending: HashMap<u64, oneshot::Sender<Result<(i32, OwnedFd), String>>>,
+    pending: HashMap<u64, oneshot::Sender<SpawnReply>>,
     live: HashSet<i32>,
     exits: HashMap<i32, ExitSlot>,
 }
@@ -381,7 +384,7 @@ impl Client {
         st.live.clear();
     }
 
-    async fn spawn(&self, tasks_r: OwnedFd, results_w: OwnedFd) -> Result<(i32, OwnedFd), String> {
+    async fn spawn(&self, tasks_r: OwnedFd, results_w: OwnedFd) -> SpawnReply {
         let (tx, rx) = oneshot::channel();
         let token = {
             let mut st = self.state();

@@ -50,9 +50,12 @@ pub(crate) fn identity() -> Identity {
     image().identity.clone()
 }
 
+/// Load address, build id and executable ranges of the object that holds the anchor.
+type Found = (usize, Vec<u8>, Vec<(usize, usize)>);
+
 struct Search {
     target: usize,
-    found: Option<(usize, Vec<u8>, Vec<(usize, usize)>)>,
+    found: Option<Found>,
 }
 
 unsafe extern "C" fn visit(
@@ -192,6 +195,7 @@ pub(crate) fn conjure<T: crate::task::ZeroSized>() -> T {
     // SAFETY: `T: ZeroSized` is implemented only by the crate's wrappers around user function
     // types, which are zero-sized (asserted above and in `task.rs`). Users cannot implement the
     // `Fn` traits for their own types on stable Rust, so the wrapped type is an `fn` item or a
-    // closure without captures: inhabited, with a single value that has no bytes to initialise.
-    unsafe { std::mem::MaybeUninit::<T>::uninit().assume_init() }
+    // closure without captures: inhabited, with a single value that has no bytes. Reading a
+    // zero-sized value through a dangling, well-aligned, non-null pointer is valid.
+    unsafe { std::ptr::NonNull::<T>::dangling().as_ptr().read() }
 }
