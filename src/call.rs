@@ -15,7 +15,7 @@ use futures_core::Stream;
 
 use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload};
 use crate::error::{Error, Kind, Stage};
-use crate::task::{Call, Input, Output, local_chunk};
+use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
 use crate::wire::Failure;
 
 /// Turns a chunk of inputs into what a worker receives.
@@ -112,6 +112,8 @@ struct Chunker {
 /// spread work evenly and keep the reorder window small.
 const TARGET_CHUNK: Duration = Duration::from_millis(2);
 const MAX_ADAPTIVE_CHUNK: usize = 16 * 1024;
+/// Tasks a worker may hold when its chunks are small (see `dispatch::SMALL_WINDOW`).
+const SMALL_CALL_WINDOW: usize = 64;
 
 impl Chunker {
     fn size(&self) -> usize {
@@ -156,9 +158,11 @@ pub(crate) struct Engine<Src, A, R> {
     /// Items handed to the caller (ordered mode bounds `next_index - yielded`).
     yielded: usize,
     /// Ordered mode: completed chunks waiting for their turn.
-    reorder: BTreeMap<u64, (usize, Vec<Result<R, Error>>)>,
+    reorder: BTreeMap<u64, Done<R>>,
     next_out: u64,
-    ready: VecDeque<(usize, Result<R, Error>)>,
+    ready: VecDeque<Done<R>>,
+    /// The chunk being handed out item by item, and the index of its next item.
+    current: Option<(usize, std::vec::IntoIter<Result<R, Error>>)>,
     done: bool,
     _r: PhantomData<fn() -> R>,
 }
@@ -195,6 +199,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             reorder: BTreeMap::new(),
             next_out: 0,
             ready: VecDeque::new(),
+            current: None,
             done: false,
             _r: PhantomData,
         }
@@ -250,8 +255,9 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 chunk = chunk.min(l);
                 l
             }
-            // Enough for every worker's pipeline plus as much again queued.
-            None => workers * (depth + 1) * chunk,
+            // Enough for every worker's pipeline plus as much again queued, and for small
+            // chunks enough to fill a worker's window many times over.
+            None => workers * ((depth + 1) * chunk).max(4 * SMALL_CALL_WINDOW),
         };
         (chunk, limit)
     }
@@ -306,7 +312,13 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                         let results = (0..len)
                             .map(|i| Err(e.clone().with_task(first + i)))
                             .collect();
-                        self.accept(job_seq, first, results);
+                        self.accept(
+                            job_seq,
+                            Done {
+                                first,
+                                results: Results::Mixed(results),
+                            },
+                        );
                     }
                 }
             }
@@ -317,42 +329,43 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         Ok(())
     }
 
-    fn accept(&mut self, seq: u64, first: usize, results: Vec<Result<R, Error>>) {
+    fn accept(&mut self, seq: u64, done: Done<R>) {
         if self.ordered {
-            self.reorder.insert(seq, (first, results));
-            while let Some((first, results)) = self.reorder.remove(&self.next_out) {
+            self.reorder.insert(seq, done);
+            while let Some(done) = self.reorder.remove(&self.next_out) {
                 self.next_out += 1;
-                self.ready
-                    .extend(results.into_iter().enumerate().map(|(i, r)| (first + i, r)));
+                self.ready.push_back(done);
             }
         } else {
-            self.ready
-                .extend(results.into_iter().enumerate().map(|(i, r)| (first + i, r)));
+            self.ready.push_back(done);
         }
     }
 
-    /// The next result, as `(index in the input, result)`.
-    pub(crate) fn poll_item(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(usize, Result<R, Error>)>> {
+    /// The next finished chunk (in input order for ordered calls).
+    pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<R>>> {
         if self.done {
             return Poll::Ready(None);
         }
         if !self.started {
             if let Err(e) = self.start() {
                 self.done = true;
-                return Poll::Ready(Some((0, Err(e))));
+                return Poll::Ready(Some(Done {
+                    first: 0,
+                    results: Results::Mixed(vec![Err(e)]),
+                }));
             }
         }
         loop {
-            if let Some(item) = self.ready.pop_front() {
-                self.yielded += 1;
-                return Poll::Ready(Some(item));
+            if let Some(done) = self.ready.pop_front() {
+                self.yielded += done.results.len();
+                return Poll::Ready(Some(done));
             }
             if let Err(e) = self.fill(cx) {
                 self.finish();
-                return Poll::Ready(Some((self.next_index, Err(e))));
+                return Poll::Ready(Some(Done {
+                    first: self.next_index,
+                    results: Results::Mixed(vec![Err(e)]),
+                }));
             }
             if !self.ready.is_empty() {
                 continue;
@@ -361,25 +374,44 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 Poll::Ready(Some(c)) => {
                     self.active -= c.len;
                     self.chunker.observe(c.busy, c.len);
-                    let (seq, first) = (c.seq, c.first);
-                    let results = decode::<R>(c);
-                    self.accept(seq, first, results);
+                    let seq = c.seq;
+                    let done = decode::<R>(c);
+                    self.accept(seq, done);
                 }
                 Poll::Ready(None) => {
                     self.finish();
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if self.exhausted
-                        && self.active == 0
-                        && self.ready.is_empty()
-                        && self.reorder.is_empty()
-                    {
+                    if self.exhausted && self.active == 0 && self.reorder.is_empty() {
                         self.done = true;
                         return Poll::Ready(None);
                     }
                     return Poll::Pending;
                 }
+            }
+        }
+    }
+
+    /// The next result, as `(index in the input, result)`.
+    pub(crate) fn poll_item(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, Result<R, Error>)>> {
+        loop {
+            if let Some((index, items)) = &mut self.current {
+                if let Some(r) = items.next() {
+                    *index += 1;
+                    return Poll::Ready(Some((*index - 1, r)));
+                }
+                self.current = None;
+            }
+            match self.poll_chunk(cx) {
+                Poll::Ready(Some(done)) => {
+                    self.current = Some((done.first, done.results.into_results().into_iter()))
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -399,9 +431,13 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             return (0, Some(0));
         }
         let (lo, hi) = self.src.size_hint();
-        let pending = self.ready.len()
-            + self.active
-            + self.reorder.values().map(|(_, r)| r.len()).sum::<usize>();
+        let buffered: usize = self
+            .ready
+            .iter()
+            .chain(self.reorder.values())
+            .map(|d| d.results.len())
+            .sum();
+        let pending = buffered + self.active + self.current.as_ref().map_or(0, |(_, it)| it.len());
         (lo + pending, hi.map(|h| h + pending))
     }
 }
@@ -437,45 +473,78 @@ fn task_error(failure: Failure, worker: usize, first: usize) -> Error {
     }
 }
 
-/// Turns a completed chunk into typed results, one per task.
-fn decode<R: Output>(c: Completion) -> Vec<Result<R, Error>> {
-    let (worker, first, len) = (c.worker, c.first, c.len);
-    match c.outcome {
-        Outcome::Failed(e) => (0..len)
-            .map(|i| Err(e.clone().with_task(first + i)))
-            .collect(),
-        Outcome::Local(boxed) => match boxed.downcast::<Vec<Result<R, Failure>>>() {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| r.map_err(|f| task_error(f, worker, first)))
-                .collect(),
-            Err(_) => {
-                let e = Error::new(Kind::Protocol(
-                    "a worker thread returned results of another type".into(),
-                ));
-                (0..len)
-                    .map(|i| Err(e.clone().with_task(first + i)))
-                    .collect()
-            }
-        },
-        Outcome::Remote(bytes) => {
-            let mut out = Vec::with_capacity(len);
-            let mut rest = &bytes[..];
-            for i in 0..len {
-                match postcard::take_from_bytes::<Result<R, Failure>>(rest) {
-                    Ok((r, tail)) => {
-                        rest = tail;
-                        out.push(r.map_err(|f| task_error(f, worker, first)));
-                    }
-                    Err(e) => {
-                        let e =
-                            Error::codec("could not deserialise a result", e).with_worker(worker);
-                        out.extend((i..len).map(|j| Err(e.clone().with_task(first + j))));
-                        break;
-                    }
-                }
-            }
-            out
+/// A finished chunk, typed.
+pub(crate) struct Done<R> {
+    /// Index of the chunk's first task in the call's input.
+    pub first: usize,
+    pub results: Results<R>,
+}
+
+pub(crate) enum Results<R> {
+    /// Every task succeeded (the common case: no per-task wrapping).
+    Ok(Vec<R>),
+    /// Some failed.
+    Mixed(Vec<Result<R, Error>>),
+}
+
+impl<R> Results<R> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Results::Ok(v) => v.len(),
+            Results::Mixed(v) => v.len(),
         }
     }
+
+    pub(crate) fn into_results(self) -> Vec<Result<R, Error>> {
+        match self {
+            Results::Ok(v) => v.into_iter().map(Ok).collect(),
+            Results::Mixed(v) => v,
+        }
+    }
+}
+
+fn merge<R>(out: ChunkOut<R>, worker: usize, first: usize) -> Results<R> {
+    if out.failures.is_empty() {
+        return Results::Ok(out.values);
+    }
+    let total = out.values.len() + out.failures.len();
+    let mut values = out.values.into_iter();
+    let mut failures = out.failures.into_iter().peekable();
+    let results = (0..total as u32)
+        .map(|i| match failures.next_if(|(at, _)| *at == i) {
+            Some((_, f)) => Err(task_error(f, worker, first)),
+            None => values
+                .next()
+                .ok_or_else(|| Error::new(Kind::Protocol("missing result".into()))),
+        })
+        .collect();
+    Results::Mixed(results)
+}
+
+/// Turns a completed chunk into typed results, one per task.
+fn decode<R: Output>(c: Completion) -> Done<R> {
+    let (worker, first, len) = (c.worker, c.first, c.len);
+    let all_failed = |e: Error| {
+        Results::Mixed(
+            (0..len)
+                .map(|i| Err(e.clone().with_task(first + i)))
+                .collect(),
+        )
+    };
+    let results = match c.outcome {
+        Outcome::Failed(e) => all_failed(e),
+        Outcome::Local(boxed) => match boxed.downcast::<ChunkOut<R>>() {
+            Ok(out) => merge(*out, worker, first),
+            Err(_) => all_failed(Error::new(Kind::Protocol(
+                "a worker thread returned results of another type".into(),
+            ))),
+        },
+        Outcome::Remote(bytes) => match decode_chunk::<R>(&bytes, len) {
+            Ok(out) => merge(out, worker, first),
+            Err(e) => {
+                all_failed(Error::codec("could not deserialise a result", e).with_worker(worker))
+            }
+        },
+    };
+    Done { first, results }
 }

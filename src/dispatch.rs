@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Exit, Kind, Stage};
@@ -151,8 +151,11 @@ struct State {
     next_id: u64,
 }
 
+/// A worker may hold more than `depth` chunks while they add up to at most this many tasks.
+const SMALL_WINDOW: usize = 64;
+
 enum Next {
-    Job(u64, Outgoing),
+    Jobs(Vec<(u64, Outgoing)>),
     Shutdown,
     Stop,
 }
@@ -283,11 +286,29 @@ impl Core {
             .is_some_and(|j| j.call.is_cancelled())
     }
 
+    /// Moves the next job for `slot` in flight, if its window has room: a worker holds up to
+    /// `depth` chunks, or more while they add up to at most [`SMALL_WINDOW`] tasks (so tiny chunks
+    /// travel many to a write, and the worker never waits for the next one).
     fn take_job(&self, st: &mut State, slot: usize) -> Option<(u64, Outgoing)> {
         loop {
-            let mut job = st.targeted[slot]
-                .pop_front()
-                .or_else(|| st.global.pop_front())?;
+            let from_targeted = !st.targeted[slot].is_empty();
+            let next = if from_targeted {
+                st.targeted[slot].front()
+            } else {
+                st.global.front()
+            }?;
+            if !next.call.is_cancelled() {
+                let held = st.inflight[slot].len();
+                let tasks: usize = st.inflight[slot].iter().map(|j| j.len).sum();
+                if held >= self.settings.depth && tasks + next.len > SMALL_WINDOW {
+                    return None;
+                }
+            }
+            let mut job = if from_targeted {
+                st.targeted[slot].pop_front()
+            } else {
+                st.global.pop_front()
+            }?;
             if job.call.is_cancelled() {
                 continue;
             }
@@ -305,7 +326,8 @@ impl Core {
         }
     }
 
-    async fn next_job(&self, slot: usize) -> Next {
+    /// Waits until `slot` may take jobs, and takes as many as its window allows.
+    async fn next_jobs(&self, slot: usize) -> Next {
         loop {
             let notified = self.wake[slot].notified();
             {
@@ -313,8 +335,12 @@ impl Core {
                     return Next::Stop;
                 }
                 let mut st = self.state();
-                if let Some((id, send)) = self.take_job(&mut st, slot) {
-                    return Next::Job(id, send);
+                let mut batch = Vec::new();
+                while let Some(job) = self.take_job(&mut st, slot) {
+                    batch.push(job);
+                }
+                if !batch.is_empty() {
+                    return Next::Jobs(batch);
                 }
                 if st.closing
                     && st.global.is_empty()
@@ -326,11 +352,6 @@ impl Core {
             }
             notified.await;
         }
-    }
-
-    fn try_next_job(&self, slot: usize) -> Option<(u64, Outgoing)> {
-        let mut st = self.state();
-        self.take_job(&mut st, slot)
     }
 
     /// Delivers the result of the oldest job in flight on `slot`.
@@ -355,9 +376,8 @@ impl Core {
         if let Some(job) = job {
             deliver(job, slot, outcome, busy);
         }
-        if self.state().closing {
-            self.wake[slot].notify_one(); // it may now send the shutdown
-        }
+        // Its window has room again (or, when closing, it may now send the shutdown).
+        self.wake[slot].notify_one();
         Ok(())
     }
 
@@ -650,14 +670,10 @@ impl Tx {
     }
 }
 
-async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, window: Arc<Semaphore>) {
+async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
     loop {
-        let Ok(permit) = window.acquire().await else {
-            return;
-        };
-        permit.forget();
-        let mut batch = match core.next_job(slot).await {
-            Next::Job(id, send) => vec![(id, send)],
+        let batch = match core.next_jobs(slot).await {
+            Next::Jobs(batch) => batch,
             Next::Shutdown => {
                 let _ = tx.send_shutdown(core.settings.exit).await;
                 // Keep the channel open until the worker has answered.
@@ -666,15 +682,6 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, window: Arc<Semaph
             }
             Next::Stop => return,
         };
-        while let Ok(permit) = window.try_acquire() {
-            match core.try_next_job(slot) {
-                Some(job) => {
-                    permit.forget();
-                    batch.push(job);
-                }
-                None => break,
-            }
-        }
         if tx.send_jobs(batch).await.is_err() {
             return; // the driver sees the worker's end
         }
@@ -689,8 +696,7 @@ async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
         mut proc,
     } = conn;
     core.state().pids[slot] = proc.as_ref().map(|p| p.pid());
-    let window = Arc::new(Semaphore::new(core.settings.depth));
-    let writer = tokio::spawn(write_loop(core.clone(), slot, tx, window.clone()));
+    let writer = tokio::spawn(write_loop(core.clone(), slot, tx));
     let why = {
         let mut exited = std::pin::pin!(async {
             match proc.as_mut() {
@@ -708,7 +714,7 @@ async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
                 _ = stop => break 'events Why::Stopped,
                 ev = rx.event() => match ev {
                     Event::Done { id, outcome, busy } => match core.complete(slot, id, outcome, busy) {
-                        Ok(()) => window.add_permits(1),
+                        Ok(()) => {}
                         Err(e) => break Why::Broken(e.to_string()),
                     },
                     Event::Exit(r) => break Why::Exit(r),
@@ -745,7 +751,10 @@ async fn finish(
     mut proc: Option<Box<dyn crate::start::Process>>,
     why: Why,
 ) -> Ended {
+    // Stop the writer for good before touching the jobs in flight: a writer still running could
+    // otherwise move a job into flight after they were requeued, and it would be lost.
     writer.abort();
+    let _ = writer.await;
     let exit = match proc.as_mut() {
         Some(p) => {
             if !matches!(why, Why::Exit(_)) {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::call::{Encode, Engine, IterSource, Options, StreamSource};
+use crate::call::{Encode, Engine, IterSource, Options, Results, StreamSource};
 use crate::dispatch::Core;
 use crate::error::Error;
 use crate::task::Output;
@@ -185,7 +185,7 @@ where
                 false,
             ),
             ordered: self.ordered,
-            slots: Vec::new(),
+            chunks: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -205,7 +205,8 @@ impl<I, A, R> fmt::Debug for Map<I, A, R> {
 pub struct MapFuture<I, A, R> {
     engine: Engine<IterSource<Box<I>>, A, R>,
     ordered: bool,
-    slots: Vec<Option<R>>,
+    /// Ordered maps: finished chunks, by the index of their first task.
+    chunks: Vec<(usize, Vec<R>)>,
     out: Vec<R>,
 }
 
@@ -215,30 +216,37 @@ impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         loop {
-            match this.engine.poll_item(cx) {
-                Poll::Ready(Some((i, Ok(r)))) => {
-                    if this.ordered {
-                        if this.slots.len() <= i {
-                            this.slots.resize_with(i + 1, || None);
+            match this.engine.poll_chunk(cx) {
+                Poll::Ready(Some(done)) => match done.results {
+                    Results::Ok(values) if this.ordered => this.chunks.push((done.first, values)),
+                    Results::Ok(values) => this.out.extend(values),
+                    Results::Mixed(results) => {
+                        // Fail fast: the first error of the chunk ends the call.
+                        let mut values = Vec::with_capacity(results.len());
+                        for r in results {
+                            match r {
+                                Ok(v) => values.push(v),
+                                Err(e) => {
+                                    this.engine.finish();
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
                         }
-                        this.slots[i] = Some(r);
-                    } else {
-                        this.out.push(r);
+                        this.chunks.push((done.first, values));
                     }
-                }
-                Poll::Ready(Some((_, Err(e)))) => {
-                    this.engine.finish();
-                    return Poll::Ready(Err(e));
-                }
+                },
                 Poll::Ready(None) => {
                     if !this.ordered {
                         return Poll::Ready(Ok(std::mem::take(&mut this.out)));
                     }
-                    let slots = std::mem::take(&mut this.slots);
-                    let n = slots.len();
-                    let out: Vec<R> = slots.into_iter().flatten().collect();
-                    if out.len() != n {
-                        return Poll::Ready(Err(Error::closed()));
+                    let mut chunks = std::mem::take(&mut this.chunks);
+                    chunks.sort_unstable_by_key(|(first, _)| *first);
+                    let mut out = Vec::with_capacity(chunks.iter().map(|(_, v)| v.len()).sum());
+                    for (first, values) in chunks {
+                        if first != out.len() {
+                            return Poll::Ready(Err(Error::closed()));
+                        }
+                        out.extend(values);
                     }
                     return Poll::Ready(Ok(out));
                 }

@@ -302,10 +302,14 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     /// spawn it (`tokio::spawn`) to run it in the background.
     ///
     /// ```compile_fail
-    /// # async fn demo(pool: ampire::AsyncPool) {
+    /// # fn main() {
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let pool = ampire::AsyncPool::builder().build().await.unwrap();
     /// let offset = 3u64;
-    /// // A closure that captures `offset` cannot be named in another process.
+    /// // A closure that captures `offset` cannot be named in another process: it is rejected
+    /// // when the call is compiled ("must be an fn item or a closure that captures nothing").
     /// let _ = pool.apply(move |x: u64| x + offset, 1).await;
+    /// # });
     /// # }
     /// ```
     ///

@@ -237,7 +237,41 @@ fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<(usize, &S, &mut W)
     }
 }
 
-/// Runs a chunk of serialised inputs; appends one serialised `Result<R, Failure>` per input.
+/// The results of a chunk: the values of the tasks that succeeded, in order, and the failures
+/// with their position in the chunk.
+pub(crate) struct ChunkOut<R> {
+    pub values: Vec<R>,
+    pub failures: Vec<(u32, Failure)>,
+}
+
+/// Runs every input of a chunk through `run`, under one `catch_unwind` per run of successes (not
+/// one per task): after a panic, the loop resumes at the next input.
+fn run_chunk<A, R>(
+    inputs: impl Iterator<Item = A>,
+    mut run: impl FnMut(A) -> R,
+    out: &mut ChunkOut<R>,
+) {
+    let mut inputs = inputs.enumerate();
+    loop {
+        let mut at = 0u32;
+        let finished = catch(|| {
+            for (i, a) in inputs.by_ref() {
+                at = i as u32;
+                out.values.push(run(a));
+            }
+        });
+        match finished {
+            Ok(()) => return,
+            Err(mut fail) => {
+                fail.index = at;
+                out.failures.push((at, fail));
+            }
+        }
+    }
+}
+
+/// Runs a chunk of serialised inputs. The output is `[u32 LE failures][values][failures]`: the
+/// serialised values of the tasks that succeeded, then `(index, Failure)` of those that did not.
 fn chunk_entry<T, S, W, A, R>(
     cx: &mut Context,
     input: &[u8],
@@ -253,48 +287,98 @@ where
 {
     let task = T::marker();
     let (id, shared, state) = parts::<S, W>(cx)?;
+    let mut starts = Vec::new();
     let mut rest = input;
-    for index in 0..count {
-        let here = rest;
-        let (a, tail) = postcard::take_from_bytes::<A>(rest)
-            .map_err(|e| format!("could not decode a task input: {e}"))?;
-        rest = tail;
-        let result = catch(|| {
-            task.call(
+    let mut bad_input = None;
+    let inputs = std::iter::from_fn(|| {
+        if starts.len() as u32 == count || bad_input.is_some() {
+            return None;
+        }
+        starts.push(input.len() - rest.len());
+        match postcard::take_from_bytes::<A>(rest) {
+            Ok((a, tail)) => {
+                rest = tail;
+                Some(a)
+            }
+            Err(e) => {
+                bad_input = Some(format!("could not decode a task input: {e}"));
+                None
+            }
+        }
+    });
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    let mut values = std::mem::take(out);
+    let mut serialise_error = None;
+    let mut chunk = ChunkOut {
+        values: Vec::new(),
+        failures: Vec::new(),
+    };
+    run_chunk(
+        inputs,
+        |a| {
+            let r = task.call(
                 &mut Worker {
                     id,
                     shared,
                     state: &mut *state,
                 },
                 a,
-            )
-        })
-        .map_err(|mut fail| {
-            fail.index = index;
-            // The input was moved into the task; decode it once more from its bytes to report it.
-            fail.input = postcard::take_from_bytes::<A>(here)
-                .ok()
-                .map(|(a, _)| format!("{a:?}"));
-            fail
-        });
-        let encoded = match &result {
-            Ok(r) => postcard::to_extend(&Ok::<&R, &Failure>(r), std::mem::take(out)),
-            Err(fail) => postcard::to_extend(&Err::<&R, &Failure>(fail), std::mem::take(out)),
-        };
-        *out = match encoded {
-            Ok(v) => v,
-            Err(e) => {
-                let fail = Failure {
-                    message: format!("could not serialise the result: {e}"),
-                    index,
-                    ..Failure::default()
-                };
-                postcard::to_extend(&Err::<(), Failure>(fail), Vec::new())
-                    .map_err(|e| e.to_string())?
+            );
+            match postcard::to_extend(&r, std::mem::take(&mut values)) {
+                Ok(v) => values = v,
+                Err(e) => serialise_error = Some(e.to_string()),
             }
-        };
+        },
+        &mut chunk,
+    );
+    if let Some(e) = bad_input {
+        return Err(e);
     }
+    if let Some(e) = serialise_error {
+        return Err(format!("could not serialise a result: {e}"));
+    }
+    // The input was moved into the task; decode it once more from its bytes to report it.
+    let starts = &starts;
+    for (at, fail) in &mut chunk.failures {
+        fail.input = starts
+            .get(*at as usize)
+            .and_then(|&s| postcard::take_from_bytes::<A>(&input[s..]).ok())
+            .map(|(a, _)| format!("{a:?}"));
+    }
+    values[..4].copy_from_slice(&(chunk.failures.len() as u32).to_le_bytes());
+    for f in &chunk.failures {
+        values = postcard::to_extend(f, values).map_err(|e| e.to_string())?;
+    }
+    *out = values;
     Ok(())
+}
+
+/// Decodes the output of [`chunk_entry`].
+pub(crate) fn decode_chunk<R: Output>(bytes: &[u8], count: usize) -> Result<ChunkOut<R>, String> {
+    let Some((head, mut rest)) = bytes.split_first_chunk::<4>() else {
+        return Err("truncated chunk result".into());
+    };
+    let failed = u32::from_le_bytes(*head) as usize;
+    let ok = count
+        .checked_sub(failed)
+        .ok_or("more failures than tasks")?;
+    let mut out = ChunkOut {
+        values: Vec::with_capacity(ok),
+        failures: Vec::with_capacity(failed),
+    };
+    for _ in 0..ok {
+        let (v, tail) = postcard::take_from_bytes::<R>(rest).map_err(|e| e.to_string())?;
+        out.values.push(v);
+        rest = tail;
+    }
+    for _ in 0..failed {
+        let (f, tail) =
+            postcard::take_from_bytes::<(u32, Failure)>(rest).map_err(|e| e.to_string())?;
+        out.failures.push(f);
+        rest = tail;
+    }
+    Ok(out)
 }
 
 /// Decodes the shared object (if given as bytes) and builds the worker state.
@@ -402,7 +486,7 @@ where
 }
 
 /// A chunk for a thread worker: the inputs are moved, never serialised. The closure returns a
-/// boxed `Vec<Result<R, Failure>>`.
+/// boxed [`ChunkOut<R>`].
 pub(crate) type LocalChunk =
     Box<dyn FnOnce(&mut Context) -> Result<Box<dyn Any + Send>, String> + Send>;
 
@@ -417,26 +501,24 @@ where
     Box::new(move |cx: &mut Context| {
         let task = T::marker();
         let (id, shared, state) = parts::<S, W>(cx)?;
-        let out: Vec<Result<R, Failure>> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                catch(|| {
-                    task.call(
-                        &mut Worker {
-                            id,
-                            shared,
-                            state: &mut *state,
-                        },
-                        a,
-                    )
-                })
-                .map_err(|mut fail| {
-                    fail.index = i as u32;
-                    fail
-                })
-            })
-            .collect();
+        let mut out = ChunkOut {
+            values: Vec::with_capacity(items.len()),
+            failures: Vec::new(),
+        };
+        run_chunk(
+            items.into_iter(),
+            |a| {
+                task.call(
+                    &mut Worker {
+                        id,
+                        shared,
+                        state: &mut *state,
+                    },
+                    a,
+                )
+            },
+            &mut out,
+        );
         Ok(Box::new(out) as Box<dyn Any + Send>)
     })
 }

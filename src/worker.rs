@@ -52,6 +52,13 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
+/// Initialises every lazily created global a worker uses (panic hook, image identity), so that a
+/// child forked from this thread never finds one half-initialised by a thread it does not have.
+pub(crate) fn prepare_fork() {
+    install_panic_hook();
+    let _ = image::identity();
+}
+
 /// Held (shared) while a task's panic captures its backtrace, and (exclusively) by the `Fork`
 /// start method across `fork(2)`: std's backtrace machinery takes a global lock, and a child
 /// forked while another thread held it would deadlock at its first panic.
@@ -94,6 +101,7 @@ pub(crate) fn serve(
     inherited: Option<Arc<dyn Any + Send + Sync>>,
 ) -> i32 {
     install_panic_hook();
+    let _ = RESULT_PIPE.get_or_try_init(|| results.try_clone().map(File::from));
     let mut rd = Reader::new(File::from(tasks), wire::DEFAULT_MAX_FRAME);
     let mut wr = Writer::new(File::from(results));
     let hello = FromWorker::Hello {

@@ -41,6 +41,10 @@ impl Start for Fork {
             let parents_ends = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
             let parent = std::process::id();
             let (pid, pidfd) = launcher::run(move || {
+                // Everything lazily initialised that the child will use is initialised now, on this
+                // thread: a `Once` that another thread was running at the moment of the fork
+                // would stay "running" in the child forever.
+                crate::worker::prepare_fork();
                 // No thread of ours may be capturing a backtrace (std's global lock) as we fork.
                 let held = crate::worker::capture_lock()
                     .write()
