@@ -14,7 +14,7 @@
 //!   permit or a half-written frame, so one that stops being polled cannot wedge a worker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -71,9 +71,12 @@ pub(crate) enum Payload {
     },
 }
 
-/// What a call shares with the pool: its cancellation flag and where its results go.
+/// What a call shares with the pool: its cancellation flag, where its results go, and how long
+/// its tasks take.
 pub(crate) struct CallLink {
     cancelled: AtomicBool,
+    /// Measured nanoseconds per task (moving average); 0 until a chunk has finished.
+    ns_per_task: AtomicU64,
     tx: tokio::sync::mpsc::UnboundedSender<Completion>,
 }
 
@@ -86,6 +89,7 @@ impl CallLink {
         (
             Arc::new(CallLink {
                 cancelled: AtomicBool::new(false),
+                ns_per_task: AtomicU64::new(0),
                 tx,
             }),
             rx,
@@ -94,6 +98,20 @@ impl CallLink {
 
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn observe(&self, busy: Duration, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let sample = (busy.as_nanos() as u64 / len as u64).max(1);
+        let old = self.ns_per_task.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample * 3) / 10
+        };
+        self.ns_per_task.store(new, Ordering::Relaxed);
     }
 }
 
@@ -151,8 +169,10 @@ struct State {
     next_id: u64,
 }
 
-/// A worker may hold more than `depth` chunks while they add up to at most this many tasks.
+/// A worker may hold more than `depth` chunks while they add up to at most this many tasks...
 const SMALL_WINDOW: usize = 64;
+/// ...and at most this much work, by the call's measured task time.
+const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
 
 enum Next {
     Jobs(Vec<(u64, Outgoing)>),
@@ -297,10 +317,17 @@ impl Core {
             } else {
                 st.global.front()
             }?;
-            if !next.call.is_cancelled() {
-                let held = st.inflight[slot].len();
-                let tasks: usize = st.inflight[slot].iter().map(|j| j.len).sum();
-                if held >= self.settings.depth && tasks + next.len > SMALL_WINDOW {
+            if !next.call.is_cancelled() && st.inflight[slot].len() >= self.settings.depth {
+                // Beyond `depth` chunks only for tasks known to be tiny: at most SMALL_WINDOW
+                // tasks and SMALL_WINDOW_WORK of work queued, so that a worker never hoards work
+                // another one could be doing.
+                let tasks: usize =
+                    st.inflight[slot].iter().map(|j| j.len).sum::<usize>() + next.len;
+                let ns = next.call.ns_per_task.load(Ordering::Relaxed);
+                if ns == 0
+                    || tasks > SMALL_WINDOW
+                    || tasks as u64 * ns > SMALL_WINDOW_WORK.as_nanos() as u64
+                {
                     return None;
                 }
             }
@@ -496,6 +523,7 @@ impl Core {
 }
 
 fn deliver(job: Job, worker: usize, outcome: Outcome, busy: Duration) {
+    job.call.observe(busy, job.len);
     if job.call.is_cancelled() {
         return;
     }

@@ -42,6 +42,9 @@ pub fn init() {
             // A failure is not fatal: the forkserver is then started on first use.
             let _ = crate::start::forkserver::start_early();
         }
+        // What every pool needs later, ready before the first one is built.
+        crate::worker::prepare_fork();
+        let _ = crate::start::launcher::submit(|| {});
     });
 }
 

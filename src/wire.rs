@@ -29,12 +29,14 @@ pub(crate) const VERSION: u16 = 1;
 /// Messages from the pool to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// First message after `Hello`: who the worker is and how to build its context. The body holds
-    /// the serialised shared object when `shared` is set.
+    /// The first message (sent without waiting for `Hello`): who the worker is and how to build
+    /// its context. The worker checks `identity` against its own before it resolves any offset.
+    /// The body holds the serialised shared object when `shared` is set.
     Setup {
         worker_id: u32,
         setup: i64,
         shared: bool,
+        identity: Identity,
     },
     /// Run `count` tasks through the chunk entry `entry`; the body holds the inputs.
     Task { id: u64, entry: i64, count: u32 },

@@ -129,7 +129,11 @@ pub(crate) fn serve(
                 worker_id,
                 setup,
                 shared,
+                identity,
             } => {
+                if identity != image::identity() {
+                    return fatal(&mut wr, "the pool runs a different binary".into());
+                }
                 cx.id = worker_id as usize;
                 let Some(entry) = image::setup_entry(setup) else {
                     return fatal(&mut wr, "set-up entry is outside this binary".into());

@@ -212,19 +212,20 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             let mut rx = AsyncReader::new(results, spec.max_frame);
             let mut tx = tasks;
             let handshake = async {
-                let hello = rx.next::<FromWorker>().await;
-                check_hello(hello)?;
+                // Set-up goes out at once (the worker checks our identity before using it), so
+                // the handshake costs one round trip, not two.
                 let setup = ToWorker::Setup {
                     worker_id: id as u32,
                     setup: spec.setup.offset,
                     shared: !inherits,
+                    identity: crate::sys::image::identity(),
                 };
                 let mut head = Vec::new();
                 let body: &[u8] = if inherits { &[] } else { &spec.shared_bytes };
                 wire::encode_head(&mut head, &setup, body.len());
-                wire::write_parts(&mut tx, &head, body)
-                    .await
-                    .map_err(|e| Error::start(format!("could not send set-up: {e}")))?;
+                let sent = wire::write_parts(&mut tx, &head, body).await;
+                check_hello(rx.next::<FromWorker>().await)?;
+                sent.map_err(|e| Error::start(format!("could not send set-up: {e}")))?;
                 match rx.next::<FromWorker>().await {
                     Ok(Some(frame)) => match frame.header {
                         FromWorker::Ready => Ok(()),

@@ -1,0 +1,136 @@
+//! Criterion benchmarks of the pool itself.
+//!
+//! Method: every group sweeps the start methods; pool start-up is measured apart from task round
+//! trips. Start-up (`startup/*`) builds a pool, runs one task and shuts it down, so it includes
+//! forking or spawning the workers, the handshake and reaping them. Round trips (`roundtrip/*`)
+//! run on a warm pool (both workers have already run a task), with payloads from 8 bytes to 1 MiB
+//! each way. Throughput (`map/*`) maps 10,000 trivial tasks over 1 and 2 workers with default
+//! chunking. `iter_custom` times only the awaited call; the tokio runtime and the pool live across
+//! iterations.
+//!
+//! Run with `cargo bench`; the side-by-side comparison with MPIRE, multiprocessing and rayon is
+//! `python3 scripts/compare/run.py` (see BENCHMARKS.md).
+
+use std::time::{Duration, Instant};
+
+use ampire::{AsyncPool, StartMethod};
+use criterion::{BenchmarkId, Criterion, Throughput};
+
+fn echo(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn startup(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("startup");
+    for m in StartMethod::ALL {
+        g.bench_function(BenchmarkId::from_parameter(m), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let pool = AsyncPool::builder()
+                            .workers(2)
+                            .start_method(m)
+                            .build()
+                            .await
+                            .unwrap();
+                        pool.apply(double, 21).await.unwrap();
+                        pool.shutdown().await.unwrap();
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn roundtrip(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("roundtrip");
+    for m in StartMethod::ALL {
+        let pool = rt
+            .block_on(AsyncPool::builder().workers(2).start_method(m).build())
+            .unwrap();
+        rt.block_on(pool.map(double, 0..100u64).chunk_size(1).into_future())
+            .unwrap();
+        for size in [8usize, 1 << 10, 64 << 10, 1 << 20] {
+            g.throughput(Throughput::Bytes(size as u64));
+            g.bench_with_input(BenchmarkId::new(m.to_string(), size), &size, |b, &size| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let payload = vec![7u8; size];
+                            let t = Instant::now();
+                            assert_eq!(pool.apply(echo, payload).await.unwrap(), size);
+                            total += t.elapsed();
+                        }
+                        total
+                    })
+                })
+            });
+        }
+        drop(pool);
+    }
+    g.finish();
+}
+
+fn map(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("map");
+    g.throughput(Throughput::Elements(10_000));
+    for m in StartMethod::ALL {
+        for workers in [1usize, 2] {
+            let pool = rt
+                .block_on(
+                    AsyncPool::builder()
+                        .workers(workers)
+                        .start_method(m)
+                        .build(),
+                )
+                .unwrap();
+            g.bench_function(BenchmarkId::new(m.to_string(), workers), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            pool.map(double, 0..10_000u64).await.unwrap();
+                        }
+                        t.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn main() {
+    ampire::init(); // first: a re-executed bench binary becomes a worker here
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    startup(&mut c);
+    roundtrip(&mut c);
+    map(&mut c);
+    c.final_summary();
+}
+
+use std::future::IntoFuture;
