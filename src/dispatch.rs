@@ -15,18 +15,18 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Exit, Kind, Stage};
-use crate::start::{Connected, Rx, Spec, Start, StartMethod, Tx};
+use crate::start::{Connected, Pool, Process, Rx, Spec, Start, StartMethod, Tx};
 use crate::sys::image::ExitEntry;
 use crate::task::{Entry, LocalChunk};
 use crate::wire::{self, Failure, FromWorker, ToWorker};
-use crate::worker::{LocalEvent, LocalMsg};
+use crate::worker::{LocalNext, LocalQueue};
 
 /// One chunk of one call.
 pub(crate) struct Job {
@@ -156,6 +156,8 @@ pub(crate) struct Core {
     stop: Notify,
     stopped: AtomicBool,
     drivers: Mutex<Vec<JoinHandle<()>>>,
+    /// Thread workers wait here for jobs (with the state lock).
+    local_cv: Condvar,
 }
 
 struct State {
@@ -211,7 +213,16 @@ impl Core {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             drivers: Mutex::new(Vec::new()),
+            local_cv: Condvar::new(),
         })
+    }
+
+    /// Tells every worker to look at the queue again.
+    fn wake_all(&self) {
+        for w in &self.wake {
+            w.notify_one();
+        }
+        self.local_cv.notify_all();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -223,10 +234,11 @@ impl Core {
     }
 
     /// Starts worker `slot` and performs its handshake.
-    pub(crate) async fn start_worker(&self, slot: usize) -> Result<Connected, Error> {
+    pub(crate) async fn start_worker(self: &Arc<Self>, slot: usize) -> Result<Connected, Error> {
+        let pool: Pool = self.clone();
         let link = self
             .start
-            .launch(slot, &self.spec)
+            .launch(slot, &self.spec, &pool)
             .await
             .map_err(|e| e.with_worker(slot))?;
         crate::start::connect(link, slot, &self.spec).await
@@ -237,7 +249,7 @@ impl Core {
         {
             let mut st = self.state();
             for (slot, conn) in workers.iter().enumerate() {
-                st.pids[slot] = conn.proc.as_ref().map(|p| p.pid());
+                st.pids[slot] = conn.pid();
             }
         }
         let mut drivers = self.drivers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -262,12 +274,11 @@ impl Core {
             st.targeted[slot].push_back(job);
             drop(st);
             self.wake[slot].notify_one();
+            self.local_cv.notify_all();
         } else {
             st.global.push_back(job);
             drop(st);
-            for w in &self.wake {
-                w.notify_one();
-            }
+            self.wake_all();
         }
         Ok(())
     }
@@ -431,9 +442,7 @@ impl Core {
             let e = head.clone().with_worker(slot).with_task(job.first);
             deliver(job, slot, Outcome::Failed(e), Duration::ZERO);
         }
-        for w in &self.wake {
-            w.notify_one();
-        }
+        self.wake_all();
     }
 
     /// Marks the pool broken (a replacement worker cannot start): every queued job fails.
@@ -451,9 +460,7 @@ impl Core {
             let slot = usize::MAX;
             deliver(job, slot, Outcome::Failed(e.clone()), Duration::ZERO);
         }
-        for w in &self.wake {
-            w.notify_one();
-        }
+        self.wake_all();
     }
 
     pub(crate) fn pids(&self) -> Vec<Option<u32>> {
@@ -464,9 +471,7 @@ impl Core {
     /// worker to leave. Returns the exit results in worker order.
     pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
         self.state().closing = true;
-        for w in &self.wake {
-            w.notify_one();
-        }
+        self.wake_all();
         let drivers: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
         for d in drivers {
@@ -508,9 +513,7 @@ impl Core {
             deliver(job, slot, Outcome::Failed(Error::closed()), Duration::ZERO);
         }
         self.stop.notify_waiters();
-        for w in &self.wake {
-            w.notify_one();
-        }
+        self.wake_all();
         for d in self
             .drivers
             .lock()
@@ -601,100 +604,58 @@ enum Event {
     Broken(String),
 }
 
-impl Rx {
-    /// The next event of the worker. Cancel-safe.
-    async fn event(&mut self) -> Event {
-        match self {
-            Rx::Thread(events) => match events.recv().await {
-                Some(LocalEvent::Done { id, out, busy_ns }) => {
-                    let outcome = match out {
-                        Ok(b) => Outcome::Local(b),
-                        Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
-                    };
-                    Event::Done {
-                        id,
-                        outcome,
-                        busy: Duration::from_nanos(busy_ns),
-                    }
-                }
-                Some(LocalEvent::Exit(r)) => Event::Exit(r),
-                Some(_) => Event::Broken("unexpected event from a worker thread".into()),
-                None => Event::Eof,
+/// The next event of a process worker. Cancel-safe.
+async fn event(rx: &mut Rx) -> Event {
+    match rx.next::<FromWorker>().await {
+        Ok(Some(frame)) => match frame.header {
+            FromWorker::Done { id, busy_ns } => Event::Done {
+                id,
+                outcome: Outcome::Remote(rx.body(frame.body).to_vec()),
+                busy: Duration::from_nanos(busy_ns),
             },
-            Rx::Pipe(rd) => match rd.next::<FromWorker>().await {
-                Ok(Some(frame)) => match frame.header {
-                    FromWorker::Done { id, busy_ns } => Event::Done {
-                        id,
-                        outcome: Outcome::Remote(rd.body(frame.body).to_vec()),
-                        busy: Duration::from_nanos(busy_ns),
-                    },
-                    FromWorker::Exit(None) => Event::Exit(Ok(rd.body(frame.body).to_vec())),
-                    FromWorker::Exit(Some(fail)) => Event::Exit(Err(fail)),
-                    FromWorker::Fatal(m) => Event::Broken(m),
-                    other => Event::Broken(format!("unexpected message {other:?}")),
-                },
-                Ok(None) => Event::Eof,
-                Err(e) => Event::Broken(e.to_string()),
-            },
-        }
+            FromWorker::Exit(None) => Event::Exit(Ok(rx.body(frame.body).to_vec())),
+            FromWorker::Exit(Some(fail)) => Event::Exit(Err(fail)),
+            FromWorker::Fatal(m) => Event::Broken(m),
+            other => Event::Broken(format!("unexpected message {other:?}")),
+        },
+        Ok(None) => Event::Eof,
+        Err(e) => Event::Broken(e.to_string()),
     }
 }
 
 impl Tx {
     async fn send_jobs(&mut self, jobs: Vec<(u64, Outgoing)>) -> std::io::Result<()> {
-        match self {
-            Tx::Thread(tx) => {
-                for (id, job) in jobs {
-                    let Outgoing::Local(chunk) = job else {
-                        continue;
-                    };
-                    tx.send(LocalMsg::Task { id, chunk })
-                        .map_err(|_| std::io::ErrorKind::BrokenPipe)?;
-                }
-                Ok(())
-            }
-            Tx::Pipe { io, buf } => {
+        let Tx { io, buf } = self;
+        buf.clear();
+        for (id, job) in jobs {
+            let Outgoing::Remote { entry, count, body } = job else {
+                continue;
+            };
+            let header = ToWorker::Task { id, entry, count };
+            if body.len() > 64 * 1024 {
+                wire::encode_head(buf, &header, body.len());
+                wire::write_parts(io, buf, &body).await?;
                 buf.clear();
-                for (id, job) in jobs {
-                    let Outgoing::Remote { entry, count, body } = job else {
-                        continue;
-                    };
-                    let header = ToWorker::Task { id, entry, count };
-                    if body.len() > 64 * 1024 {
-                        wire::encode_head(buf, &header, body.len());
-                        wire::write_parts(io, buf, &body).await?;
-                        buf.clear();
-                    } else {
-                        wire::encode(buf, &header, &body);
-                    }
-                }
-                if !buf.is_empty() {
-                    wire::write_parts(io, buf, &[]).await?;
-                }
-                Ok(())
+            } else {
+                wire::encode(buf, &header, &body);
             }
         }
+        if !buf.is_empty() {
+            wire::write_parts(io, buf, &[]).await?;
+        }
+        Ok(())
     }
 
     async fn send_shutdown(&mut self, exit: Option<Entry<ExitEntry>>) -> std::io::Result<()> {
-        match self {
-            Tx::Thread(tx) => tx
-                .send(LocalMsg::Shutdown {
-                    exit: exit.map(|e| e.ptr),
-                })
-                .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
-            Tx::Pipe { io, buf } => {
-                buf.clear();
-                wire::encode(
-                    buf,
-                    &ToWorker::Shutdown {
-                        exit: exit.map(|e| e.offset),
-                    },
-                    &[],
-                );
-                wire::write_parts(io, buf, &[]).await
-            }
-        }
+        self.buf.clear();
+        wire::encode(
+            &mut self.buf,
+            &ToWorker::Shutdown {
+                exit: exit.map(|e| e.offset),
+            },
+            &[],
+        );
+        wire::write_parts(&mut self.io, &self.buf, &[]).await
     }
 }
 
@@ -718,20 +679,56 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
 
 /// Serves one incarnation of a worker until it leaves.
 async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
-    let Connected {
-        tx,
-        mut rx,
-        mut proc,
-    } = conn;
-    core.state().pids[slot] = proc.as_ref().map(|p| p.pid());
+    core.state().pids[slot] = conn.pid();
+    match conn {
+        Connected::Thread { ended } => serve_thread(core, slot, ended).await,
+        Connected::Process { tx, rx, proc } => serve_process(core, slot, tx, rx, proc).await,
+    }
+}
+
+/// A thread worker runs by itself (see `ThreadWorker`); wait for it to leave.
+async fn serve_thread(
+    core: &Arc<Core>,
+    slot: usize,
+    ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
+) -> Ended {
+    match ended.await {
+        Ok(Some(r)) => {
+            let r = r.map_err(|failure| {
+                Error::new(Kind::Panic {
+                    failure,
+                    during: Stage::Exit,
+                })
+                .with_worker(slot)
+            });
+            core.state().exits[slot] = Some(r);
+            Ended::Done
+        }
+        Ok(None) => Ended::Stopped,
+        Err(_) => {
+            // The thread ended without saying so: something outside a task panicked.
+            core.fail_inflight(
+                slot,
+                Error::new(Kind::WorkerDied {
+                    exit: Exit::Unknown,
+                    during: Stage::Task,
+                }),
+            );
+            Ended::Died
+        }
+    }
+}
+
+async fn serve_process(
+    core: &Arc<Core>,
+    slot: usize,
+    tx: Tx,
+    mut rx: Rx,
+    mut proc: Box<dyn Process>,
+) -> Ended {
     let writer = tokio::spawn(write_loop(core.clone(), slot, tx));
     let why = {
-        let mut exited = std::pin::pin!(async {
-            match proc.as_mut() {
-                Some(p) => p.wait().await,
-                None => std::future::pending().await,
-            }
-        });
+        let mut exited = std::pin::pin!(proc.wait());
         'events: loop {
             let stop = core.stop.notified();
             if core.stopped.load(Ordering::Acquire) {
@@ -740,24 +737,25 @@ async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
             tokio::select! {
                 biased;
                 _ = stop => break 'events Why::Stopped,
-                ev = rx.event() => match ev {
-                    Event::Done { id, outcome, busy } => match core.complete(slot, id, outcome, busy) {
-                        Ok(()) => {}
-                        Err(e) => break Why::Broken(e.to_string()),
-                    },
-                    Event::Exit(r) => break Why::Exit(r),
-                    Event::Eof => break Why::Died,
-                    Event::Broken(m) => break Why::Broken(m),
+                ev = event(&mut rx) => match ev {
+                    Event::Done { id, outcome, busy } => {
+                        if let Err(e) = core.complete(slot, id, outcome, busy) {
+                            break 'events Why::Broken(e.to_string());
+                        }
+                    }
+                    Event::Exit(r) => break 'events Why::Exit(r),
+                    Event::Eof => break 'events Why::Died,
+                    Event::Broken(m) => break 'events Why::Broken(m),
                 },
                 _ = core.kill[slot].notified() => {
                     if core.running_cancelled(slot) {
-                        break Why::Cancelled;
+                        break 'events Why::Cancelled;
                     }
                 }
                 _ = &mut exited => {
                     // Read what the worker wrote before it ended, then treat it as dead.
                     loop {
-                        match tokio::time::timeout(Duration::from_millis(200), rx.event()).await {
+                        match tokio::time::timeout(Duration::from_millis(200), event(&mut rx)).await {
                             Ok(Event::Done { id, outcome, busy }) => {
                                 let _ = core.complete(slot, id, outcome, busy);
                             }
@@ -776,28 +774,23 @@ async fn finish(
     core: &Arc<Core>,
     slot: usize,
     writer: JoinHandle<()>,
-    mut proc: Option<Box<dyn crate::start::Process>>,
+    mut proc: Box<dyn Process>,
     why: Why,
 ) -> Ended {
     // Stop the writer for good before touching the jobs in flight: a writer still running could
     // otherwise move a job into flight after they were requeued, and it would be lost.
     writer.abort();
     let _ = writer.await;
-    let exit = match proc.as_mut() {
-        Some(p) => {
-            if !matches!(why, Why::Exit(_)) {
-                p.kill();
-            }
-            // A worker that ran its exit function leaves by itself; do not wait forever.
-            match tokio::time::timeout(Duration::from_secs(10), p.wait()).await {
-                Ok(exit) => exit,
-                Err(_) => {
-                    p.kill();
-                    p.wait().await
-                }
-            }
+    if !matches!(why, Why::Exit(_)) {
+        proc.kill();
+    }
+    // A worker that ran its exit function leaves by itself; do not wait forever.
+    let exit = match tokio::time::timeout(Duration::from_secs(10), proc.wait()).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            proc.kill();
+            proc.wait().await
         }
-        None => Exit::Unknown,
     };
     core.state().pids[slot] = None;
     match why {
@@ -831,5 +824,45 @@ async fn finish(
             );
             Ended::Died
         }
+    }
+}
+
+impl LocalQueue for Core {
+    fn next(&self, slot: usize) -> LocalNext {
+        let mut st = self.state();
+        loop {
+            if self.stopped.load(Ordering::Acquire) {
+                return LocalNext::Stop;
+            }
+            if let Some((id, job)) = self.take_job(&mut st, slot) {
+                if let Outgoing::Local(chunk) = job {
+                    return LocalNext::Job(id, chunk);
+                }
+            } else if st.closing
+                && st.global.is_empty()
+                && st.targeted[slot].is_empty()
+                && st.inflight[slot].is_empty()
+            {
+                return LocalNext::Shutdown;
+            }
+            st = self
+                .local_cv
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn done(
+        &self,
+        slot: usize,
+        id: u64,
+        out: Result<Box<dyn std::any::Any + Send>, String>,
+        busy: Duration,
+    ) {
+        let outcome = match out {
+            Ok(b) => Outcome::Local(b),
+            Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
+        };
+        let _ = self.complete(slot, id, outcome, busy);
     }
 }

@@ -244,6 +244,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             setup: self.setup,
             max_frame: self.max_frame_len,
             start_timeout: self.start_timeout,
+            exit: self.exit,
         };
         let settings = Settings {
             method: self.method,

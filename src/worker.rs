@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Once, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sys::image::{self, ChunkEntry, ExitEntry, SetupEntry};
 use crate::task::LocalChunk;
@@ -220,59 +220,66 @@ pub fn inject_raw_result_bytes(bytes: &[u8]) -> bool {
         .is_some_and(|mut f| f.write_all(bytes).and_then(|()| f.flush()).is_ok())
 }
 
-/// Messages to a thread worker.
-pub(crate) enum LocalMsg {
-    Task { id: u64, chunk: LocalChunk },
-    Shutdown { exit: Option<ExitEntry> },
+/// What a thread worker does next.
+pub(crate) enum LocalNext {
+    Job(u64, LocalChunk),
+    /// Run the exit function and leave.
+    Shutdown,
+    /// Leave at once (the pool was dropped).
+    Stop,
 }
 
-/// Events from a thread worker.
-pub(crate) enum LocalEvent {
-    Ready,
-    InitFailed(Failure),
-    Done {
-        id: u64,
-        out: Result<Box<dyn Any + Send>, String>,
-        busy_ns: u64,
-    },
-    Exit(Result<Vec<u8>, Failure>),
+/// The pool as a thread worker sees it: it takes its jobs from the queue itself and hands the
+/// results straight to their calls, with no task in between.
+pub(crate) trait LocalQueue: Send + Sync {
+    /// Blocks until there is something to do.
+    fn next(&self, slot: usize) -> LocalNext;
+    fn done(&self, slot: usize, id: u64, out: Result<Box<dyn Any + Send>, String>, busy: Duration);
 }
+
+/// How a thread worker ended: with its exit result, or `None` when stopped.
+pub(crate) type ThreadEnd = Option<Result<Vec<u8>, Failure>>;
 
 /// The loop of a thread worker.
-pub(crate) fn serve_thread(
-    id: usize,
-    shared: Arc<dyn Any + Send + Sync>,
-    setup: SetupEntry,
-    jobs: std::sync::mpsc::Receiver<LocalMsg>,
-    events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
-) {
-    install_panic_hook();
-    let mut cx = Context {
-        id,
-        shared: Some(shared),
-        state: None,
-    };
-    if let Err(f) = setup(&mut cx, None) {
-        let _ = events.send(LocalEvent::InitFailed(f));
-        return;
-    }
-    if events.send(LocalEvent::Ready).is_err() {
-        return;
-    }
-    while let Ok(msg) = jobs.recv() {
-        match msg {
-            LocalMsg::Task { id, chunk } => {
-                let t0 = Instant::now();
-                let out = chunk(&mut cx);
-                let busy_ns = t0.elapsed().as_nanos() as u64;
-                if events.send(LocalEvent::Done { id, out, busy_ns }).is_err() {
+pub(crate) struct ThreadWorker {
+    pub id: usize,
+    pub shared: Arc<dyn Any + Send + Sync>,
+    pub setup: SetupEntry,
+    pub exit: Option<ExitEntry>,
+    pub queue: Arc<dyn LocalQueue>,
+    pub ready: tokio::sync::oneshot::Sender<Result<(), Failure>>,
+    pub ended: tokio::sync::oneshot::Sender<ThreadEnd>,
+}
+
+impl ThreadWorker {
+    pub(crate) fn run(self) {
+        install_panic_hook();
+        let mut cx = Context {
+            id: self.id,
+            shared: Some(self.shared),
+            state: None,
+        };
+        let setup = (self.setup)(&mut cx, None);
+        let failed = setup.is_err();
+        if self.ready.send(setup).is_err() || failed {
+            return;
+        }
+        loop {
+            match self.queue.next(self.id) {
+                LocalNext::Job(job, chunk) => {
+                    let t0 = Instant::now();
+                    let out = chunk(&mut cx);
+                    self.queue.done(self.id, job, out, t0.elapsed());
+                }
+                LocalNext::Shutdown => {
+                    let result = self.exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
+                    let _ = self.ended.send(Some(result));
                     return;
                 }
-            }
-            LocalMsg::Shutdown { exit } => {
-                let result = exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
-                let _ = events.send(LocalEvent::Exit(result));
-                return;
+                LocalNext::Stop => {
+                    let _ = self.ended.send(None);
+                    return;
+                }
             }
         }
     }

@@ -22,14 +22,19 @@ use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::{BoxFuture, Link, Pipes, Process, Spec, Start, launcher};
+use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
 use crate::sys;
 
 pub(crate) struct Fork;
 
 impl Start for Fork {
-    fn launch<'a>(&'a self, _id: usize, spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+    fn launch<'a>(
+        &'a self,
+        _id: usize,
+        spec: &'a Spec,
+        _pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
             let Pipes {
                 tasks_w,

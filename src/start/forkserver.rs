@@ -27,7 +27,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, Link, Pipes, Process, Spec, Start, launcher};
+use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
 use crate::role::{ProcessLocal, ROLE_SERVER, ROLE_VAR};
 use crate::sys;
@@ -437,7 +437,12 @@ impl Client {
 pub(crate) struct Forkserver;
 
 impl Start for Forkserver {
-    fn launch<'a>(&'a self, _id: usize, _spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+    fn launch<'a>(
+        &'a self,
+        _id: usize,
+        _spec: &'a Spec,
+        _pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
             let client = client().await?;
             let Pipes {

@@ -12,10 +12,11 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 
 use crate::error::{Error, Exit, Kind};
+use crate::sys::image::ExitEntry;
 use crate::sys::image::SetupEntry;
 use crate::task::Entry;
 use crate::wire::{self, AsyncReader, FromWorker, ToWorker};
-use crate::worker::{LocalEvent, LocalMsg};
+use crate::worker::{LocalQueue, ThreadEnd};
 
 pub(crate) mod fork;
 pub(crate) mod forkserver;
@@ -92,13 +93,17 @@ pub(crate) struct Spec {
     pub setup: Entry<SetupEntry>,
     pub max_frame: usize,
     pub start_timeout: Duration,
+    pub exit: Option<Entry<ExitEntry>>,
 }
+
+/// The pool's queue, for workers that take their jobs themselves (threads).
+pub(crate) type Pool = Arc<dyn LocalQueue>;
 
 /// A started worker, before the handshake.
 pub(crate) enum Link {
     Thread {
-        jobs: std::sync::mpsc::Sender<LocalMsg>,
-        events: tokio::sync::mpsc::UnboundedReceiver<LocalEvent>,
+        ready: tokio::sync::oneshot::Receiver<Result<(), crate::wire::Failure>>,
+        ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     },
     Process {
         tasks: pipe::Sender,
@@ -112,7 +117,12 @@ pub(crate) enum Link {
 /// The private trait behind [`StartMethod`].
 pub(crate) trait Start: Send + Sync {
     /// Starts worker `id`. The returned link has not done its handshake yet.
-    fn launch<'a>(&'a self, id: usize, spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>>;
+    fn launch<'a>(
+        &'a self,
+        id: usize,
+        spec: &'a Spec,
+        pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Link, Error>>;
 }
 
 pub(crate) fn backend(method: StartMethod) -> Box<dyn Start> {
@@ -171,37 +181,48 @@ impl Pipes {
 }
 
 /// The halves of a connected worker.
-pub(crate) struct Connected {
-    pub tx: Tx,
-    pub rx: Rx,
-    pub proc: Option<Box<dyn Process>>,
+pub(crate) enum Connected {
+    /// A thread worker, running; `ended` fires when it leaves.
+    Thread {
+        ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
+    },
+    /// A process worker and its two pipes.
+    Process {
+        tx: Tx,
+        rx: Rx,
+        proc: Box<dyn Process>,
+    },
 }
 
-pub(crate) enum Tx {
-    Thread(std::sync::mpsc::Sender<LocalMsg>),
-    Pipe { io: pipe::Sender, buf: Vec<u8> },
+impl Connected {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Connected::Thread { .. } => None,
+            Connected::Process { proc, .. } => Some(proc.pid()),
+        }
+    }
 }
 
-pub(crate) enum Rx {
-    Thread(tokio::sync::mpsc::UnboundedReceiver<LocalEvent>),
-    Pipe(AsyncReader<pipe::Receiver>),
+/// The pool's end of a worker's task pipe.
+pub(crate) struct Tx {
+    pub io: pipe::Sender,
+    pub buf: Vec<u8>,
 }
+
+/// The pool's end of a worker's result pipe.
+pub(crate) type Rx = AsyncReader<pipe::Receiver>;
 
 /// Performs the handshake: `Hello` (identity and protocol checks), `Setup`, then `Ready`.
 pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connected, Error> {
     match link {
-        Link::Thread { jobs, mut events } => match events.recv().await {
-            Some(LocalEvent::Ready) => Ok(Connected {
-                tx: Tx::Thread(jobs),
-                rx: Rx::Thread(events),
-                proc: None,
-            }),
-            Some(LocalEvent::InitFailed(failure)) => Err(Error::new(Kind::Panic {
+        Link::Thread { ready, ended } => match ready.await {
+            Ok(Ok(())) => Ok(Connected::Thread { ended }),
+            Ok(Err(failure)) => Err(Error::new(Kind::Panic {
                 failure,
                 during: crate::error::Stage::Init,
             })
             .with_worker(id)),
-            _ => Err(Error::start("worker thread ended during set-up").with_worker(id)),
+            Err(_) => Err(Error::start("worker thread ended during set-up").with_worker(id)),
         },
         Link::Process {
             tasks,
@@ -253,13 +274,13 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 ))),
             };
             match result {
-                Ok(()) => Ok(Connected {
-                    tx: Tx::Pipe {
+                Ok(()) => Ok(Connected::Process {
+                    tx: Tx {
                         io: tx,
                         buf: Vec::new(),
                     },
-                    rx: Rx::Pipe(rx),
-                    proc: Some(proc),
+                    rx,
+                    proc,
                 }),
                 Err(e) => {
                     proc.kill();

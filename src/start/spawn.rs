@@ -7,7 +7,7 @@
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
-use super::{BoxFuture, Link, Pipes, Process, Spec, Start, launcher};
+use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
 use crate::role::{ROLE_VAR, ROLE_WORKER};
 use crate::sys;
@@ -15,7 +15,12 @@ use crate::sys;
 pub(crate) struct Spawn;
 
 impl Start for Spawn {
-    fn launch<'a>(&'a self, _id: usize, _spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+    fn launch<'a>(
+        &'a self,
+        _id: usize,
+        _spec: &'a Spec,
+        _pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
             let Pipes {
                 tasks_w,

@@ -2,29 +2,40 @@
 //!
 //! Dedicated threads rather than `spawn_blocking`: a worker owns its state for its whole life
 //! (`worker_init` runs once, `worker_exit` at shutdown), and tokio's blocking pool would hand
-//! consecutive chunks to different threads and retire idle ones.
+//! consecutive chunks to different threads and retire idle ones. A thread worker takes its jobs
+//! from the pool's queue itself and delivers results straight to their calls: a task costs two
+//! thread hand-offs (to the worker and back), not four.
 
-use super::{BoxFuture, Link, Spec, Start};
+use super::{BoxFuture, Link, Pool, Spec, Start};
 use crate::error::Error;
-use crate::worker;
+use crate::worker::ThreadWorker;
 
 pub(crate) struct Threading;
 
 impl Start for Threading {
-    fn launch<'a>(&'a self, id: usize, spec: &'a Spec) -> BoxFuture<'a, Result<Link, Error>> {
+    fn launch<'a>(
+        &'a self,
+        id: usize,
+        spec: &'a Spec,
+        pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
-            let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
-            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-            let shared = spec.shared.clone();
-            let setup = spec.setup.ptr;
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let (ended_tx, ended) = tokio::sync::oneshot::channel();
+            let worker = ThreadWorker {
+                id,
+                shared: spec.shared.clone(),
+                setup: spec.setup.ptr,
+                exit: spec.exit.map(|e| e.ptr),
+                queue: pool.clone(),
+                ready: ready_tx,
+                ended: ended_tx,
+            };
             std::thread::Builder::new()
                 .name(format!("ampire-worker-{id}"))
-                .spawn(move || worker::serve_thread(id, shared, setup, jobs_rx, events_tx))
+                .spawn(move || worker.run())
                 .map_err(Error::start)?;
-            Ok(Link::Thread {
-                jobs: jobs_tx,
-                events: events_rx,
-            })
+            Ok(Link::Thread { ready, ended })
         })
     }
 }
