@@ -33,9 +33,10 @@ where
         if local {
             return Ok(Payload::Local(Some(local_chunk::<T, S, W, A, R>(items))));
         }
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(items.len() * 4);
+        let mut ser = crate::wire::serializer(&mut body);
         for a in &items {
-            body = postcard::to_extend(a, body)
+            serde::Serialize::serialize(a, &mut ser)
                 .map_err(|e| Error::codec("could not serialise a task input", e))?;
         }
         Ok(Payload::Remote {

@@ -11,8 +11,8 @@ use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::sys::image::{ChunkEntry, ExitEntry, SetupEntry, conjure, offset_of};
 use crate::wire::Failure;
@@ -308,30 +308,32 @@ where
     });
     out.clear();
     out.extend_from_slice(&[0; 4]);
-    let mut values = std::mem::take(out);
     let mut serialise_error = None;
     let mut chunk = ChunkOut {
         values: Vec::new(),
         failures: Vec::new(),
     };
-    run_chunk(
-        inputs,
-        |a| {
-            let r = task.call(
-                &mut Worker {
-                    id,
-                    shared,
-                    state: &mut *state,
-                },
-                a,
-            );
-            match postcard::to_extend(&r, std::mem::take(&mut values)) {
-                Ok(v) => values = v,
-                Err(e) => serialise_error = Some(e.to_string()),
-            }
-        },
-        &mut chunk,
-    );
+    {
+        // One serializer for the whole chunk, appending each result as it is made.
+        let mut ser = crate::wire::serializer(out);
+        run_chunk(
+            inputs,
+            |a| {
+                let r = task.call(
+                    &mut Worker {
+                        id,
+                        shared,
+                        state: &mut *state,
+                    },
+                    a,
+                );
+                if let Err(e) = r.serialize(&mut ser) {
+                    serialise_error = Some(e.to_string());
+                }
+            },
+            &mut chunk,
+        );
+    }
     if let Some(e) = bad_input {
         return Err(e);
     }
@@ -339,24 +341,23 @@ where
         return Err(format!("could not serialise a result: {e}"));
     }
     // The input was moved into the task; decode it once more from its bytes to report it.
-    let starts = &starts;
     for (at, fail) in &mut chunk.failures {
         fail.input = starts
             .get(*at as usize)
             .and_then(|&s| postcard::take_from_bytes::<A>(&input[s..]).ok())
             .map(|(a, _)| format!("{a:?}"));
     }
-    values[..4].copy_from_slice(&(chunk.failures.len() as u32).to_le_bytes());
+    out[..4].copy_from_slice(&(chunk.failures.len() as u32).to_le_bytes());
+    let mut ser = crate::wire::serializer(out);
     for f in &chunk.failures {
-        values = postcard::to_extend(f, values).map_err(|e| e.to_string())?;
+        f.serialize(&mut ser).map_err(|e| e.to_string())?;
     }
-    *out = values;
     Ok(())
 }
 
 /// Decodes the output of [`chunk_entry`].
 pub(crate) fn decode_chunk<R: Output>(bytes: &[u8], count: usize) -> Result<ChunkOut<R>, String> {
-    let Some((head, mut rest)) = bytes.split_first_chunk::<4>() else {
+    let Some((head, rest)) = bytes.split_first_chunk::<4>() else {
         return Err("truncated chunk result".into());
     };
     let failed = u32::from_le_bytes(*head) as usize;
@@ -367,16 +368,14 @@ pub(crate) fn decode_chunk<R: Output>(bytes: &[u8], count: usize) -> Result<Chun
         values: Vec::with_capacity(ok),
         failures: Vec::with_capacity(failed),
     };
+    let mut de = postcard::Deserializer::from_bytes(rest);
     for _ in 0..ok {
-        let (v, tail) = postcard::take_from_bytes::<R>(rest).map_err(|e| e.to_string())?;
-        out.values.push(v);
-        rest = tail;
+        out.values
+            .push(R::deserialize(&mut de).map_err(|e| e.to_string())?);
     }
     for _ in 0..failed {
-        let (f, tail) =
-            postcard::take_from_bytes::<(u32, Failure)>(rest).map_err(|e| e.to_string())?;
-        out.failures.push(f);
-        rest = tail;
+        out.failures
+            .push(<(u32, Failure)>::deserialize(&mut de).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }

@@ -179,9 +179,9 @@ impl Buffer {
         let have = self.end - self.start;
         if have >= 4 {
             let flen = le32(&self.buf[self.start..]) as usize;
-            (4 + flen).saturating_sub(have).max(16 * 1024)
+            (4 + flen).saturating_sub(have).max(64 * 1024)
         } else {
-            16 * 1024
+            64 * 1024
         }
     }
 
@@ -334,5 +334,34 @@ impl<W: Write> Writer<W> {
             self.buf.clear();
         }
         Ok(())
+    }
+}
+
+/// A postcard output that appends to a borrowed `Vec<u8>`, so one serializer can write many
+/// values back to back (a chunk of inputs or results) without a call per value.
+pub(crate) struct VecSink<'a>(pub &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecSink<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// A serializer appending to `out`.
+pub(crate) fn serializer(out: &mut Vec<u8>) -> postcard::Serializer<VecSink<'_>> {
+    postcard::Serializer {
+        output: VecSink(out),
     }
 }
