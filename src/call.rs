@@ -104,7 +104,10 @@ impl<St: Stream + Unpin> Source<St::Item> for StreamSource<St> {
 
 /// Chunk sizes: fixed, derived from a known length, or adapted to measured task times.
 struct Chunker {
+    /// Set by the caller (`chunk_size`, `n_splits`): never changes.
     fixed: Option<usize>,
+    /// The default for an input of known length: chunks are at least this large.
+    floor: Option<usize>,
     /// Estimated nanoseconds per task (exponential moving average), for adaptive sizing.
     ns_per_task: Option<f64>,
 }
@@ -118,12 +121,14 @@ const SMALL_CALL_WINDOW: usize = 64;
 
 impl Chunker {
     fn size(&self) -> usize {
-        match (self.fixed, self.ns_per_task) {
-            (Some(n), _) => n,
-            (None, None) => 1,
-            (None, Some(ns)) => ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize)
-                .clamp(1, MAX_ADAPTIVE_CHUNK),
+        if let Some(n) = self.fixed {
+            return n;
         }
+        let adaptive = self.ns_per_task.map_or(1, |ns| {
+            ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_ADAPTIVE_CHUNK)
+        });
+        // A known length gives MPIRE's chunk size; tasks measured to be tiny get larger chunks.
+        self.floor.map_or(adaptive, |f| f.max(adaptive))
     }
 
     fn observe(&mut self, busy: Duration, len: usize) {
@@ -189,6 +194,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             exhausted: false,
             chunker: Chunker {
                 fixed: None,
+                floor: None,
                 ns_per_task: None,
             },
             limit: None,
@@ -235,10 +241,12 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     "n_splits needs an input of known length (give it with .len(n))",
                 ));
             }
-            // MPIRE's default: 64 chunks per worker, so work spreads evenly.
-            (None, None, Some(n)) => Some(n.div_ceil(workers * 64).max(1)),
-            (None, None, None) => None,
+            (None, None, _) => None,
         };
+        // MPIRE's default for a known length: 64 chunks per worker, so work spreads evenly.
+        if self.chunker.fixed.is_none() {
+            self.chunker.floor = known.map(|n| n.div_ceil(workers * 64).max(1));
+        }
         self.limit = o.max_tasks_active;
         if let (Some(limit), Some(c)) = (self.limit, self.chunker.fixed) {
             // A chunk larger than the bound would never fit (MPIRE hangs here): shrink the chunk.

@@ -463,6 +463,26 @@ impl Core {
         self.wake_all();
     }
 
+    /// Records a worker's exit result (or the panic of its exit function).
+    fn store_exit(&self, slot: usize, r: Result<Vec<u8>, Failure>) -> Ended {
+        let r = r.map_err(|failure| {
+            Error::new(Kind::Panic {
+                failure,
+                during: Stage::Exit,
+            })
+            .with_worker(slot)
+        });
+        self.state().exits[slot] = Some(r);
+        Ended::Done
+    }
+
+    /// Chunks waiting in the queue, and chunks in flight on workers.
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let st = self.state();
+        let queued = st.global.len() + st.targeted.iter().map(VecDeque::len).sum::<usize>();
+        (queued, st.inflight.iter().map(VecDeque::len).sum())
+    }
+
     pub(crate) fn pids(&self) -> Vec<Option<u32>> {
         self.state().pids.clone()
     }
@@ -693,17 +713,7 @@ async fn serve_thread(
     ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
 ) -> Ended {
     match ended.await {
-        Ok(Some(r)) => {
-            let r = r.map_err(|failure| {
-                Error::new(Kind::Panic {
-                    failure,
-                    during: Stage::Exit,
-                })
-                .with_worker(slot)
-            });
-            core.state().exits[slot] = Some(r);
-            Ended::Done
-        }
+        Ok(Some(r)) => core.store_exit(slot, r),
         Ok(None) => Ended::Stopped,
         Err(_) => {
             // The thread ended without saying so: something outside a task panicked.
@@ -794,17 +804,7 @@ async fn finish(
     };
     core.state().pids[slot] = None;
     match why {
-        Why::Exit(r) => {
-            let r = r.map_err(|failure| {
-                Error::new(Kind::Panic {
-                    failure,
-                    during: Stage::Exit,
-                })
-                .with_worker(slot)
-            });
-            core.state().exits[slot] = Some(r);
-            Ended::Done
-        }
+        Why::Exit(r) => core.store_exit(slot, r),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
             core.fail_inflight(slot, Error::new(Kind::Cancelled));

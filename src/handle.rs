@@ -100,9 +100,9 @@ impl<A, R> fmt::Debug for ApplyFuture<A, R> {
 macro_rules! options {
     ($($get:ident)?) => {
         /// Tasks per chunk: a worker receives this many inputs at once and returns their results
-        /// together. Default: `len / (workers * 64)` rounded up when the input's length is known
-        /// (MPIRE's rule), otherwise adapted to the measured task time (about 2 ms of work per
-        /// chunk), starting at 1.
+        /// together. Default: adapted to the measured task time (about 2 ms of work per chunk,
+        /// starting at 1), and never below `len / (workers * 64)` when the input's length is
+        /// known (MPIRE's rule).
         pub fn chunk_size(mut self, n: usize) -> Self {
             self$(.$get)?.options().chunk_size = Some(n);
             self

@@ -540,10 +540,13 @@ impl<S, W, E> Drop for AsyncPool<S, W, E> {
 
 impl<S, W, E> fmt::Debug for AsyncPool<S, W, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (queued, in_flight) = self.core.load();
         f.debug_struct("AsyncPool")
             .field("workers", &self.core.settings.workers)
             .field("start_method", &self.core.settings.method)
             .field("worker_pids", &self.core.pids())
+            .field("queued_chunks", &queued)
+            .field("chunks_in_flight", &in_flight)
             .finish()
     }
 }

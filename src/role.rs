@@ -1,7 +1,7 @@
 //! `ampire::init()`, the roles a process can take, and process-local globals.
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use crate::sys;
 
@@ -85,12 +85,15 @@ pub(crate) fn divert_if_child() {
 /// (and never drops its parent's), so threads and descriptors of the parent are never reused.
 pub(crate) struct ProcessLocal<T> {
     slot: AtomicPtr<(u32, T)>,
+    /// The id of the process one of whose threads is creating the value, or 0.
+    making: AtomicU32,
 }
 
 impl<T: Send + Sync + 'static> ProcessLocal<T> {
     pub(crate) const fn new() -> Self {
         ProcessLocal {
             slot: AtomicPtr::new(std::ptr::null_mut()),
+            making: AtomicU32::new(0),
         }
     }
 
@@ -102,23 +105,44 @@ impl<T: Send + Sync + 'static> ProcessLocal<T> {
             .map(|(_, v)| v)
     }
 
-    /// The value of this process, created by `make` if there is none yet.
+    /// The value of this process, created by `make` if there is none yet. `make` runs once per
+    /// process: a second thread waits for the first. The wait is keyed by process id, so a child
+    /// forked while a thread of its parent was in `make` does not wait for a thread it lacks.
     pub(crate) fn get_or_try_init<E>(
         &self,
         make: impl FnOnce() -> Result<T, E>,
     ) -> Result<&'static T, E> {
-        if let Some(v) = self.get() {
-            return Ok(v);
+        let me = std::process::id();
+        loop {
+            if let Some(v) = self.get() {
+                return Ok(v);
+            }
+            match self
+                .making
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(holder) if holder != me => {
+                    // Left behind by the process we were forked from.
+                    let _ = self.making.compare_exchange(
+                        holder,
+                        0,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                Err(_) => std::thread::yield_now(),
+            }
         }
-        let current = self.slot.load(Ordering::Acquire);
-        let leaked: &'static mut (u32, T) = Box::leak(Box::new((std::process::id(), make()?)));
-        match self
-            .slot
-            .compare_exchange(current, leaked, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(&leaked.1),
-            // Another thread won the race; ours stays leaked but unused, which is rare and small.
-            Err(_) => Ok(self.get().unwrap_or(&leaked.1)),
-        }
+        let made = match self.get() {
+            Some(v) => Ok(v),
+            None => make().map(|value| {
+                let leaked: &'static mut (u32, T) = Box::leak(Box::new((me, value)));
+                self.slot.store(leaked, Ordering::Release);
+                &leaked.1
+            }),
+        };
+        self.making.store(0, Ordering::Release);
+        made
     }
 }

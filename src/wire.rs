@@ -201,6 +201,36 @@ impl Buffer {
     }
 }
 
+impl Buffer {
+    /// The next whole frame, if it is already buffered.
+    fn frame<H: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<Frame<H>>> {
+        match self.complete()? {
+            Some(len) => self.take(len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the next read goes.
+    fn space(&mut self) -> &mut [u8] {
+        let want = self.want();
+        self.reserve(want);
+        &mut self.buf[self.end..]
+    }
+
+    /// Records a read of `n` bytes; `Ok(false)` at a clean end of stream.
+    fn filled(&mut self, n: usize) -> io::Result<bool> {
+        if n == 0 {
+            return if self.end == self.start {
+                Ok(false)
+            } else {
+                Err(bad("stream ended inside a frame"))
+            };
+        }
+        self.end += n;
+        Ok(true)
+    }
+}
+
 /// Blocking frame reader (the worker side).
 pub(crate) struct Reader<R> {
     io: R,
@@ -218,25 +248,17 @@ impl<R: Read> Reader<R> {
     /// The next frame, or `None` at end of stream.
     pub(crate) fn next<H: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<Frame<H>>> {
         loop {
-            if let Some(len) = self.b.complete()? {
-                return self.b.take(len).map(Some);
+            if let Some(frame) = self.b.frame()? {
+                return Ok(Some(frame));
             }
-            let want = self.b.want();
-            self.b.reserve(want);
-            let end = self.b.end;
-            let n = match self.io.read(&mut self.b.buf[end..]) {
+            let n = match self.io.read(self.b.space()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            if n == 0 {
-                return if self.b.end == self.b.start {
-                    Ok(None)
-                } else {
-                    Err(bad("stream ended inside a frame"))
-                };
+            if !self.b.filled(n)? {
+                return Ok(None);
             }
-            self.b.end += n;
         }
     }
 
@@ -264,21 +286,13 @@ impl<R: AsyncRead + Unpin> AsyncReader<R> {
         &mut self,
     ) -> io::Result<Option<Frame<H>>> {
         loop {
-            if let Some(len) = self.b.complete()? {
-                return self.b.take(len).map(Some);
+            if let Some(frame) = self.b.frame()? {
+                return Ok(Some(frame));
             }
-            let want = self.b.want();
-            self.b.reserve(want);
-            let end = self.b.end;
-            let n = self.io.read(&mut self.b.buf[end..]).await?;
-            if n == 0 {
-                return if self.b.end == self.b.start {
-                    Ok(None)
-                } else {
-                    Err(bad("stream ended inside a frame"))
-                };
+            let n = self.io.read(self.b.space()).await?;
+            if !self.b.filled(n)? {
+                return Ok(None);
             }
-            self.b.end += n;
         }
     }
 
@@ -363,5 +377,128 @@ impl postcard::ser_flavors::Flavor for VecSink<'_> {
 pub(crate) fn serializer(out: &mut Vec<u8>) -> postcard::Serializer<VecSink<'_>> {
     postcard::Serializer {
         output: VecSink(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8], max: usize) -> io::Result<Vec<(ToWorker, Vec<u8>)>> {
+        let mut rd = Reader::new(bytes, max);
+        let mut out = Vec::new();
+        while let Some(frame) = rd.next::<ToWorker>()? {
+            let body = rd.body(frame.body).to_vec();
+            out.push((frame.header, body));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_round_trip_back_to_back_with_bodies_of_any_size() {
+        let mut bytes = Vec::new();
+        let big = vec![9u8; 300 * 1024];
+        encode(
+            &mut bytes,
+            &ToWorker::Task {
+                id: 1,
+                entry: -5,
+                count: 2,
+            },
+            b"ab",
+        );
+        encode(
+            &mut bytes,
+            &ToWorker::Task {
+                id: 2,
+                entry: 7,
+                count: 0,
+            },
+            &[],
+        );
+        encode(
+            &mut bytes,
+            &ToWorker::Task {
+                id: 3,
+                entry: 7,
+                count: 1,
+            },
+            &big,
+        );
+        encode(&mut bytes, &ToWorker::Shutdown { exit: None }, &[]);
+        let frames = read_all(&bytes, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(frames.len(), 4);
+        assert!(matches!(
+            frames[0].0,
+            ToWorker::Task {
+                id: 1,
+                entry: -5,
+                count: 2
+            }
+        ));
+        assert_eq!(frames[0].1, b"ab");
+        assert!(frames[1].1.is_empty());
+        assert_eq!(frames[2].1, big);
+        assert!(matches!(frames[3].0, ToWorker::Shutdown { exit: None }));
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_it_is_read() {
+        let mut bytes = Vec::new();
+        encode(
+            &mut bytes,
+            &ToWorker::Task {
+                id: 1,
+                entry: 0,
+                count: 1,
+            },
+            &[0; 4096],
+        );
+        let e = read_all(&bytes, 1024).unwrap_err();
+        assert!(
+            e.to_string().contains("exceeds the limit of 1024 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_and_truncated_frames_are_errors() {
+        // A header that is not a message.
+        let mut bytes = 12u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&8u32.to_le_bytes());
+        bytes.extend_from_slice(&[0xff; 8]);
+        assert!(
+            read_all(&bytes, 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("malformed frame header")
+        );
+        // A header length past the end of the frame.
+        let mut bytes = 8u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&100u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        assert!(
+            read_all(&bytes, 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("header length exceeds")
+        );
+        // The stream ends inside a frame.
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &ToWorker::Shutdown { exit: Some(3) }, b"xyz");
+        bytes.pop();
+        assert!(
+            read_all(&bytes, 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("ended inside a frame")
+        );
+        // A frame too short to hold its header length.
+        assert!(
+            read_all(&2u32.to_le_bytes(), 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("shorter")
+        );
     }
 }

@@ -210,7 +210,6 @@ pub(crate) fn start_early() -> std::io::Result<()> {
         }
         serve(theirs)
     })?;
-    CLIENT.get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None)))?;
     install(Client::new(ours, None)?);
     Ok(())
 }
@@ -218,25 +217,27 @@ pub(crate) fn start_early() -> std::io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The owner's side.
 
-static CLIENT: ProcessLocal<Mutex<Option<Arc<Client>>>> = ProcessLocal::new();
+/// This process's forkserver connection. An async mutex: starting a server on first use awaits
+/// the launcher, and concurrent first users must wait for that one server, not start their own.
+static CLIENT: ProcessLocal<tokio::sync::Mutex<Option<Arc<Client>>>> = ProcessLocal::new();
 
 fn install(client: Arc<Client>) {
-    if let Ok(slot) = CLIENT.get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None))) {
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
+    if let Ok(slot) =
+        CLIENT.get_or_try_init(|| Ok::<_, std::io::Error>(tokio::sync::Mutex::new(None)))
+    {
+        if let Ok(mut guard) = slot.try_lock() {
+            *guard = Some(client);
+        }
     }
 }
 
 /// The connection to this process's forkserver, started on first use if `init()` could not.
 async fn client() -> Result<Arc<Client>, Error> {
     let slot = CLIENT
-        .get_or_try_init(|| Ok::<_, std::io::Error>(Mutex::new(None)))
+        .get_or_try_init(|| Ok::<_, std::io::Error>(tokio::sync::Mutex::new(None)))
         .map_err(Error::start)?;
-    if let Some(c) = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .filter(|c| !c.is_dead())
-    {
+    let mut guard = slot.lock().await;
+    if let Some(c) = guard.as_ref().filter(|c| !c.is_dead()) {
         return Ok(c.clone());
     }
     let (ours, theirs) = socketpair(
@@ -262,14 +263,8 @@ async fn client() -> Result<Arc<Client>, Error> {
     .and_then(|r| r)
     .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
     let client = Client::new(ours, Some(child)).map_err(Error::start)?;
-    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-    match guard.as_ref().filter(|c| !c.is_dead()) {
-        Some(existing) => Ok(existing.clone()), // another pool raced us; ours shuts down
-        None => {
-            *guard = Some(client.clone());
-            Ok(client)
-        }
-    }
+    *guard = Some(client.clone());
+    Ok(client)
 }
 
 struct Client {
