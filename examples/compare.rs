@@ -270,6 +270,9 @@ fn w3(a: &Args, rt: &tokio::runtime::Runtime, init_time: Duration) {
 // ---------------------------------------------------------------------------------------------
 // W4: CPU-bound tasks of about 10 ms.
 
+/// Never inlined: the serial loop and the workers run the very same machine code, so a speedup
+/// measures the pool, not how the optimiser happened to lay out two copies of the loop.
+#[inline(never)]
 fn spin(iters: u64) -> u64 {
     let mut x = 0u64;
     for i in 0..iters {
@@ -528,6 +531,7 @@ fn make_image(n: usize) -> Image {
 /// Full 2-D convolution with filter `k` (scipy's `convolve2d`, output `(n+3) x (n+3)`), then
 /// every 5th row and column. Each output row is computed in turn from the four image rows that
 /// reach it, so the full output never needs to be held: same arithmetic, little memory.
+#[inline(never)]
 fn convolve(img: &Image, k: u32) -> Vec<f64> {
     let n = img.n;
     let mut f = [[0.0f64; 4]; 4];
@@ -600,6 +604,7 @@ fn w7_numerical(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
 
 type Prefixes = HashMap<Vec<u8>, u32>;
 
+#[inline(never)]
 fn count_prefixes(counts: &mut Prefixes, doc: &[[u8; 20]]) {
     for word in doc {
         for i in 1..20 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 
-use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload};
+use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
 use crate::error::{Error, Kind, Stage};
 use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
 use crate::wire::Failure;
@@ -116,8 +116,6 @@ struct Chunker {
 /// spread work evenly and keep the reorder window small.
 const TARGET_CHUNK: Duration = Duration::from_millis(2);
 const MAX_ADAPTIVE_CHUNK: usize = 16 * 1024;
-/// Tasks a worker may hold when its chunks are small (see `dispatch::SMALL_WINDOW`).
-const SMALL_CALL_WINDOW: usize = 64;
 
 impl Chunker {
     fn size(&self) -> usize {
@@ -266,7 +264,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             }
             // Enough for every worker's pipeline plus as much again queued, and for small
             // chunks enough to fill a worker's window many times over.
-            None => workers * ((depth + 1) * chunk).max(4 * SMALL_CALL_WINDOW),
+            None => workers * ((depth + 1) * chunk).max(4 * SMALL_WINDOW),
         };
         (chunk, limit)
     }

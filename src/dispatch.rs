@@ -4,9 +4,12 @@
 //! - A *job* is one chunk of tasks of one *call* (an `apply`, a `map`, a stream). Calls push jobs
 //!   without waiting ([`Core::submit`]); they bound themselves (`max_tasks_active`), so the queue
 //!   never holds more than the calls allowed.
-//! - Each worker slot has a *driver* task that starts the worker, then reads its events, and a
-//!   *writer* task that feeds it up to `depth` jobs. Reading and writing are separate tasks so a
-//!   worker blocked on writing a large result never deadlocks against us writing a large input.
+//! - Each process worker slot has a *driver* task that starts the worker, then reads its events,
+//!   and a *writer* task that feeds it up to `depth` jobs (more while they are known to be tiny).
+//!   Reading and writing are separate tasks so a worker blocked on writing a large result never
+//!   deadlocks against us writing a large input.
+//! - A thread worker takes its jobs from the queue itself (waiting on a condition variable) and
+//!   hands each result straight to its call; its driver task only waits for it to leave.
 //! - A worker processes its jobs in order, so when it dies, the oldest job in flight is the one it
 //!   was running: that job fails with the exit status; the others (still unread in the pipe) go
 //!   back to the front of the queue. The worker is replaced under the same id.
@@ -172,7 +175,7 @@ struct State {
 }
 
 /// A worker may hold more than `depth` chunks while they add up to at most this many tasks...
-const SMALL_WINDOW: usize = 64;
+pub(crate) const SMALL_WINDOW: usize = 64;
 /// ...and at most this much work, by the call's measured task time.
 const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
 

@@ -119,8 +119,9 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
-    /// How many chunks each worker may hold at once (one running, the rest queued in its pipe),
-    /// so it never waits for the next. Default: 2.
+    /// How many chunks each process worker may hold at once (one running, the rest queued in its
+    /// pipe), so it never waits for the next. Chunks of tasks measured to be tiny may go beyond
+    /// it (up to 64 tasks and about 200 µs of work). Default: 2.
     pub fn pipeline_depth(mut self, chunks: usize) -> Self {
         self.depth = chunks;
         self
