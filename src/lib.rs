@@ -9,10 +9,11 @@
 //! # How it works
 //!
 //! An [`AsyncPool`] owns `workers` workers, started by one of four [`StartMethod`]s. For each
-//! worker the pool runs two tokio tasks on your runtime: a *writer* that feeds it chunks of tasks
-//! and a *driver* that reads its results, notices its death and replaces it. Process workers
-//! talk over two pipes registered with the tokio reactor, in length-prefixed postcard frames;
-//! thread workers over channels, with inputs and results moved, never serialised.
+//! process worker the pool runs two tokio tasks on your runtime: a *writer* that feeds it chunks
+//! of tasks and a *driver* that reads its results, notices its death and replaces it. Process
+//! workers talk over two pipes registered with the tokio reactor, in length-prefixed postcard
+//! frames. Thread workers take their chunks from the pool's queue themselves and hand results
+//! straight back, with inputs and results moved, never serialised.
 //!
 //! Which processes exist, and who reaps whom:
 //!
