@@ -97,21 +97,22 @@ impl<A, R> fmt::Debug for ApplyFuture<A, R> {
     }
 }
 
+/// The per-call setters shared by [`Map`] and [`MapStream`].
 macro_rules! options {
-    ($($get:ident)?) => {
+    () => {
         /// Tasks per chunk: a worker receives this many inputs at once and returns their results
         /// together. Default: adapted to the measured task time (about 2 ms of work per chunk,
         /// starting at 1), and never below `len / (workers * 64)` when the input's length is
         /// known (MPIRE's rule).
         pub fn chunk_size(mut self, n: usize) -> Self {
-            self$(.$get)?.options().chunk_size = Some(n);
+            self.options().chunk_size = Some(n);
             self
         }
 
         /// Split the input into this many chunks instead of giving a chunk size (needs a known
         /// length).
         pub fn n_splits(mut self, n: usize) -> Self {
-            self$(.$get)?.options().n_splits = Some(n);
+            self.options().n_splits = Some(n);
             self
         }
 
@@ -119,14 +120,14 @@ macro_rules! options {
         /// as results come back, so an endless input runs in bounded memory. A bound smaller than
         /// the chunk size shrinks the chunks. Default: `workers * 3 * chunk_size`.
         pub fn max_tasks_active(mut self, n: usize) -> Self {
-            self$(.$get)?.options().max_tasks_active = Some(n);
+            self.options().max_tasks_active = Some(n);
             self
         }
 
         /// The number of inputs, when the input cannot tell (MPIRE's `iterable_len`). Used for
         /// the default chunk size and `n_splits`; a wrong value only changes chunking.
         pub fn len(mut self, n: usize) -> Self {
-            self$(.$get)?.options().len = Some(n);
+            self.options().len = Some(n);
             self
         }
     };
