@@ -144,7 +144,6 @@ pub(crate) struct Settings {
     pub workers: usize,
     pub depth: usize,
     pub order_tasks: bool,
-    pub exit: Option<Entry<ExitEntry>>,
 }
 
 pub(crate) struct Core {
@@ -687,7 +686,7 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
         let batch = match core.next_jobs(slot).await {
             Next::Jobs(batch) => batch,
             Next::Shutdown => {
-                let _ = tx.send_shutdown(core.settings.exit).await;
+                let _ = tx.send_shutdown(core.spec.exit).await;
                 // Keep the channel open until the worker has answered.
                 std::future::pending::<()>().await;
                 return;

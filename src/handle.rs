@@ -118,7 +118,7 @@ macro_rules! options {
 
         /// At most this many tasks of this call are queued or running at once; input is pulled only
         /// as results come back, so an endless input runs in bounded memory. A bound smaller than
-        /// the chunk size shrinks the chunks. Default: `workers * 3 * chunk_size`.
+        /// the chunk size shrinks the chunks. Default: `workers * max(3 * chunk_size, 256)`.
         pub fn max_tasks_active(mut self, n: usize) -> Self {
             self.options().max_tasks_active = Some(n);
             self

@@ -252,7 +252,6 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             workers,
             depth: self.depth,
             order_tasks: self.order_tasks,
-            exit: self.exit,
         };
         let core = Core::new(settings, spec, backend(self.method));
         let starts: Vec<_> = (0..workers)
