@@ -113,16 +113,40 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Waits (bounded) until process `pid` has ended and been reaped.
+/// Waits until process `pid` has ended (an event: its pidfd becomes readable), then until its
+/// parent has reaped it. Reaping belongs to the pool's side (launcher thread, tokio, forkserver)
+/// and has no event a stranger can wait on, so that last step is a short bounded check.
 pub async fn wait_gone(pid: u32) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // SAFETY: a plain syscall; a non-negative result is a new descriptor owned by no one else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let exited = tokio::task::spawn_blocking(move || {
+            let mut fds = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16)).unwrap_or(0) == 1
+        })
+        .await
+        .unwrap();
+        assert!(exited, "process {pid} is still running");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "process {pid} is still there"
+            "process {pid} ended but was never reaped"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
+}
+
+/// Whether process `pid` is gone: ended and reaped.
+pub fn is_gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Blocks the calling task's thread forever (until its process is killed).
