@@ -16,10 +16,12 @@ use futures_core::Stream;
 use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
 use crate::error::{Error, Kind, Stage};
 use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
+use crate::sys::shm::Arena;
 use crate::wire::Failure;
 
-/// Turns a chunk of inputs into what a worker receives.
-pub(crate) type Encode<A> = fn(bool, Vec<A>) -> Result<Payload, Error>;
+/// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no
+/// arena (`None`), or else serialised, large bodies into the arena.
+pub(crate) type Encode<A> = fn(Option<&Arc<Arena>>, bool, Vec<A>) -> Result<Payload, Error>;
 
 pub(crate) fn encoder<T, S, W, A, R>() -> Encode<A>
 where
@@ -29,16 +31,12 @@ where
     A: Input,
     R: Output,
 {
-    |local, items| {
+    |arena, local, items| {
         if local {
             return Ok(Payload::Local(Some(local_chunk::<T, S, W, A, R>(items))));
         }
-        let mut body = Vec::with_capacity(items.len() * 4);
-        let mut ser = crate::wire::serializer(&mut body);
-        for a in &items {
-            serde::Serialize::serialize(a, &mut ser)
-                .map_err(|e| Error::codec("could not serialise a task input", e))?;
-        }
+        let body = crate::wire::encode_body(&items, arena)
+            .map_err(|e| Error::codec("could not serialise a task input", e))?;
         Ok(Payload::Remote {
             entry: crate::task::chunk::<T, S, W, A, R>().offset,
             count: items.len() as u32,
@@ -296,7 +294,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 self.next_seq += 1;
                 self.next_index += len;
                 let max = self.core.spec.max_frame;
-                let encoded = (self.encode)(self.core.is_local(), items).and_then(|p| match &p {
+                let arena = self.core.spec.arena.as_ref();
+                let encoded = (self.encode)(arena, self.core.is_local(), items).and_then(|p| match &p {
                     Payload::Remote { body, .. } if body.len() + 64 > max => Err(Error::config(format!(
                         "a chunk of {len} inputs takes {} bytes, more than max_frame_len ({max})",
                         body.len()

@@ -28,7 +28,7 @@ use crate::error::{Error, Exit, Kind, Stage};
 use crate::start::{Connected, Pool, Process, Rx, Spec, Start, StartMethod, Tx};
 use crate::sys::image::ExitEntry;
 use crate::task::{Entry, LocalChunk};
-use crate::wire::{self, Failure, FromWorker, ToWorker};
+use crate::wire::{self, Body, Failure, FromWorker, ToWorker};
 use crate::worker::{LocalNext, LocalQueue};
 
 /// One chunk of one call.
@@ -70,7 +70,7 @@ pub(crate) enum Payload {
     Remote {
         entry: i64,
         count: u32,
-        body: Arc<Vec<u8>>,
+        body: Arc<Body>,
     },
 }
 
@@ -189,7 +189,7 @@ enum Outgoing {
     Remote {
         entry: i64,
         count: u32,
-        body: Arc<Vec<u8>>,
+        body: Arc<Body>,
     },
 }
 
@@ -653,13 +653,19 @@ impl Tx {
             let Outgoing::Remote { entry, count, body } = job else {
                 continue;
             };
-            let header = ToWorker::Task { id, entry, count };
-            if body.len() > 64 * 1024 {
-                wire::encode_head(buf, &header, body.len());
-                wire::write_parts(io, buf, &body).await?;
+            let header = ToWorker::Task {
+                id,
+                entry,
+                count,
+                arena: body.span(),
+            };
+            let inline = body.inline();
+            if inline.len() > wire::ARENA_MIN {
+                wire::encode_head(buf, &header, inline.len());
+                wire::write_parts(io, buf, inline).await?;
                 buf.clear();
             } else {
-                wire::encode(buf, &header, &body);
+                wire::encode(buf, &header, inline);
             }
         }
         if !buf.is_empty() {

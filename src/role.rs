@@ -67,8 +67,10 @@ pub(crate) fn divert_if_child() {
     INITIALIZED.store(true, Ordering::SeqCst);
     sys::fd::ignore_sigpipe();
     let code = std::panic::catch_unwind(|| match role.to_str() {
-        Some(ROLE_WORKER) => match (sys::fd::adopt(3), sys::fd::adopt(4)) {
-            (Some(tasks), Some(results)) => crate::worker::serve(tasks, results, None),
+        Some(ROLE_WORKER) => match (sys::fd::adopt(3), sys::fd::adopt(4), sys::fd::adopt(5)) {
+            (Some(tasks), Some(results), Some(arena)) => {
+                crate::worker::serve(tasks, results, arena, None)
+            }
             _ => 2,
         },
         Some(ROLE_SERVER) => match sys::fd::adopt(3) {

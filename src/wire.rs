@@ -15,31 +15,86 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::sync::Arc;
 
+use postcard::ser_flavors::Flavor;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::sys::image::Identity;
+use crate::sys::shm::{Arena, Block};
 
 /// Protocol magic, "amp" and the major version.
 pub(crate) const MAGIC: u32 = 0x616d_7001;
 /// Bumped on every incompatible change of the messages below.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
+
+/// Bodies at least this large travel through the pool's shared-memory arena when it has room.
+pub(crate) const ARENA_MIN: usize = 64 * 1024;
+
+/// A range of the pool's shared-memory arena (see `sys::shm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Span {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The body of a task frame (or of the set-up): inline after the header, or in the arena.
+pub(crate) enum Body {
+    Inline(Vec<u8>),
+    Arena(Block),
+}
+
+impl Body {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Body::Inline(v) => v.len(),
+            Body::Arena(b) => b.len(),
+        }
+    }
+
+    /// Where the body lies in the arena, if it does.
+    pub(crate) fn span(&self) -> Option<Span> {
+        match self {
+            Body::Inline(_) => None,
+            Body::Arena(b) => Some(Span {
+                offset: b.offset(),
+                len: b.len() as u64,
+            }),
+        }
+    }
+
+    /// The bytes that follow the header in the frame (none for an arena body).
+    pub(crate) fn inline(&self) -> &[u8] {
+        match self {
+            Body::Inline(v) => v,
+            Body::Arena(_) => &[],
+        }
+    }
+}
 
 /// Messages from the pool to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
     /// The first message (sent without waiting for `Hello`): who the worker is and how to build
     /// its context. The worker checks `identity` against its own before it resolves any offset.
-    /// The body holds the serialised shared object when `shared` is set.
+    /// When `shared` is set, the serialised shared object is in the arena at `arena`, or else
+    /// in the body.
     Setup {
         worker_id: u32,
         setup: i64,
         shared: bool,
+        arena: Option<Span>,
         identity: Identity,
     },
-    /// Run `count` tasks through the chunk entry `entry`; the body holds the inputs.
-    Task { id: u64, entry: i64, count: u32 },
+    /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
+    /// `arena`, or else in the body.
+    Task {
+        id: u64,
+        entry: i64,
+        count: u32,
+        arena: Option<Span>,
+    },
     /// Run the exit function (if any), send `Exit`, and leave.
     Shutdown { exit: Option<i64> },
 }
@@ -122,6 +177,70 @@ pub(crate) struct Frame<H> {
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// The size of `value`'s encoding, found without writing it.
+fn serialized_size<T: Serialize>(value: &T) -> postcard::Result<usize> {
+    let mut ser = postcard::Serializer { output: Count(0) };
+    value.serialize(&mut ser)?;
+    Ok(ser.output.0)
+}
+
+/// A postcard flavor that only counts bytes.
+struct Count(usize);
+
+impl postcard::ser_flavors::Flavor for Count {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+/// Serialises `items` back to back into a body: straight into an arena block when the body is
+/// large and the arena has room, or else into a vector sized from the first item.
+pub(crate) fn encode_body<T: Serialize>(
+    items: &[T],
+    arena: Option<&Arc<Arena>>,
+) -> postcard::Result<Body> {
+    let first = match items.first() {
+        Some(a) => serialized_size(a)?,
+        None => 0,
+    };
+    let estimate = first.saturating_mul(items.len());
+    if let Some(arena) = arena.filter(|_| estimate >= ARENA_MIN) {
+        let mut total = 0usize;
+        for a in items {
+            total = total.saturating_add(serialized_size(a)?);
+        }
+        if let Some(mut block) = arena.alloc(total) {
+            let mut ser = postcard::Serializer {
+                output: postcard::ser_flavors::Slice::new(block.bytes_mut()),
+            };
+            // A value whose size changes between two passes (a `Serialize` impl with side
+            // effects) falls back to the vector below.
+            let fits = items.iter().all(|a| a.serialize(&mut ser).is_ok());
+            if fits && ser.output.finalize().map(|b| b.len()) == Ok(total) {
+                return Ok(Body::Arena(block));
+            }
+        }
+    }
+    let mut body = Vec::with_capacity(estimate.saturating_add(estimate / 8).saturating_add(16));
+    let mut ser = serializer(&mut body);
+    for a in items {
+        a.serialize(&mut ser)?;
+    }
+    Ok(Body::Inline(body))
 }
 
 /// A buffer of incoming bytes split into frames; shared by the blocking and the async reader.
@@ -404,6 +523,7 @@ mod tests {
                 id: 1,
                 entry: -5,
                 count: 2,
+                arena: None,
             },
             b"ab",
         );
@@ -413,6 +533,7 @@ mod tests {
                 id: 2,
                 entry: 7,
                 count: 0,
+                arena: None,
             },
             &[],
         );
@@ -422,6 +543,7 @@ mod tests {
                 id: 3,
                 entry: 7,
                 count: 1,
+                arena: None,
             },
             &big,
         );
@@ -433,7 +555,8 @@ mod tests {
             ToWorker::Task {
                 id: 1,
                 entry: -5,
-                count: 2
+                count: 2,
+                arena: None
             }
         ));
         assert_eq!(frames[0].1, b"ab");
@@ -451,6 +574,7 @@ mod tests {
                 id: 1,
                 entry: 0,
                 count: 1,
+                arena: None,
             },
             &[0; 4096],
         );

@@ -13,6 +13,7 @@ use std::sync::{Arc, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::sys::image::{self, ChunkEntry, ExitEntry, SetupEntry};
+use crate::sys::shm::View;
 use crate::task::LocalChunk;
 use crate::wire::{self, Failure, FromWorker, Reader, ToWorker, Writer};
 
@@ -98,9 +99,13 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
 pub(crate) fn serve(
     tasks: OwnedFd,
     results: OwnedFd,
+    arena: OwnedFd,
     inherited: Option<Arc<dyn Any + Send + Sync>>,
 ) -> i32 {
     install_panic_hook();
+    let Ok(arena) = View::open(arena) else {
+        return 2;
+    };
     let _ = RESULT_PIPE.get_or_try_init(|| results.try_clone().map(File::from));
     let mut rd = Reader::new(File::from(tasks), wire::DEFAULT_MAX_FRAME);
     let mut wr = Writer::new(File::from(results));
@@ -129,6 +134,7 @@ pub(crate) fn serve(
                 worker_id,
                 setup,
                 shared,
+                arena: span,
                 identity,
             } => {
                 if identity != image::identity() {
@@ -138,7 +144,14 @@ pub(crate) fn serve(
                 let Some(entry) = image::setup_entry(setup) else {
                     return fatal(&mut wr, "set-up entry is outside this binary".into());
                 };
-                let bytes = shared.then(|| rd.body(frame.body.clone()));
+                let bytes = match (shared, span) {
+                    (false, _) => None,
+                    (true, None) => Some(rd.body(frame.body.clone())),
+                    (true, Some(span)) => match arena.get(span.offset, span.len) {
+                        Some(b) => Some(b),
+                        None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
+                    },
+                };
                 let reply = match entry(&mut cx, bytes) {
                     Ok(()) => FromWorker::Ready,
                     Err(f) => FromWorker::InitFailed(f),
@@ -162,7 +175,12 @@ pub(crate) fn serve(
             Err(e) => return fatal(&mut wr, e.to_string()),
         };
         match frame.header {
-            ToWorker::Task { id, entry, count } => {
+            ToWorker::Task {
+                id,
+                entry,
+                count,
+                arena: span,
+            } => {
                 let run = match last {
                     Some((off, f)) if off == entry => f,
                     _ => match image::chunk_entry(entry) {
@@ -175,7 +193,14 @@ pub(crate) fn serve(
                 };
                 out.clear();
                 let t0 = Instant::now();
-                if let Err(msg) = run(&mut cx, rd.body(frame.body), count, &mut out) {
+                let body = match span {
+                    None => rd.body(frame.body),
+                    Some(span) => match arena.get(span.offset, span.len) {
+                        Some(b) => b,
+                        None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
+                    },
+                };
+                if let Err(msg) = run(&mut cx, body, count, &mut out) {
                     return fatal(&mut wr, msg);
                 }
                 let busy_ns = t0.elapsed().as_nanos() as u64;

@@ -41,7 +41,8 @@ impl Start for Fork {
                 results_r,
                 tasks_r,
                 results_w,
-            } = Pipes::new().map_err(Error::start)?;
+                arena,
+            } = Pipes::new(spec).map_err(Error::start)?;
             let shared: Arc<dyn Any + Send + Sync> = spec.shared.clone();
             let parents_ends = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
             let parent = std::process::id();
@@ -63,7 +64,7 @@ impl Start for Fork {
                     {
                         return 1;
                     }
-                    crate::worker::serve(tasks_r, results_w, Some(shared))
+                    crate::worker::serve(tasks_r, results_w, arena, Some(shared))
                 })?;
                 let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
                 Ok::<_, std::io::Error>((pid, pidfd))

@@ -5,7 +5,8 @@
 //! The owner and the server talk over an `AF_UNIX` `SOCK_SEQPACKET` socket pair, one message per
 //! datagram:
 //!
-//! - owner → server: `Spawn { token }` with the worker's two pipe ends attached (`SCM_RIGHTS`);
+//! - owner → server: `Spawn { token }` with the worker's two pipe ends and its arena descriptor
+//!   attached (`SCM_RIGHTS`);
 //! - server → owner: `Spawned { token, pid }` with a pidfd of the new worker attached, opened
 //!   before the server could reap it (so the pid cannot have been reused); `Failed { token }`;
 //!   `Exited { pid, exit }` when the server reaped a worker (only a parent can collect a status).
@@ -118,14 +119,12 @@ pub(crate) fn serve(ctl: OwnedFd) -> i32 {
             let Ok(Request::Spawn { token }) = postcard::from_bytes::<Request>(&buf[..n]) else {
                 continue;
             };
-            let reply = match <[OwnedFd; 2]>::try_from(fds) {
-                Ok([tasks_r, results_w]) => {
-                    spawn_one(&ctl, &sfd, &old, server, tasks_r, results_w, token)
-                }
+            let reply = match <[OwnedFd; 3]>::try_from(fds) {
+                Ok(fds) => spawn_one(&ctl, &sfd, &old, server, fds, token),
                 Err(_) => Err((
                     Reply::Failed {
                         token,
-                        error: "expected two descriptors".into(),
+                        error: "expected three descriptors".into(),
                     },
                     None,
                 )),
@@ -148,8 +147,7 @@ fn spawn_one(
     sfd: &SignalFd,
     old: &SigSet,
     server: u32,
-    tasks_r: OwnedFd,
-    results_w: OwnedFd,
+    [tasks_r, results_w, arena]: [OwnedFd; 3],
     token: u64,
 ) -> SpawnResult {
     let (ctl_fd, sfd_fd) = (ctl.as_raw_fd(), sfd.as_fd().as_raw_fd());
@@ -163,7 +161,7 @@ fn spawn_one(
         {
             return 1;
         }
-        crate::worker::serve(tasks_r, results_w, None)
+        crate::worker::serve(tasks_r, results_w, arena, None)
     });
     let failed = |e: std::io::Error| {
         (
@@ -379,7 +377,7 @@ impl Client {
         st.live.clear();
     }
 
-    async fn spawn(&self, tasks_r: OwnedFd, results_w: OwnedFd) -> SpawnReply {
+    async fn spawn(&self, fds: [OwnedFd; 3]) -> SpawnReply {
         let (tx, rx) = oneshot::channel();
         let token = {
             let mut st = self.state();
@@ -395,13 +393,13 @@ impl Client {
         sys::fd::send_with_fds(
             &self.ctl,
             &msg,
-            &[tasks_r.as_raw_fd(), results_w.as_raw_fd()],
+            &fds.each_ref().map(|fd| fd.as_raw_fd()),
         )
         .map_err(|e| {
             self.state().pending.remove(&token);
             e.to_string()
         })?;
-        drop((tasks_r, results_w));
+        drop(fds);
         rx.await.map_err(|_| "the forkserver exited".to_string())?
     }
 
@@ -435,7 +433,7 @@ impl Start for Forkserver {
     fn launch<'a>(
         &'a self,
         _id: usize,
-        _spec: &'a Spec,
+        spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
@@ -445,9 +443,10 @@ impl Start for Forkserver {
                 results_r,
                 tasks_r,
                 results_w,
-            } = Pipes::new().map_err(Error::start)?;
+                arena,
+            } = Pipes::new(spec).map_err(Error::start)?;
             let (pid, pidfd) = client
-                .spawn(tasks_r, results_w)
+                .spawn([tasks_r, results_w, arena])
                 .await
                 .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
             let exit = client.watch(pid);

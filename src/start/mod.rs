@@ -14,8 +14,9 @@ use tokio::net::unix::pipe;
 use crate::error::{Error, Exit, Kind};
 use crate::sys::image::ExitEntry;
 use crate::sys::image::SetupEntry;
+use crate::sys::shm::Arena;
 use crate::task::Entry;
-use crate::wire::{self, AsyncReader, FromWorker, ToWorker};
+use crate::wire::{self, AsyncReader, Body, FromWorker, ToWorker};
 use crate::worker::{LocalQueue, ThreadEnd};
 
 pub(crate) mod fork;
@@ -89,7 +90,9 @@ impl std::fmt::Display for StartMethod {
 pub(crate) struct Spec {
     pub shared: Arc<dyn Any + Send + Sync>,
     /// The shared object serialised, for workers that do not inherit memory.
-    pub shared_bytes: Arc<Vec<u8>>,
+    pub shared_body: Body,
+    /// Shared memory for large bodies; process pools only.
+    pub arena: Option<Arc<Arena>>,
     pub setup: Entry<SetupEntry>,
     pub max_frame: usize,
     pub start_timeout: Duration,
@@ -143,16 +146,18 @@ pub(crate) trait Process: Send + Sync {
     fn wait(&mut self) -> BoxFuture<'_, Exit>;
 }
 
-/// Both ends of the two pipes of a process worker: `(parent's, child's)`.
+/// Both ends of the two pipes of a process worker: `(parent's, child's)`, and the worker's
+/// descriptor of the pool's arena.
 pub(crate) struct Pipes {
     pub tasks_w: OwnedFd,
     pub results_r: OwnedFd,
     pub tasks_r: OwnedFd,
     pub results_w: OwnedFd,
+    pub arena: OwnedFd,
 }
 
 impl Pipes {
-    pub(crate) fn new() -> io::Result<Pipes> {
+    pub(crate) fn new(spec: &Spec) -> io::Result<Pipes> {
         use nix::fcntl::{FcntlArg, OFlag, fcntl};
         let (tasks_r, tasks_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (results_r, results_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -160,11 +165,16 @@ impl Pipes {
         for fd in [&tasks_w, &results_w] {
             let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
         }
+        let arena = match &spec.arena {
+            Some(a) => a.fd().try_clone_to_owned()?,
+            None => return Err(io::Error::other("a process pool has no arena")),
+        };
         Ok(Pipes {
             tasks_w,
             results_r,
             tasks_r,
             results_w,
+            arena,
         })
     }
 
@@ -239,10 +249,19 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     worker_id: id as u32,
                     setup: spec.setup.offset,
                     shared: !inherits,
+                    arena: if inherits {
+                        None
+                    } else {
+                        spec.shared_body.span()
+                    },
                     identity: crate::sys::image::identity(),
                 };
                 let mut head = Vec::new();
-                let body: &[u8] = if inherits { &[] } else { &spec.shared_bytes };
+                let body: &[u8] = if inherits {
+                    &[]
+                } else {
+                    spec.shared_body.inline()
+                };
                 wire::encode_head(&mut head, &setup, body.len());
                 let sent = wire::write_parts(&mut tx, &head, body).await;
                 check_hello(rx.next::<FromWorker>().await)?;

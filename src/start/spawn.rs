@@ -18,7 +18,7 @@ impl Start for Spawn {
     fn launch<'a>(
         &'a self,
         _id: usize,
-        _spec: &'a Spec,
+        spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
@@ -27,7 +27,8 @@ impl Start for Spawn {
                 results_r,
                 tasks_r,
                 results_w,
-            } = Pipes::new().map_err(Error::start)?;
+                arena,
+            } = Pipes::new(spec).map_err(Error::start)?;
             let handle = tokio::runtime::Handle::current();
             let child = launcher::run(move || {
                 let _runtime = handle.enter();
@@ -38,11 +39,15 @@ impl Start for Spawn {
                 if let Some(arg0) = std::env::args_os().next() {
                     cmd.arg0(arg0);
                 }
-                let fds = [tasks_r.as_raw_fd(), results_w.as_raw_fd()];
+                let fds = [
+                    tasks_r.as_raw_fd(),
+                    results_w.as_raw_fd(),
+                    arena.as_raw_fd(),
+                ];
                 sys::fd::prepare_child(cmd.as_std_mut(), fds, std::process::id() as i32);
                 let child = cmd.spawn();
                 // The child has its copies now; ours must close so that EOF can reach each side.
-                drop((tasks_r, results_w));
+                drop((tasks_r, results_w, arena));
                 child
             })
             .await

@@ -139,7 +139,7 @@ pub(crate) fn prepare_child<const N: usize>(
     unsafe { cmd.pre_exec(hook) };
 }
 
-/// Takes ownership of a descriptor number handed over by the parent (3 and 4 in a spawned worker).
+/// Takes ownership of a descriptor number handed over by the parent (3, 4 and 5 in a spawned worker).
 pub(crate) fn adopt(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: F_GETFD only inspects the descriptor table.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
