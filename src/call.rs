@@ -15,8 +15,8 @@ use futures_core::Stream;
 
 use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
 use crate::error::{Error, Kind, Stage};
-use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
 use crate::sys::shm::Arena;
+use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
 use crate::wire::Failure;
 
 /// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no

@@ -28,7 +28,7 @@ use crate::error::{Error, Exit, Kind, Stage};
 use crate::start::{Connected, Pool, Process, Rx, Spec, Start, StartMethod, Tx};
 use crate::sys::image::ExitEntry;
 use crate::task::{Entry, LocalChunk};
-use crate::wire::{self, Body, Failure, FromWorker, ToWorker};
+use crate::wire::{self, Body, Failure, FromWorker, Span, ToWorker};
 use crate::worker::{LocalNext, LocalQueue};
 
 /// One chunk of one call.
@@ -189,7 +189,11 @@ enum Outgoing {
     Remote {
         entry: i64,
         count: u32,
-        body: Arc<Body>,
+        /// Where the inputs are in the arena; the writer holds no reference to the block, so it
+        /// is freed as soon as its job is.
+        span: Option<Span>,
+        /// Inputs that travel in the frame.
+        inline: Option<Arc<Body>>,
     },
 }
 
@@ -357,7 +361,8 @@ impl Core {
                 Payload::Remote { entry, count, body } => Outgoing::Remote {
                     entry: *entry,
                     count: *count,
-                    body: body.clone(),
+                    span: body.span(),
+                    inline: body.span().is_none().then(|| body.clone()),
                 },
             };
             let id = job.id;
@@ -547,7 +552,9 @@ impl Core {
     }
 }
 
-fn deliver(job: Job, worker: usize, outcome: Outcome, busy: Duration) {
+fn deliver(mut job: Job, worker: usize, outcome: Outcome, busy: Duration) {
+    // The inputs go first: a caller that sees the result finds their arena block free.
+    job.payload = Payload::Local(None);
     job.call.observe(busy, job.len);
     if job.call.is_cancelled() {
         return;
@@ -650,16 +657,22 @@ impl Tx {
         let Tx { io, buf } = self;
         buf.clear();
         for (id, job) in jobs {
-            let Outgoing::Remote { entry, count, body } = job else {
+            let Outgoing::Remote {
+                entry,
+                count,
+                span,
+                inline,
+            } = job
+            else {
                 continue;
             };
             let header = ToWorker::Task {
                 id,
                 entry,
                 count,
-                arena: body.span(),
+                arena: span,
             };
-            let inline = body.inline();
+            let inline = inline.as_deref().map_or(&[][..], Body::inline);
             if inline.len() > wire::ARENA_MIN {
                 wire::encode_head(buf, &header, inline.len());
                 wire::write_parts(io, buf, inline).await?;

@@ -15,10 +15,10 @@ use crate::handle::{Apply, Map, MapStream};
 use crate::start::{Spec, StartMethod, backend};
 use crate::sys::image::{ExitEntry, SetupEntry};
 use crate::sys::shm::Arena;
-use crate::wire::Body;
 use crate::task::{
     self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
 };
+use crate::wire::Body;
 
 /// Carries the pool's type parameters without owning values of them.
 type Types<S, W, E> = PhantomData<fn() -> (S, W, E)>;
@@ -249,8 +249,9 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         }
         crate::worker::install_panic_hook();
         let arena = if self.method.is_process() {
-            let a = Arena::new(self.arena_size)
-                .map_err(|e| Error::start(format!("could not create the shared-memory arena: {e}")))?;
+            let a = Arena::new(self.arena_size).map_err(|e| {
+                Error::start(format!("could not create the shared-memory arena: {e}"))
+            })?;
             Some(Arc::new(a))
         } else {
             None
@@ -578,6 +579,10 @@ impl<S, W, E> fmt::Debug for AsyncPool<S, W, E> {
             .field("worker_pids", &self.core.pids())
             .field("queued_chunks", &queued)
             .field("chunks_in_flight", &in_flight)
+            .field(
+                "arena_bytes_in_use",
+                &self.core.spec.arena.as_ref().map_or(0, |a| a.in_use()),
+            )
             .finish()
     }
 }

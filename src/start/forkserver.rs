@@ -390,15 +390,12 @@ impl Client {
             token
         };
         let msg = postcard::to_stdvec(&Request::Spawn { token }).map_err(|e| e.to_string())?;
-        sys::fd::send_with_fds(
-            &self.ctl,
-            &msg,
-            &fds.each_ref().map(|fd| fd.as_raw_fd()),
-        )
-        .map_err(|e| {
-            self.state().pending.remove(&token);
-            e.to_string()
-        })?;
+        sys::fd::send_with_fds(&self.ctl, &msg, &fds.each_ref().map(|fd| fd.as_raw_fd())).map_err(
+            |e| {
+                self.state().pending.remove(&token);
+                e.to_string()
+            },
+        )?;
         drop(fds);
         rx.await.map_err(|_| "the forkserver exited".to_string())?
     }

@@ -103,11 +103,10 @@ impl Arena {
         free.insert(off, size);
     }
 
-    /// Bytes not in any block.
-    #[cfg(test)]
-    pub(crate) fn available(&self) -> usize {
+    /// Bytes held by blocks (rounded up to their alignment).
+    pub(crate) fn in_use(&self) -> usize {
         let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        free.values().sum()
+        self.cap - free.values().sum::<usize>()
     }
 }
 
@@ -241,7 +240,7 @@ mod tests {
         let d = arena.alloc(1000).unwrap();
         assert_eq!(d.offset(), 1024, "the freed middle block is reused first");
         drop((a, c, d));
-        assert_eq!(arena.available(), 4096);
+        assert_eq!(arena.in_use(), 0);
         assert!(arena.alloc(4096).is_some(), "freed extents coalesce");
     }
 

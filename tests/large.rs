@@ -1,0 +1,129 @@
+//! Large inputs and shared objects arrive intact, whether they travel through the shared-memory
+//! arena, through the pipe (arena full or off), or not at all (threads), and the arena is
+//! handed back once the calls are done.
+mod common;
+use common::*;
+use futures_util::StreamExt;
+
+const KIB: usize = 1024;
+
+/// A buffer whose bytes depend on `seed` and on their position.
+fn buffer(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed) as u8)
+        .collect()
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |h, (i, &b)| {
+        h.wrapping_mul(1_000_003) ^ (b as u64 + i as u64)
+    })
+}
+
+fn check(input: (u32, Vec<u8>)) -> (u32, u64) {
+    (input.0, checksum(&input.1))
+}
+
+fn expected(inputs: &[(u32, Vec<u8>)]) -> Vec<(u32, u64)> {
+    inputs.iter().map(|(i, b)| (*i, checksum(b))).collect()
+}
+
+fn inputs(n: u32, len: usize) -> Vec<(u32, Vec<u8>)> {
+    (0..n).map(|i| (i, buffer(i, len))).collect()
+}
+
+fn checksum_shared(w: &mut Worker<'_, Vec<u8>>, _: u32) -> u64 {
+    checksum(w.shared())
+}
+
+fn kill_self_at_5(input: (u32, Vec<u8>)) -> (u32, u64) {
+    if input.0 == 5 {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    check(input)
+}
+
+async fn pool_with_arena(m: StartMethod, arena: usize) -> AsyncPool {
+    AsyncPool::builder()
+        .workers(2)
+        .start_method(m)
+        .arena_size(arena)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The arena's use as the pool reports it.
+fn arena_in_use<S, W, E>(pool: &AsyncPool<S, W, E>) -> usize {
+    let text = format!("{pool:?}");
+    let at = text
+        .find("arena_bytes_in_use: ")
+        .expect("Debug shows the arena")
+        + 20;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+each_method! {
+    async fn large_inputs_arrive_intact_with_any_arena(m: StartMethod) {
+        let data = inputs(24, 200 * KIB);
+        let want = expected(&data);
+        // Roomy (everything through the arena), tight (one chunk at a time fits, the rest goes
+        // through the pipe), and off.
+        for arena in [64 << 20, 300 * KIB, 0] {
+            let pool = pool_with_arena(m, arena).await;
+            let one_by_one = pool.map(check, data.clone()).chunk_size(1).await.unwrap();
+            assert_eq!(one_by_one, want, "arena of {arena} bytes, chunks of 1");
+            let chunked = pool.map(check, data.clone()).chunk_size(5).await.unwrap();
+            assert_eq!(chunked, want, "arena of {arena} bytes, chunks of 5");
+            let mut unordered = pool.map_unordered(check, data.clone()).await.unwrap();
+            unordered.sort();
+            assert_eq!(unordered, want, "arena of {arena} bytes, unordered");
+            assert_eq!(arena_in_use(&pool), 0, "every block is back once the calls are done");
+            pool.shutdown().await.unwrap();
+        }
+    }
+
+    async fn a_large_shared_object_reaches_every_worker(m: StartMethod) {
+        let shared = buffer(7, 3 << 20);
+        let want = checksum(&shared);
+        for arena in [256 << 20, 0] {
+            let pool = AsyncPool::builder()
+                .workers(2)
+                .start_method(m)
+                .arena_size(arena)
+                .shared(shared.clone())
+                .build()
+                .await
+                .unwrap();
+            let sums = pool.map_with(checksum_shared, 0..8u32).chunk_size(1).await.unwrap();
+            assert_eq!(sums, vec![want; 8], "arena of {arena} bytes");
+            pool.shutdown().await.unwrap();
+        }
+    }
+
+    processes async fn chunks_requeued_after_a_crash_arrive_intact(m: StartMethod) {
+        // The dying worker holds chunks it has not read yet; they go to the other worker from
+        // the same arena blocks.
+        let pool = pool_with_arena(m, 64 << 20).await;
+        let data = inputs(16, 150 * KIB);
+        let want = expected(&data);
+        let out: Vec<Result<(u32, u64), Error>> = pool
+            .map_stream(kill_self_at_5, futures_util::stream::iter(data))
+            .chunk_size(1)
+            .collect()
+            .await;
+        for (i, r) in out.into_iter().enumerate() {
+            match i {
+                5 => assert!(r.unwrap_err().is_worker_died()),
+                _ => assert_eq!(r.unwrap(), want[i]),
+            }
+        }
+        assert_eq!(arena_in_use(&pool), 0);
+        pool.shutdown().await.unwrap();
+    }
+}
