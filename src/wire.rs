@@ -29,8 +29,11 @@ pub(crate) const MAGIC: u32 = 0x616d_7001;
 /// Bumped on every incompatible change of the messages below.
 pub(crate) const VERSION: u16 = 2;
 
-/// Bodies at least this large travel through the pool's shared-memory arena when it has room.
+/// Bodies at least this large travel through the pool's shared-memory arena when it has room...
 pub(crate) const ARENA_MIN: usize = 64 * 1024;
+/// ...and when their items are at least this large (smaller ones go through the pipe, where the
+/// bytes cost less than measuring every item first).
+const LARGE_ITEM: usize = 4 * 1024;
 
 /// A range of the pool's shared-memory arena (see `sys::shm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,18 +210,22 @@ impl postcard::ser_flavors::Flavor for Count {
     }
 }
 
-/// Serialises `items` back to back into a body: straight into an arena block when the body is
-/// large and the arena has room, or else into a vector sized from the first item.
+/// Serialises `items` back to back into a body: straight into an arena block when the items are
+/// large and the arena has room, or else into a vector.
+///
+/// The size is estimated from the first and the last item. Large items are measured exactly first
+/// (cheap for byte buffers, whose size is their length) and written once, into the block; small
+/// ones are written into a vector sized from the estimate, without a second pass.
 pub(crate) fn encode_body<T: Serialize>(
     items: &[T],
     arena: Option<&Arc<Arena>>,
 ) -> postcard::Result<Body> {
-    let first = match items.first() {
-        Some(a) => serialized_size(a)?,
-        None => 0,
+    let per_item = match (items.first(), items.last()) {
+        (Some(a), Some(b)) => serialized_size(a)?.max(serialized_size(b)?),
+        _ => 0,
     };
-    let estimate = first.saturating_mul(items.len());
-    if let Some(arena) = arena.filter(|_| estimate >= ARENA_MIN) {
+    let estimate = per_item.saturating_mul(items.len());
+    if let Some(arena) = arena.filter(|_| per_item >= LARGE_ITEM && estimate >= ARENA_MIN) {
         let mut total = 0usize;
         for a in items {
             total = total.saturating_add(serialized_size(a)?);
