@@ -108,12 +108,17 @@ struct Chunker {
     floor: Option<usize>,
     /// Estimated nanoseconds per task (exponential moving average), for adaptive sizing.
     ns_per_task: Option<f64>,
+    /// Serialised bytes per input, from the last chunk (process workers only).
+    bytes_per_task: Option<usize>,
 }
 
 /// Adaptive chunks aim at this much work each: long enough to hide a hand-off, short enough to
 /// spread work evenly and keep the reorder window small.
 const TARGET_CHUNK: Duration = Duration::from_millis(2);
 const MAX_ADAPTIVE_CHUNK: usize = 16 * 1024;
+/// Chunks not set by the caller carry at most this many bytes of inputs (at least one input):
+/// a worker starts sooner, work spreads more evenly, and less memory is in flight.
+const MAX_CHUNK_BYTES: usize = 4 << 20;
 
 impl Chunker {
     fn size(&self) -> usize {
@@ -124,7 +129,17 @@ impl Chunker {
             ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_ADAPTIVE_CHUNK)
         });
         // A known length gives MPIRE's chunk size; tasks measured to be tiny get larger chunks.
-        self.floor.map_or(adaptive, |f| f.max(adaptive))
+        let size = self.floor.map_or(adaptive, |f| f.max(adaptive));
+        match self.bytes_per_task {
+            Some(b) if b > 0 => size.min((MAX_CHUNK_BYTES / b).max(1)),
+            _ => size,
+        }
+    }
+
+    fn observe_bytes(&mut self, bytes: usize, len: usize) {
+        if let Some(per) = bytes.checked_div(len) {
+            self.bytes_per_task = Some(per);
+        }
     }
 
     fn observe(&mut self, busy: Duration, len: usize) {
@@ -192,6 +207,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 fixed: None,
                 floor: None,
                 ns_per_task: None,
+                bytes_per_task: None,
             },
             limit: None,
             buf: Vec::new(),
@@ -304,6 +320,9 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 });
                 match encoded {
                     Ok(payload) => {
+                        if let Payload::Remote { body, .. } = &payload {
+                            self.chunker.observe_bytes(body.len(), len);
+                        }
                         self.core.submit(Job::new(
                             self.link.clone(),
                             job_seq,
