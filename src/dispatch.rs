@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -158,8 +158,12 @@ pub(crate) struct Core {
     stop: Notify,
     stopped: AtomicBool,
     drivers: Mutex<Vec<JoinHandle<()>>>,
-    /// Thread workers wait here for jobs (with the state lock).
+    /// Thread workers wait here for jobs (with the state lock)...
     local_cv: Condvar,
+    /// ...after spinning briefly on this, which changes whenever they are woken.
+    local_gen: AtomicU64,
+    /// An exit result was stored, or the pool broke.
+    exited: Notify,
 }
 
 struct State {
@@ -177,6 +181,8 @@ struct State {
 pub(crate) const SMALL_WINDOW: usize = 64;
 /// ...and at most this much work, by the call's measured task time.
 const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
+/// How long an idle thread worker watches for work before it blocks.
+const LOCAL_SPIN: Duration = Duration::from_micros(100);
 
 enum Next {
     Jobs(Vec<(u64, Outgoing)>),
@@ -220,6 +226,8 @@ impl Core {
             stopped: AtomicBool::new(false),
             drivers: Mutex::new(Vec::new()),
             local_cv: Condvar::new(),
+            local_gen: AtomicU64::new(0),
+            exited: Notify::new(),
         })
     }
 
@@ -228,6 +236,12 @@ impl Core {
         for w in &self.wake {
             w.notify_one();
         }
+        self.wake_local();
+    }
+
+    /// Tells thread workers to look at the queue again, spinning or blocked.
+    fn wake_local(&self) {
+        self.local_gen.fetch_add(1, Ordering::Release);
         self.local_cv.notify_all();
     }
 
@@ -280,7 +294,7 @@ impl Core {
             st.targeted[slot].push_back(job);
             drop(st);
             self.wake[slot].notify_one();
-            self.local_cv.notify_all();
+            self.wake_local();
         } else {
             st.global.push_back(job);
             drop(st);
@@ -457,6 +471,7 @@ impl Core {
         let jobs: Vec<Job> = {
             let mut st = self.state();
             st.broken.get_or_insert(e.clone());
+            self.exited.notify_waiters();
             let mut jobs: Vec<Job> = st.global.drain(..).collect();
             for q in &mut st.targeted {
                 jobs.extend(q.drain(..));
@@ -480,6 +495,7 @@ impl Core {
             .with_worker(slot)
         });
         self.state().exits[slot] = Some(r);
+        self.exited.notify_waiters();
         Ended::Done
     }
 
@@ -499,10 +515,26 @@ impl Core {
     pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
         self.state().closing = true;
         self.wake_all();
-        let drivers: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
-        for d in drivers {
-            let _ = d.await;
+        if self.is_local() {
+            // A thread worker reports its exit itself, after dropping its state: waiting for
+            // that, rather than for its driver, saves a hand-off. The thread itself may still be
+            // unwinding its stack when this returns.
+            loop {
+                let exited = self.exited.notified();
+                {
+                    let st = self.state();
+                    if st.broken.is_some() || st.exits.iter().all(Option::is_some) {
+                        break;
+                    }
+                }
+                exited.await;
+            }
+        } else {
+            let drivers: Vec<JoinHandle<()>> =
+                std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
+            for d in drivers {
+                let _ = d.await;
+            }
         }
         let mut st = self.state();
         if let Some(e) = &st.broken {
@@ -734,8 +766,8 @@ async fn serve_thread(
     ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
 ) -> Ended {
     match ended.await {
-        Ok(Some(r)) => core.store_exit(slot, r),
-        Ok(None) => Ended::Stopped,
+        Ok(true) => Ended::Done,
+        Ok(false) => Ended::Stopped,
         Err(_) => {
             // The thread ended without saying so: something outside a task panicked.
             core.fail_inflight(
@@ -851,6 +883,7 @@ async fn finish(
 impl LocalQueue for Core {
     fn next(&self, slot: usize) -> LocalNext {
         let mut st = self.state();
+        let mut spun = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 return LocalNext::Stop;
@@ -866,10 +899,24 @@ impl LocalQueue for Core {
             {
                 return LocalNext::Shutdown;
             }
+            if !spun {
+                // Work often comes back within a wake-up's time (about 30 µs across cores on a
+                // VM): watch for it briefly before blocking, so the submitter need not wake us.
+                spun = true;
+                let seen = self.local_gen.load(Ordering::Acquire);
+                drop(st);
+                let until = Instant::now() + LOCAL_SPIN;
+                while self.local_gen.load(Ordering::Acquire) == seen && Instant::now() < until {
+                    std::thread::yield_now();
+                }
+                st = self.state();
+                continue;
+            }
             st = self
                 .local_cv
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
+            spun = false;
         }
     }
 
@@ -885,5 +932,9 @@ impl LocalQueue for Core {
             Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
         };
         let _ = self.complete(slot, id, outcome, busy);
+    }
+
+    fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>) {
+        self.store_exit(slot, exit);
     }
 }

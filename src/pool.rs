@@ -2,8 +2,11 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -62,6 +65,8 @@ pub struct Builder<S = (), W = (), E = ()> {
     method: StartMethod,
     shared: S,
     setup: Entry<SetupEntry>,
+    /// Whether `worker_init` was given (a set-up that may fail).
+    init: bool,
     exit: Option<Entry<ExitEntry>>,
     order_tasks: bool,
     max_frame_len: usize,
@@ -82,6 +87,7 @@ impl AsyncPool {
             method: StartMethod::default(),
             shared: (),
             setup: task::setup::<NoInit, (), ()>(),
+            init: false,
             exit: None,
             order_tasks: false,
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME,
@@ -158,6 +164,7 @@ impl<S, W, E> Builder<S, W, E> {
             method: self.method,
             shared: shared(self.shared),
             setup,
+            init: self.init,
             exit,
             order_tasks: self.order_tasks,
             max_frame_len: self.max_frame_len,
@@ -190,7 +197,9 @@ impl<S: Shared> Builder<S, (), ()> {
         W: 'static,
     {
         let _ = Init::new(init);
-        self.retype(|s| s, task::setup::<Init<F>, S, W>(), None)
+        let mut b = self.retype(|s| s, task::setup::<Init<F>, S, W>(), None);
+        b.init = true;
+        b
     }
 }
 
@@ -275,6 +284,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             shared_body,
             arena,
             setup: self.setup,
+            init: self.init,
             max_frame: self.max_frame_len,
             start_timeout: self.start_timeout,
             exit: self.exit,
@@ -286,22 +296,16 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             order_tasks: self.order_tasks,
         };
         let core = Core::new(settings, spec, backend(self.method));
-        let starts: Vec<_> = (0..workers)
-            .map(|slot| {
-                let core = core.clone();
-                tokio::spawn(async move { core.start_worker(slot).await })
-            })
-            .collect();
+        // Started side by side on this task: no hand-off to another thread, and dropping
+        // `build()` drops (and so kills) the workers it started.
+        let starts = (0..workers).map(|slot| core.start_worker(slot)).collect();
         let mut conns = Vec::with_capacity(workers);
         let mut first_err = None;
-        for s in starts {
-            match s.await {
-                Ok(Ok(c)) => conns.push(c),
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
+        for s in join_all(starts).await {
+            match s {
+                Ok(c) => conns.push(c),
                 Err(e) => {
-                    first_err.get_or_insert(Error::start(e));
+                    first_err.get_or_insert(e);
                 }
             }
         }
@@ -314,6 +318,30 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             _t: PhantomData,
         })
     }
+}
+
+/// Polls `futs` side by side on the current task; their outputs in order.
+async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 impl<S, W, E> fmt::Debug for Builder<S, W, E> {

@@ -260,10 +260,13 @@ pub(crate) trait LocalQueue: Send + Sync {
     /// Blocks until there is something to do.
     fn next(&self, slot: usize) -> LocalNext;
     fn done(&self, slot: usize, id: u64, out: Result<Box<dyn Any + Send>, String>, busy: Duration);
+    /// The worker ran its exit function and dropped its state; this is its exit result.
+    fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>);
 }
 
-/// How a thread worker ended: with its exit result, or `None` when stopped.
-pub(crate) type ThreadEnd = Option<Result<Vec<u8>, Failure>>;
+/// How a thread worker ended: `true` after shutdown (its exit result went to
+/// [`LocalQueue::left`]), `false` when stopped.
+pub(crate) type ThreadEnd = bool;
 
 /// The loop of a thread worker.
 pub(crate) struct ThreadWorker {
@@ -272,7 +275,8 @@ pub(crate) struct ThreadWorker {
     pub setup: SetupEntry,
     pub exit: Option<ExitEntry>,
     pub queue: Arc<dyn LocalQueue>,
-    pub ready: tokio::sync::oneshot::Sender<Result<(), Failure>>,
+    /// Where set-up reports, when the pool waits for it.
+    pub ready: Option<tokio::sync::oneshot::Sender<Result<(), Failure>>>,
     pub ended: tokio::sync::oneshot::Sender<ThreadEnd>,
 }
 
@@ -286,7 +290,10 @@ impl ThreadWorker {
         };
         let setup = (self.setup)(&mut cx, None);
         let failed = setup.is_err();
-        if self.ready.send(setup).is_err() || failed {
+        // Without a waiting pool (no `worker_init`), a failed set-up just ends the thread, and
+        // the pool replaces it.
+        let heard = self.ready.is_none_or(|r| r.send(setup).is_ok());
+        if !heard || failed {
             return;
         }
         loop {
@@ -298,11 +305,14 @@ impl ThreadWorker {
                 }
                 LocalNext::Shutdown => {
                     let result = self.exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
-                    let _ = self.ended.send(Some(result));
+                    // The state's destructor has run by the time `shutdown()` returns.
+                    drop(cx);
+                    self.queue.left(self.id, result);
+                    let _ = self.ended.send(true);
                     return;
                 }
                 LocalNext::Stop => {
-                    let _ = self.ended.send(None);
+                    let _ = self.ended.send(false);
                     return;
                 }
             }

@@ -43,7 +43,58 @@ fn id(w: &mut Worker<'_, (), u32>, _: ()) -> usize {
     w.id()
 }
 
+/// Worker state whose destructor leaves a trace, as one that flushes a file would.
+struct Flushes {
+    path: String,
+    id: usize,
+}
+
+impl Drop for Flushes {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .unwrap();
+        // One write per line: two workers append to this file at the same time.
+        f.write_all(format!("worker {}\n", self.id).as_bytes())
+            .unwrap();
+    }
+}
+
+fn flushing_state(w: &Worker<'_, String, ()>) -> Flushes {
+    Flushes {
+        path: w.shared().clone(),
+        id: w.id(),
+    }
+}
+
+fn touch(_: &mut Worker<'_, String, Flushes>, x: u32) -> u32 {
+    x
+}
+
 each_method! {
+    async fn worker_state_is_dropped_before_shutdown_returns(m: StartMethod) {
+        let path = std::env::temp_dir().join(format!("ampire-drop-{}-{m:?}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(m)
+            .shared(path.to_str().unwrap().to_owned())
+            .worker_init(flushing_state)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(pool.map_with(touch, 0..10u32).await.unwrap().len(), 10);
+        pool.shutdown().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["worker 0", "worker 1"]);
+    }
+
     async fn shared_object_state_and_exit_results(m: StartMethod) {
         let table = Table { weights: (0..1000).map(|i| i * 3).collect() };
         let pool = AsyncPool::builder()

@@ -94,6 +94,8 @@ pub(crate) struct Spec {
     /// Shared memory for large bodies; process pools only.
     pub arena: Option<Arc<Arena>>,
     pub setup: Entry<SetupEntry>,
+    /// Whether there is a `worker_init`, whose failure `build()` must report.
+    pub init: bool,
     pub max_frame: usize,
     pub start_timeout: Duration,
     pub exit: Option<Entry<ExitEntry>>,
@@ -105,7 +107,8 @@ pub(crate) type Pool = Arc<dyn LocalQueue>;
 /// A started worker, before the handshake.
 pub(crate) enum Link {
     Thread {
-        ready: tokio::sync::oneshot::Receiver<Result<(), crate::wire::Failure>>,
+        /// `None` when set-up cannot fail (no `worker_init`): nothing to wait for.
+        ready: Option<tokio::sync::oneshot::Receiver<Result<(), crate::wire::Failure>>>,
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     },
     Process {
@@ -225,7 +228,11 @@ pub(crate) type Rx = AsyncReader<pipe::Receiver>;
 /// Performs the handshake: `Hello` (identity and protocol checks), `Setup`, then `Ready`.
 pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connected, Error> {
     match link {
-        Link::Thread { ready, ended } => match ready.await {
+        Link::Thread { ready: None, ended } => Ok(Connected::Thread { ended }),
+        Link::Thread {
+            ready: Some(ready),
+            ended,
+        } => match ready.await {
             Ok(Ok(())) => Ok(Connected::Thread { ended }),
             Ok(Err(failure)) => Err(Error::new(Kind::Panic {
                 failure,

@@ -20,7 +20,13 @@ impl Start for Threading {
         pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
-            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let (ready_tx, ready) = match spec.init {
+                true => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+                false => (None, None),
+            };
             let (ended_tx, ended) = tokio::sync::oneshot::channel();
             let worker = ThreadWorker {
                 id,
