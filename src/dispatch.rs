@@ -841,9 +841,12 @@ async fn finish(
     why: Why,
 ) -> Ended {
     // Stop the writer for good before touching the jobs in flight: a writer still running could
-    // otherwise move a job into flight after they were requeued, and it would be lost.
+    // otherwise move a job into flight after they were requeued, and it would be lost. After an
+    // orderly exit nothing is in flight, and the writer is parked for good: no need to wait.
     writer.abort();
-    let _ = writer.await;
+    if !matches!(why, Why::Exit(_)) {
+        let _ = writer.await;
+    }
     if !matches!(why, Why::Exit(_)) {
         proc.kill();
     }
