@@ -5,6 +5,7 @@
 //! removes its queued tasks, and kills (and replaces) any process worker still running one of its
 //! tasks; a thread worker cannot be killed, its result is discarded.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -186,8 +187,9 @@ where
                 false,
             ),
             ordered: self.ordered,
-            chunks: Vec::new(),
             out: Vec::new(),
+            early: BTreeMap::new(),
+            reserved: false,
         }
     }
 }
@@ -206,9 +208,30 @@ impl<I, A, R> fmt::Debug for Map<I, A, R> {
 pub struct MapFuture<I, A, R> {
     engine: Engine<IterSource<Box<I>>, A, R>,
     ordered: bool,
-    /// Ordered maps: finished chunks, by the index of their first task.
-    chunks: Vec<(usize, Vec<R>)>,
+    /// Results: in input order up to the first missing chunk (ordered), or as they came.
     out: Vec<R>,
+    /// Ordered maps: finished chunks beyond the first missing one, by their first task's index.
+    early: BTreeMap<usize, Vec<R>>,
+    reserved: bool,
+}
+
+impl<I, A, R> MapFuture<I, A, R> {
+    /// Puts a finished chunk in place: ordered results go straight into `out` while they are
+    /// contiguous, so there is no copy of everything at the end.
+    fn place(&mut self, first: usize, values: Vec<R>) {
+        if !self.ordered {
+            self.out.extend(values);
+            return;
+        }
+        if first != self.out.len() {
+            self.early.insert(first, values);
+            return;
+        }
+        self.out.extend(values);
+        while let Some(values) = self.early.remove(&self.out.len()) {
+            self.out.extend(values);
+        }
+    }
 }
 
 impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
@@ -216,11 +239,16 @@ impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if !this.reserved {
+            // Known lengths get their whole vector at once: no regrowth copies. Fallible and
+            // capped, since a size hint may be wrong (an endless `repeat` says `usize::MAX`).
+            this.reserved = true;
+            let _ = this.out.try_reserve(this.engine.size_hint().0.min(1 << 26));
+        }
         loop {
             match this.engine.poll_chunk(cx) {
                 Poll::Ready(Some(done)) => match done.results {
-                    Results::Ok(values) if this.ordered => this.chunks.push((done.first, values)),
-                    Results::Ok(values) => this.out.extend(values),
+                    Results::Ok(values) => this.place(done.first, values),
                     Results::Mixed(results) => {
                         // Fail fast: the first error of the chunk ends the call.
                         let mut values = Vec::with_capacity(results.len());
@@ -233,23 +261,14 @@ impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
                                 }
                             }
                         }
-                        this.chunks.push((done.first, values));
+                        this.place(done.first, values);
                     }
                 },
                 Poll::Ready(None) => {
-                    if !this.ordered {
-                        return Poll::Ready(Ok(std::mem::take(&mut this.out)));
+                    if !this.early.is_empty() {
+                        return Poll::Ready(Err(Error::closed()));
                     }
-                    let mut chunks = std::mem::take(&mut this.chunks);
-                    chunks.sort_unstable_by_key(|(first, _)| *first);
-                    let mut out = Vec::with_capacity(chunks.iter().map(|(_, v)| v.len()).sum());
-                    for (first, values) in chunks {
-                        if first != out.len() {
-                            return Poll::Ready(Err(Error::closed()));
-                        }
-                        out.extend(values);
-                    }
-                    return Poll::Ready(Ok(out));
+                    return Poll::Ready(Ok(std::mem::take(&mut this.out)));
                 }
                 Poll::Pending => return Poll::Pending,
             }

@@ -485,7 +485,16 @@ impl postcard::ser_flavors::Flavor for VecSink<'_> {
     type Output = ();
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if data.len() <= 16 {
+            // Varints and other small fields: a byte loop beats a call to memcpy per field
+            // (which W1's profile showed at a third of the time).
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

@@ -6,6 +6,11 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+fn fails_at_1000(x: u64) -> u64 {
+    assert!(x < 1000, "input {x} is too large");
+    x
+}
+
 fn worker_of(w: &mut Worker<'_>, _x: u64) -> usize {
     w.id()
 }
@@ -25,6 +30,16 @@ each_method! {
         // An input of unknown length gets adaptive chunks; still in order.
         let unknown = (0..10_000u64).filter(|_| true);
         assert_eq!(pool.map(square, unknown).await.unwrap(), serial);
+        pool.shutdown().await.unwrap();
+    }
+
+    async fn an_endless_input_fails_fast_at_its_first_error(m: StartMethod) {
+        // Its size hint is `usize::MAX`: nothing may trust it for an allocation.
+        let pool = pool(m, 2).await;
+        let e = pool.map(fails_at_1000, 0u64..).await.unwrap_err();
+        assert!(e.panic_message().is_some_and(|m| m.ends_with("is too large")), "{e}");
+        let e = pool.map_unordered(fails_at_1000, std::iter::repeat(1000u64)).await.unwrap_err();
+        assert!(e.is_panic(), "{e}");
         pool.shutdown().await.unwrap();
     }
 
