@@ -191,6 +191,11 @@ impl<S: Shared> Builder<S, (), ()> {
     /// ([`Worker::state`]). A replacement worker runs it again. If it panics, `build()` fails
     /// with [`Error::is_init`]; if it panics in a replacement, the pool is broken and every queued
     /// and later task fails with that error.
+    ///
+    /// Do end-of-life work (flushing, reporting) in [`worker_exit`](Builder::worker_exit), not
+    /// in the state's `Drop`: a process worker ends like `std::process::exit`, without dropping
+    /// its state (the kernel takes the memory back at once), and a thread worker drops it after
+    /// `shutdown()` has been told the worker left.
     pub fn worker_init<F, W>(self, init: F) -> Builder<S, W, ()>
     where
         F: Fn(&Worker<'_, S, ()>) -> W + Copy + Send + Sync + 'static,
@@ -205,7 +210,8 @@ impl<S: Shared> Builder<S, (), ()> {
 
 impl<S: Shared, W: 'static> Builder<S, W, ()> {
     /// Runs in each worker at [`AsyncPool::shutdown`]; its return values are what `shutdown`
-    /// returns, one per worker in worker order (MPIRE's exit results).
+    /// returns, one per worker in worker order (MPIRE's exit results). Every exit function has
+    /// finished, and its effects are visible, when `shutdown` returns.
     pub fn worker_exit<F, E>(self, exit: F) -> Builder<S, W, E>
     where
         F: Fn(&mut Worker<'_, S, W>) -> E + Copy + Send + Sync + 'static,

@@ -43,46 +43,32 @@ fn id(w: &mut Worker<'_, (), u32>, _: ()) -> usize {
     w.id()
 }
 
-/// Worker state whose destructor leaves a trace, as one that flushes a file would.
-struct Flushes {
-    path: String,
-    id: usize,
+/// An exit function that leaves a trace, as one that flushes a file would.
+fn append_line(w: &mut Worker<'_, String, ()>) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(w.shared())
+        .unwrap();
+    // One write per line: two workers append to this file at the same time.
+    f.write_all(format!("worker {}\n", w.id()).as_bytes())
+        .unwrap();
 }
 
-impl Drop for Flushes {
-    fn drop(&mut self) {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .unwrap();
-        // One write per line: two workers append to this file at the same time.
-        f.write_all(format!("worker {}\n", self.id).as_bytes())
-            .unwrap();
-    }
-}
-
-fn flushing_state(w: &Worker<'_, String, ()>) -> Flushes {
-    Flushes {
-        path: w.shared().clone(),
-        id: w.id(),
-    }
-}
-
-fn touch(_: &mut Worker<'_, String, Flushes>, x: u32) -> u32 {
+fn touch(_: &mut Worker<'_, String, ()>, x: u32) -> u32 {
     x
 }
 
 each_method! {
-    async fn worker_state_is_dropped_before_shutdown_returns(m: StartMethod) {
-        let path = std::env::temp_dir().join(format!("ampire-drop-{}-{m:?}", std::process::id()));
+    async fn exit_functions_have_finished_when_shutdown_returns(m: StartMethod) {
+        let path = std::env::temp_dir().join(format!("ampire-exit-{}-{m:?}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let pool = AsyncPool::builder()
             .workers(2)
             .start_method(m)
             .shared(path.to_str().unwrap().to_owned())
-            .worker_init(flushing_state)
+            .worker_exit(append_line)
             .build()
             .await
             .unwrap();
