@@ -126,10 +126,11 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
-    /// Shared memory for large inputs to process workers. A chunk of inputs of 64 KiB or more
-    /// (and the shared object under `Spawn` and `Forkserver`) is serialised straight into this
-    /// arena, which every worker maps read-only, instead of being pushed through its pipe: one
-    /// copy on each side instead of four. When the arena is full, bodies go through the pipe.
+    /// Shared memory for large inputs to process workers. A chunk of large inputs (4 KiB or more
+    /// each, 64 KiB or more in all; the shared object under `Spawn` and `Forkserver` too) is
+    /// serialised straight into this arena, which every worker maps read-only, instead of being
+    /// pushed through its pipe: one copy on each side instead of four. When the arena is full,
+    /// bodies go through the pipe. A size the system cannot map makes `build()` fail.
     ///
     /// The size is reserved, not allocated: the pool uses pages only as it needs them, lowest
     /// first, and keeps those it used (as any `memfd`) until it is dropped. `0` turns the arena

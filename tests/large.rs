@@ -106,6 +106,13 @@ each_method! {
         }
     }
 
+    processes async fn an_arena_the_system_cannot_map_is_a_build_error(m: StartMethod) {
+        for size in [usize::MAX, 1 << 62] {
+            let e = AsyncPool::builder().workers(1).start_method(m).arena_size(size).build().await.unwrap_err();
+            assert!(e.to_string().contains("could not create the shared-memory arena"), "{e}");
+        }
+    }
+
     processes async fn chunks_requeued_after_a_crash_arrive_intact(m: StartMethod) {
         // The dying worker holds chunks it has not read yet; they go to the other worker from
         // the same arena blocks.

@@ -40,7 +40,10 @@ impl Arena {
     /// Creates an arena of `cap` bytes. The memory is reserved, not touched: pages are allocated
     /// when a block first uses them.
     pub(crate) fn new(cap: usize) -> io::Result<Arena> {
-        let cap = cap.div_ceil(ALIGN) * ALIGN;
+        let cap = cap
+            .checked_next_multiple_of(ALIGN)
+            .filter(|&c| libc::off_t::try_from(c).is_ok())
+            .ok_or_else(|| io::Error::other(format!("{cap} bytes is more than a file can hold")))?;
         // SAFETY: the name is a NUL-terminated literal; a non-negative result is a new
         // descriptor that nothing else owns.
         let raw = unsafe { libc::memfd_create(c"ampire-arena".as_ptr(), libc::MFD_CLOEXEC) };
