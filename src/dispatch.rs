@@ -516,9 +516,9 @@ impl Core {
         self.state().closing = true;
         self.wake_all();
         if self.is_local() {
-            // A thread worker reports its exit itself, after dropping its state: waiting for
-            // that, rather than for its driver, saves a hand-off. The thread itself may still be
-            // unwinding its stack when this returns.
+            // A thread worker reports its exit itself: waiting for that, rather than for its
+            // driver, saves a hand-off. The thread then drops its state and ends, possibly
+            // after this returned.
             loop {
                 let exited = self.exited.notified();
                 {
@@ -846,8 +846,6 @@ async fn finish(
     writer.abort();
     if !matches!(why, Why::Exit(_)) {
         let _ = writer.await;
-    }
-    if !matches!(why, Why::Exit(_)) {
         proc.kill();
     }
     // A worker that ran its exit function leaves by itself; do not wait forever.
