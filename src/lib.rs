@@ -12,8 +12,10 @@
 //! process worker the pool runs two tokio tasks on your runtime: a *writer* that feeds it chunks
 //! of tasks and a *driver* that reads its results, notices its death and replaces it. Process
 //! workers talk over two pipes registered with the tokio reactor, in length-prefixed postcard
-//! frames. Thread workers take their chunks from the pool's queue themselves and hand results
-//! straight back, with inputs and results moved, never serialised.
+//! frames; large inputs (and the shared object) are serialised instead into a shared-memory
+//! arena that the workers map read-only, and the frame names where they are (see
+//! [`Builder::arena_size`]). Thread workers take their chunks from the pool's queue themselves and
+//! hand results straight back, with inputs and results moved, never serialised.
 //!
 //! Which processes exist, and who reaps whom:
 //!
