@@ -16,7 +16,7 @@ use futures_core::Stream;
 use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
 use crate::error::{Error, Kind, Stage};
 use crate::sys::shm::Arena;
-use crate::task::{Call, ChunkOut, Input, Output, decode_chunk, local_chunk};
+use crate::task::{Call, ChunkOut, Input, Output, decode_boxed, local_chunk};
 use crate::wire::Failure;
 
 /// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no
@@ -192,7 +192,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         opts: Options,
         ordered: bool,
     ) -> Self {
-        let (link, rx) = CallLink::new();
+        let (link, rx) = CallLink::new(decode_boxed::<R>);
         Engine {
             core,
             link,
@@ -563,12 +563,6 @@ fn decode<R: Output>(c: Completion) -> Done<R> {
             Err(_) => all_failed(Error::new(Kind::Protocol(
                 "a worker thread returned results of another type".into(),
             ))),
-        },
-        Outcome::Remote(bytes) => match decode_chunk::<R>(&bytes, len) {
-            Ok(out) => merge(out, worker, first),
-            Err(e) => {
-                all_failed(Error::codec("could not deserialise a result", e).with_worker(worker))
-            }
         },
     };
     Done { first, results }

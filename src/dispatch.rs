@@ -16,6 +16,7 @@
 //! - User-facing futures only wait on their call's channel; no user future ever holds a lock, a
 //!   permit or a half-written frame, so one that stops being polled cannot wedge a worker.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -74,17 +75,24 @@ pub(crate) enum Payload {
     },
 }
 
-/// What a call shares with the pool: its cancellation flag, where its results go, and how long
-/// its tasks take.
+/// Turns a process worker's serialised results for a chunk of `count` tasks into the boxed
+/// `ChunkOut<R>` a thread worker would have handed over.
+pub(crate) type Decode = fn(bytes: &[u8], count: usize) -> Result<Box<dyn Any + Send>, String>;
+
+/// What a call shares with the pool: its cancellation flag, where its results go, how to decode
+/// them, and how long its tasks take.
 pub(crate) struct CallLink {
     cancelled: AtomicBool,
     /// Measured nanoseconds per task (moving average); 0 until a chunk has finished.
     ns_per_task: AtomicU64,
+    decode: Decode,
     tx: tokio::sync::mpsc::UnboundedSender<Completion>,
 }
 
 impl CallLink {
-    pub(crate) fn new() -> (
+    pub(crate) fn new(
+        decode: Decode,
+    ) -> (
         Arc<CallLink>,
         tokio::sync::mpsc::UnboundedReceiver<Completion>,
     ) {
@@ -92,6 +100,7 @@ impl CallLink {
         (
             Arc::new(CallLink {
                 cancelled: AtomicBool::new(false),
+                decode,
                 ns_per_task: AtomicU64::new(0),
                 tx,
             }),
@@ -130,10 +139,9 @@ pub(crate) struct Completion {
 }
 
 pub(crate) enum Outcome {
-    /// A boxed `Vec<Result<R, Failure>>` from a thread worker.
-    Local(Box<dyn std::any::Any + Send>),
-    /// Serialised `Result<R, Failure>`s from a process worker.
-    Remote(Vec<u8>),
+    /// A boxed `ChunkOut<R>`: handed over by a thread worker, or decoded by a process worker's
+    /// driver straight from its read buffer.
+    Local(Box<dyn Any + Send>),
     /// Every task of the chunk failed with this error.
     Failed(Error),
 }
@@ -414,11 +422,14 @@ impl Core {
     }
 
     /// Delivers the result of the oldest job in flight on `slot`.
+    /// Job `id`, the oldest in flight on `slot`, is done: its window has room again, then
+    /// `outcome` makes its result (a process worker's is decoded only now, after the worker was
+    /// given room for its next job, with the decoder of the job's call).
     fn complete(
         &self,
         slot: usize,
         id: u64,
-        outcome: Outcome,
+        outcome: impl FnOnce(&Job) -> Outcome,
         busy: Duration,
     ) -> Result<(), Error> {
         let job = {
@@ -432,11 +443,15 @@ impl Core {
                 }
             }
         };
-        if let Some(job) = job {
-            deliver(job, slot, outcome, busy);
-        }
         // Its window has room again (or, when closing, it may now send the shutdown).
         self.wake[slot].notify_one();
+        if let Some(job) = job {
+            let outcome = match job.call.is_cancelled() {
+                true => Outcome::Failed(Error::closed()),
+                false => outcome(&job),
+            };
+            deliver(job, slot, outcome, busy);
+        }
         Ok(())
     }
 
@@ -601,6 +616,18 @@ fn deliver(mut job: Job, worker: usize, outcome: Outcome, busy: Duration) {
     });
 }
 
+/// Decodes a process worker's results for `job` straight from the read buffer, with the decoder
+/// of its call: a large result is never first copied into a buffer of its own, whose fresh pages
+/// cost more than the copy.
+fn decode(job: &Job, slot: usize, bytes: &[u8]) -> Outcome {
+    match (job.call.decode)(bytes, job.len) {
+        Ok(out) => Outcome::Local(out),
+        Err(e) => {
+            Outcome::Failed(Error::codec("could not deserialise a result", e).with_worker(slot))
+        }
+    }
+}
+
 /// How one worker's life ended.
 enum Ended {
     /// It ran its exit function and left.
@@ -655,9 +682,10 @@ enum Why {
 }
 
 enum Event {
+    /// Job `id`'s serialised results are `rx.body(body)`, until the next read.
     Done {
         id: u64,
-        outcome: Outcome,
+        body: std::ops::Range<usize>,
         busy: Duration,
     },
     Exit(Result<Vec<u8>, Failure>),
@@ -665,13 +693,13 @@ enum Event {
     Broken(String),
 }
 
-/// The next event of a process worker. Cancel-safe.
+/// The next event of a process worker. Cancel-safe: each await is one read.
 async fn event(rx: &mut Rx) -> Event {
     match rx.next::<FromWorker>().await {
         Ok(Some(frame)) => match frame.header {
             FromWorker::Done { id, busy_ns } => Event::Done {
                 id,
-                outcome: Outcome::Remote(rx.body(frame.body).to_vec()),
+                body: frame.body,
                 busy: Duration::from_nanos(busy_ns),
             },
             FromWorker::Exit(None) => Event::Exit(Ok(rx.body(frame.body).to_vec())),
@@ -801,8 +829,9 @@ async fn serve_process(
                 biased;
                 _ = stop => break 'events Why::Stopped,
                 ev = event(&mut rx) => match ev {
-                    Event::Done { id, outcome, busy } => {
-                        if let Err(e) = core.complete(slot, id, outcome, busy) {
+                    Event::Done { id, body, busy } => {
+                        let bytes = rx.body(body);
+                        if let Err(e) = core.complete(slot, id, |job| decode(job, slot, bytes), busy) {
                             break 'events Why::Broken(e.to_string());
                         }
                     }
@@ -819,8 +848,9 @@ async fn serve_process(
                     // Read what the worker wrote before it ended, then treat it as dead.
                     loop {
                         match tokio::time::timeout(Duration::from_millis(200), event(&mut rx)).await {
-                            Ok(Event::Done { id, outcome, busy }) => {
-                                let _ = core.complete(slot, id, outcome, busy);
+                            Ok(Event::Done { id, body, busy }) => {
+                                let bytes = rx.body(body);
+                                let _ = core.complete(slot, id, |job| decode(job, slot, bytes), busy);
                             }
                             Ok(Event::Exit(r)) => break 'events Why::Exit(r),
                             _ => break 'events Why::Died,
@@ -932,7 +962,7 @@ impl LocalQueue for Core {
             Ok(b) => Outcome::Local(b),
             Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
         };
-        let _ = self.complete(slot, id, outcome, busy);
+        let _ = self.complete(slot, id, |_| outcome, busy);
     }
 
     fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>) {

@@ -380,6 +380,14 @@ pub(crate) fn decode_chunk<R: Output>(bytes: &[u8], count: usize) -> Result<Chun
     Ok(out)
 }
 
+/// [`decode_chunk`], boxed as a thread worker hands over its results (see `dispatch::Decode`).
+pub(crate) fn decode_boxed<R: Output>(
+    bytes: &[u8],
+    count: usize,
+) -> Result<Box<dyn Any + Send>, String> {
+    decode_chunk::<R>(bytes, count).map(|out| Box::new(out) as Box<dyn Any + Send>)
+}
+
 /// Decodes the shared object (if given as bytes) and builds the worker state.
 fn setup_entry<I, S, W>(cx: &mut Context, shared: Option<&[u8]>) -> Result<(), Failure>
 where

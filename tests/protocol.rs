@@ -28,7 +28,54 @@ fn big_result(n: usize) -> Vec<u8> {
     vec![7; n]
 }
 
+/// A result that serialises in the worker but refuses to deserialise in the pool when odd.
+#[derive(Debug, PartialEq)]
+struct EvenOnly(u64);
+
+impl serde::Serialize for EvenOnly {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EvenOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = <u64 as serde::Deserialize>::deserialize(d)?;
+        if v % 2 == 1 {
+            return Err(serde::de::Error::custom(format!("{v} is odd")));
+        }
+        Ok(EvenOnly(v))
+    }
+}
+
+fn even_only(x: u64) -> EvenOnly {
+    EvenOnly(x)
+}
+
 each_method! {
+    processes async fn a_result_that_does_not_deserialise_fails_its_chunk_only(m: StartMethod) {
+        use futures_util::StreamExt;
+        let pool = pool(m, 2).await;
+        let e = pool.apply(even_only, 3).await.unwrap_err();
+        assert!(e.is_codec(), "{e}");
+        // (postcard keeps no custom message, only that deserialisation failed.)
+        assert!(e.to_string().contains("could not deserialise a result"), "{e}");
+        assert!(e.worker_id().is_some_and(|w| w < 2), "{e}");
+        // In a stream, each chunk of one task stands alone: odd ones fail, even ones arrive.
+        let got: Vec<Result<EvenOnly, Error>> =
+            pool.map_stream(even_only, futures_util::stream::iter(0..10u64)).chunk_size(1).collect().await;
+        for (i, r) in got.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!((i % 2, v.0), (0, i as u64)),
+                Err(e) => assert!(i % 2 == 1 && e.is_codec() && e.task_index() == Some(i), "{i}: {e}"),
+            }
+        }
+        // No worker was harmed: the same pool goes on.
+        assert_eq!(pool.apply(even_only, 4).await.unwrap(), EvenOnly(4));
+        pool.shutdown().await.unwrap();
+    }
+
+
     processes async fn a_garbage_frame_kills_and_replaces_the_worker(m: StartMethod) {
         let pool = pool(m, 2).await;
         let e = pool.apply(send_garbage, 1).await.unwrap_err();
