@@ -86,7 +86,7 @@ fn main() {
             "W4" => w4(&a, &rt),
             "W5" => w5(&a, &rt),
             "W6" => w6(&a, &rt),
-            "W7" => w7(&a, &rt),
+            "W7" | "W7-numerical" | "W7-stateful" | "W7-init" => w7(&a, &rt),
             w => fail(&format!("unknown workload {w}")),
         }
     }
@@ -507,9 +507,16 @@ fn w7(a: &Args, rt: &tokio::runtime::Runtime) {
         not_applicable("W7 compares pools with worker state and exit functions");
     }
     let m = method(a);
-    w7_numerical(a, rt, m);
-    w7_stateful(a, rt, m);
-    w7_init(a, rt, m);
+    let all = a.workload == "W7";
+    if all || a.workload == "W7-numerical" {
+        w7_numerical(a, rt, m);
+    }
+    if all || a.workload == "W7-stateful" {
+        w7_stateful(a, rt, m);
+    }
+    if all || a.workload == "W7-init" {
+        w7_init(a, rt, m);
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -584,13 +591,16 @@ fn w7_numerical(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
             .build()
             .await
             .unwrap();
+        let built = t.elapsed();
         let out = pool
             .map_with(convolve_task, 0..filters)
             .chunk_size(1)
             .await
             .unwrap();
+        let mapped = t.elapsed();
         pool.shutdown().await.unwrap();
         let took = t.elapsed();
+        eprintln!("compare: W7-numerical serial {serial_time:?}, built {built:?}, mapped {mapped:?}, shut down {took:?}");
         assert_eq!(out, serial);
         took
     });
@@ -747,6 +757,7 @@ fn w7_init(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
             .build()
             .await
             .unwrap();
+        let built = t.elapsed();
         let mut out = Vec::new();
         for _ in 0..runs {
             out.extend(
@@ -755,8 +766,10 @@ fn w7_init(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
                     .unwrap(),
             );
         }
+        let mapped = t.elapsed();
         pool.shutdown().await.unwrap();
         let took = t.elapsed();
+        eprintln!("compare: W7-init serial {serial_time:?}, built {built:?}, mapped {mapped:?}, shut down {took:?}");
         out.sort_unstable();
         let mut want = serial.clone();
         want.sort_unstable();
