@@ -2,7 +2,8 @@
 //!
 //! Method: every group sweeps the start methods; pool start-up is measured apart from task round
 //! trips. Start-up (`startup/*`) builds a pool, runs one task and shuts it down, so it includes
-//! forking or spawning the workers, the handshake and reaping them. Round trips (`roundtrip/*`)
+//! forking or spawning the workers, the handshake and reaping them; `startup_1gib_owner/*` does
+//! the same in an owner holding 1 GiB, and adds the owner's next write to each of its pages. Round trips (`roundtrip/*`)
 //! run on a warm pool (both workers have already run a task), with payloads from 8 bytes to 1 MiB
 //! each way. Throughput (`map/*`) maps 10,000 trivial tasks over 1 and 2 workers with default
 //! chunking. `iter_custom` times only the awaited call; the tokio runtime and the pool live across
@@ -37,27 +38,52 @@ fn startup(c: &mut Criterion) {
     let mut g = c.benchmark_group("startup");
     for m in StartMethod::ALL {
         g.bench_function(BenchmarkId::from_parameter(m), |b| {
+            b.iter_custom(|iters| rt.block_on(start_and_stop(m, iters)))
+        });
+    }
+    g.finish();
+    // The same with 1 GiB resident in the owner, written after each pool as a service's heap
+    // would be: a child that copies the owner's page tables costs time to start, and the owner
+    // then takes a write fault per page it shared.
+    let mut heap = vec![1u8; 1 << 30];
+    let mut g = c.benchmark_group("startup_1gib_owner");
+    for m in [
+        StartMethod::Spawn,
+        StartMethod::Fork,
+        StartMethod::Forkserver,
+    ] {
+        g.bench_function(BenchmarkId::from_parameter(m), |b| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        let pool = AsyncPool::builder()
-                            .workers(2)
-                            .start_method(m)
-                            .build()
-                            .await
-                            .unwrap();
-                        pool.apply(double, 21).await.unwrap();
-                        pool.shutdown().await.unwrap();
-                        total += t.elapsed();
-                    }
-                    total
-                })
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    total += rt.block_on(start_and_stop(m, 1));
+                    let t = Instant::now();
+                    heap.iter_mut().step_by(4096).for_each(|b| *b = i as u8);
+                    total += t.elapsed();
+                }
+                total
             })
         });
     }
     g.finish();
+}
+
+/// Builds a 2-worker pool, runs one task and shuts it down, `iters` times.
+async fn start_and_stop(m: StartMethod, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(m)
+            .build()
+            .await
+            .unwrap();
+        pool.apply(double, 21).await.unwrap();
+        pool.shutdown().await.unwrap();
+        total += t.elapsed();
+    }
+    total
 }
 
 fn roundtrip(c: &mut Criterion) {

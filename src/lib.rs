@@ -19,10 +19,10 @@
 //!
 //! Which processes exist, and who reaps whom:
 //!
-//! - `Spawn`: the pool owner re-executes its own binary (`/proc/self/exe`) through
-//!   `tokio::process`; the child becomes a worker before `main` runs. tokio reaps it.
-//! - `Fork`: a long-lived `ampire-launcher` thread of the owner forks it; the owner reaps it
-//!   through a pidfd.
+//! - `Spawn`: a long-lived `ampire-launcher` thread of the owner re-executes its own binary
+//!   (`/proc/self/exe`) with `posix_spawn`, which copies none of the owner's memory; the child
+//!   becomes a worker before `main` runs. The owner reaps it through a pidfd.
+//! - `Fork`: the `ampire-launcher` thread forks it; the owner reaps it through a pidfd.
 //! - `Forkserver`: [`init()`] forks a small single-threaded server at the top of `main`; the
 //!   server forks workers on request, reaps them and reports their exit status; the owner kills
 //!   and watches them through pidfds the server sends back.

@@ -1,5 +1,7 @@
 //! `ampire::init()`, the roles a process can take, and process-local globals.
 
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
@@ -9,6 +11,8 @@ use crate::sys;
 pub(crate) const ROLE_VAR: &str = "AMPIRE_ROLE";
 pub(crate) const ROLE_WORKER: &str = "worker";
 pub(crate) const ROLE_SERVER: &str = "forkserver";
+/// The pid of the process that started a re-executed child, which the child checks is its parent.
+const PARENT_VAR: &str = "AMPIRE_PARENT";
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -63,7 +67,20 @@ pub(crate) fn divert_if_child() {
     let Some(role) = std::env::var_os(ROLE_VAR) else {
         return;
     };
+    let parent = std::env::var(PARENT_VAR)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
     sys::ctor::remove_env_single_threaded(ROLE_VAR);
+    sys::ctor::remove_env_single_threaded(PARENT_VAR);
+    // Die with the thread that started us, as every worker does; if that happened already, we
+    // were handed to another parent in between and must not run at all.
+    let orphan = parent.is_none_or(|p| {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+            || nix::unistd::getppid().as_raw() != p
+    });
+    if orphan {
+        sys::fork::exit_now(1);
+    }
     INITIALIZED.store(true, Ordering::SeqCst);
     sys::fd::ignore_sigpipe();
     let code = std::panic::catch_unwind(|| match role.to_str() {
@@ -81,6 +98,20 @@ pub(crate) fn divert_if_child() {
     })
     .unwrap_or(101);
     sys::fork::exit_now(code)
+}
+
+/// Re-executes this binary (from the launcher thread) in `role`, with `fds[i]` as its
+/// descriptor `3 + i`; returns the child's pid.
+pub(crate) fn spawn_self(role: &str, fds: &[BorrowedFd<'_>]) -> std::io::Result<i32> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != ROLE_VAR && k != PARENT_VAR)
+        .collect();
+    env.push((ROLE_VAR.into(), role.into()));
+    env.push((PARENT_VAR.into(), std::process::id().to_string().into()));
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| "ampire".into());
+    sys::spawn::spawn_self(argv0, env, fds)
 }
 
 /// A global whose value belongs to one process: a child forked from this process sees no value

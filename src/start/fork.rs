@@ -14,16 +14,12 @@
 //! built after start-up.
 
 use std::any::Any;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, PoisonError};
 
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-
-use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
-use crate::error::{Error, Exit};
+use super::child::Child;
+use super::{BoxFuture, Link, Pipes, Pool, Spec, Start, launcher};
+use crate::error::Error;
 use crate::sys;
 
 pub(crate) struct Fork;
@@ -72,79 +68,14 @@ impl Start for Fork {
             .await
             .and_then(|r| r)
             .map_err(|e| Error::start(format!("could not fork: {e}")))?;
-            let pidfd = sys::fd::register(pidfd, Interest::READABLE).map_err(Error::start)?;
+            let proc = Child::new(pid, pidfd).map_err(Error::start)?;
             let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
             Ok(Link::Process {
                 tasks,
                 results,
-                proc: Box::new(Forked {
-                    pid,
-                    pidfd,
-                    exit: None,
-                }),
+                proc: Box::new(proc),
                 inherits: true,
             })
         })
-    }
-}
-
-/// A child of this process, watched through its pidfd and reaped with `waitpid(pid)`.
-pub(crate) struct Forked {
-    pid: Pid,
-    pidfd: AsyncFd<OwnedFd>,
-    exit: Option<Exit>,
-}
-
-fn to_exit(status: WaitStatus) -> Option<Exit> {
-    match status {
-        WaitStatus::Exited(_, code) => Some(Exit::Code(code)),
-        WaitStatus::Signaled(_, sig, _) => Some(Exit::Signal(sig as i32)),
-        WaitStatus::StillAlive => None,
-        _ => None,
-    }
-}
-
-impl Process for Forked {
-    fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
-    fn kill(&mut self) {
-        if self.exit.is_none() {
-            let _ = sys::fd::pidfd_send_signal(self.pidfd.get_ref(), libc::SIGKILL);
-        }
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, Exit> {
-        Box::pin(async move {
-            while self.exit.is_none() {
-                let Ok(mut guard) = self.pidfd.readable().await else {
-                    self.exit = Some(Exit::Unknown);
-                    break;
-                };
-                match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(status) => match to_exit(status) {
-                        Some(exit) => self.exit = Some(exit),
-                        None => guard.clear_ready(),
-                    },
-                    Err(_) => self.exit = Some(Exit::Unknown),
-                }
-            }
-            self.exit.unwrap_or(Exit::Unknown)
-        })
-    }
-}
-
-impl Drop for Forked {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            self.kill();
-            let pid = self.pid;
-            // Reap on the launcher thread: after SIGKILL this returns as soon as the kernel has
-            // torn the process down, and no zombie stays behind.
-            let _ = launcher::submit(move || {
-                let _ = waitpid(pid, None);
-            });
-        }
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
-use crate::role::{ProcessLocal, ROLE_SERVER, ROLE_VAR};
+use crate::role::{ProcessLocal, ROLE_SERVER};
 use crate::sys;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -245,21 +245,10 @@ async fn client() -> Result<Arc<Client>, Error> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::start(format!("could not create the forkserver socket: {e}")))?;
-    let child = launcher::run(move || {
-        let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.env(ROLE_VAR, ROLE_SERVER)
-            .stdin(std::process::Stdio::null());
-        if let Some(arg0) = std::env::args_os().next() {
-            std::os::unix::process::CommandExt::arg0(&mut cmd, arg0);
-        }
-        sys::fd::prepare_child(&mut cmd, [theirs.as_raw_fd()], std::process::id() as i32);
-        let child = cmd.spawn();
-        drop(theirs);
-        child
-    })
-    .await
-    .and_then(|r| r)
-    .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
+    let child = launcher::run(move || crate::role::spawn_self(ROLE_SERVER, &[theirs.as_fd()]))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
     let client = Client::new(ours, Some(child)).map_err(Error::start)?;
     *guard = Some(client.clone());
     Ok(client)
@@ -288,7 +277,8 @@ enum ExitSlot {
 }
 
 impl Client {
-    fn new(ctl: OwnedFd, child: Option<std::process::Child>) -> std::io::Result<Arc<Client>> {
+    /// `child` is the server's pid when it is our child (a re-executed server), to be reaped.
+    fn new(ctl: OwnedFd, child: Option<i32>) -> std::io::Result<Arc<Client>> {
         let client = Arc::new(Client {
             ctl,
             state: Mutex::new(ClientState::default()),
@@ -298,8 +288,8 @@ impl Client {
             .name("ampire-forkserver".into())
             .spawn(move || {
                 reader.read_loop();
-                if let Some(mut child) = child {
-                    let _ = child.wait();
+                if let Some(pid) = child {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
                 }
             })?;
         Ok(client)

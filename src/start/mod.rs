@@ -19,6 +19,7 @@ use crate::task::Entry;
 use crate::wire::{self, AsyncReader, Body, FromWorker, ToWorker};
 use crate::worker::{LocalQueue, ThreadEnd};
 
+pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod launcher;
@@ -51,7 +52,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum StartMethod {
     /// Dedicated threads of this process; arguments and results are moved, never serialised.
     Threading,
-    /// Fresh processes re-executing this binary (`/proc/self/exe`), started with `tokio::process`.
+    /// Fresh processes re-executing this binary (`/proc/self/exe`), started with `posix_spawn`.
     Spawn,
     /// Processes forked from this one (from a dedicated long-lived thread): copy-on-write memory.
     Fork,

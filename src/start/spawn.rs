@@ -1,15 +1,17 @@
 //! `Spawn`: a fresh run of this binary (`/proc/self/exe`) that takes the worker role before
-//! `main`, driven by `tokio::process`.
+//! `main`.
 //!
-//! `tokio::process` rather than `async-process`: it reaps through a pidfd inside the runtime the
-//! pool already uses, with no extra reactor or reaper thread and tokio-native handles.
+//! Started with `posix_spawn` from the launcher thread (see `sys/spawn.rs`): the owner's memory
+//! is neither copied nor made copy-on-write for a child that is about to `exec`, so a large owner
+//! starts workers as fast as a small one. The child then dies with the launcher thread like every
+//! worker (see `role.rs`), and is watched and reaped through a pidfd like a `Fork` child.
 
-use std::os::fd::AsRawFd;
-use std::process::Stdio;
+use std::os::fd::AsFd;
 
-use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
-use crate::error::{Error, Exit};
-use crate::role::{ROLE_VAR, ROLE_WORKER};
+use super::child::Child;
+use super::{BoxFuture, Link, Pipes, Pool, Spec, Start, launcher};
+use crate::error::Error;
+use crate::role::ROLE_WORKER;
 use crate::sys;
 
 pub(crate) struct Spawn;
@@ -29,63 +31,25 @@ impl Start for Spawn {
                 results_w,
                 arena,
             } = Pipes::new(spec).map_err(Error::start)?;
-            let handle = tokio::runtime::Handle::current();
-            let child = launcher::run(move || {
-                let _runtime = handle.enter();
-                let mut cmd = tokio::process::Command::new("/proc/self/exe");
-                cmd.env(ROLE_VAR, ROLE_WORKER)
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true);
-                if let Some(arg0) = std::env::args_os().next() {
-                    cmd.arg0(arg0);
-                }
-                let fds = [
-                    tasks_r.as_raw_fd(),
-                    results_w.as_raw_fd(),
-                    arena.as_raw_fd(),
-                ];
-                sys::fd::prepare_child(cmd.as_std_mut(), fds, std::process::id() as i32);
-                let child = cmd.spawn();
-                // The child has its copies now; ours must close so that EOF can reach each side.
-                drop((tasks_r, results_w, arena));
-                child
+            let (pid, pidfd) = launcher::run(move || {
+                let fds = [tasks_r.as_fd(), results_w.as_fd(), arena.as_fd()];
+                let pid = crate::role::spawn_self(ROLE_WORKER, &fds)?;
+                // The child has its copies now; ours close when this returns, so that EOF can
+                // reach each side.
+                let pidfd = sys::fd::pidfd_open(pid)?;
+                Ok::<_, std::io::Error>((nix::unistd::Pid::from_raw(pid), pidfd))
             })
             .await
             .and_then(|r| r)
             .map_err(|e| Error::start(format!("could not spawn /proc/self/exe: {e}")))?;
+            let proc = Child::new(pid, pidfd).map_err(Error::start)?;
             let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
             Ok(Link::Process {
                 tasks,
                 results,
-                proc: Box::new(Spawned(child)),
+                proc: Box::new(proc),
                 inherits: false,
             })
-        })
-    }
-}
-
-struct Spawned(tokio::process::Child);
-
-impl Process for Spawned {
-    fn pid(&self) -> u32 {
-        self.0.id().unwrap_or(0)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.start_kill();
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, Exit> {
-        Box::pin(async move {
-            use std::os::unix::process::ExitStatusExt;
-            match self.0.wait().await {
-                Ok(status) => match (status.code(), status.signal()) {
-                    (Some(c), _) => Exit::Code(c),
-                    (_, Some(s)) => Exit::Signal(s),
-                    _ => Exit::Unknown,
-                },
-                Err(_) => Exit::Unknown,
-            }
         })
     }
 }

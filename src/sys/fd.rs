@@ -1,4 +1,4 @@
-//! Raw descriptors: pidfds, descriptor passing, tokio registration and `pre_exec`.
+//! Raw descriptors: pidfds, descriptor passing, tokio registration, inherited descriptors.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -91,52 +91,6 @@ pub(crate) fn recv_with_fds(sock: &impl AsFd, buf: &mut [u8]) -> io::Result<(usi
         }
     }
     Ok((msg.bytes, fds))
-}
-
-/// Installs the `pre_exec` hook of a re-executed child: `fds[i]` becomes descriptor `3 + i`, and
-/// the child dies with the thread that spawned it (`PR_SET_PDEATHSIG`).
-pub(crate) fn prepare_child<const N: usize>(
-    cmd: &mut std::process::Command,
-    fds: [RawFd; N],
-    parent: i32,
-) {
-    use std::os::unix::process::CommandExt;
-    let hook = move || -> io::Result<()> {
-        // Only async-signal-safe calls: fcntl, dup2, prctl, getppid, _exit.
-        let cvt = |r: libc::c_int| {
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r)
-            }
-        };
-        let mut high = [0; N];
-        // SAFETY: the descriptors are open in the child (inherited from the parent, which keeps
-        // them open until the spawn returns); the calls below take integer arguments only.
-        unsafe {
-            // First move every descriptor out of the way, so that dup2 onto 3.. clobbers none.
-            for (h, &fd) in high.iter_mut().zip(fds.iter()) {
-                *h = cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10))?;
-            }
-            for (i, &h) in high.iter().enumerate() {
-                cvt(libc::dup2(h, 3 + i as libc::c_int))?;
-            }
-            cvt(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (the closure
-    // captures plain integers), as `pre_exec` requires after fork in a multi-threaded parent.
-    unsafe { cmd.pre_exec(hook) };
 }
 
 /// Takes ownership of a descriptor number handed over by the parent (3, 4 and 5 in a spawned worker).

@@ -8,11 +8,14 @@
 //! - [`fork`]: `fork(2)` from a known thread, with the standard streams' locks held across it;
 //! - [`image`]: naming a function across processes (offsets from an anchor symbol, checked
 //!   against the executable mapping and the ELF build id) and conjuring zero-sized task values;
-//! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, `pre_exec` set-up;
-//! - [`shm`]: the shared-memory arena that carries large bodies to process workers.
+//! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, inherited descriptors;
+//! - [`shm`]: the shared-memory arena that carries large bodies to process workers;
+//! - [`spawn`]: re-executing this binary with `posix_spawn`, without copying the owner's page
+//!   tables.
 
 pub(crate) mod ctor;
 pub(crate) mod fd;
 pub(crate) mod fork;
 pub(crate) mod image;
 pub(crate) mod shm;
+pub(crate) mod spawn;
