@@ -87,6 +87,7 @@ fn main() {
             "W5" => w5(&a, &rt),
             "W6" => w6(&a, &rt),
             "W7" | "W7-numerical" | "W7-stateful" | "W7-init" => w7(&a, &rt),
+            "F" => floors(&a),
             w => fail(&format!("unknown workload {w}")),
         }
     }
@@ -782,4 +783,98 @@ fn w7_init(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
         "ratio_to_ideal",
         pool_time.as_secs_f64() / (serial_time.as_secs_f64() / 2.0),
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// F: what this machine allows, measured without any pool. These bound the workloads above: a
+// pool's start and shutdown (W3) is a chain of hand-offs between threads and processes, each
+// one a wake-up; moving results or a shared object into another process (W7) writes pages that
+// process never had.
+
+fn floors(a: &Args) {
+    if a.imp != "machine" {
+        not_applicable("F measures the machine, not a pool");
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // A hand-off and its reply between two threads over pipes, as between a pool and a worker:
+    // on two CPUs after the other side sat idle for 1 ms (each wake-up then finds a halted
+    // CPU), on two CPUs back to back, and on one CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rtt = |echo_cpu: usize, idle: bool| {
+        pin(0);
+        let (mut ping_r, mut ping_w) = std::io::pipe().unwrap();
+        let (mut pong_r, mut pong_w) = std::io::pipe().unwrap();
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            pin(echo_cpu);
+            let mut b = [0u8; 1];
+            while ping_r.read_exact(&mut b).is_ok() && b[0] != 0 {
+                pong_w.write_all(&b).unwrap();
+            }
+        });
+        let times = (0..if idle { 50 } else { 2000 })
+            .map(|_| {
+                use std::io::{Read, Write};
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let t = Instant::now();
+                ping_w.write_all(&[1]).unwrap();
+                let mut b = [0u8; 1];
+                pong_r.read_exact(&mut b).unwrap();
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        std::io::Write::write_all(&mut ping_w, &[0]).unwrap();
+        echo.join().unwrap();
+        median(times)
+    };
+    let other = (cpus > 1) as usize;
+    emit(a, "F", "wake_rtt_idle_us", rtt(other, true));
+    emit(a, "F", "wake_rtt_busy_us", rtt(other, false));
+    emit(a, "F", "wake_rtt_same_cpu_us", rtt(0, true));
+    unpin(cpus);
+    // Writing memory this process never touched (every page faulted in), then the same again.
+    let size = 256usize << 20;
+    let (mut fresh, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let mut v: Vec<u8> = Vec::with_capacity(size);
+        let t = Instant::now();
+        v.resize(size, 1);
+        fresh.push(size as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = Instant::now();
+        v.fill(2);
+        warm.push(size as f64 / t.elapsed().as_secs_f64() / 1e9);
+        black_box(&v);
+    }
+    emit(a, "F", "fresh_write_gb_per_s", median(fresh));
+    emit(a, "F", "warm_write_gb_per_s", median(warm));
+    // Starting a tiny program and waiting for its end (`posix_spawn`, as ampire's Spawn does).
+    let spawns = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let status = std::process::Command::new("true").status().unwrap();
+            assert!(status.success());
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    emit(a, "F", "spawn_wait_us", median(spawns));
+}
+
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn unpin(cpus: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    for c in 0..cpus {
+        let _ = set.set(c);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
 }

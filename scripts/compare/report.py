@@ -19,8 +19,9 @@ IMPL_LABEL = {
     "spawn_blocking": "tokio spawn_blocking",
     "mpire": "MPIRE",
     "multiprocessing": "mp.Pool",
+    "machine": "this machine",
 }
-IMPL_ORDER = ["ampire", "rayon", "spawn_blocking", "mpire", "multiprocessing"]
+IMPL_ORDER = ["ampire", "rayon", "spawn_blocking", "mpire", "multiprocessing", "machine"]
 METHOD_ORDER = ["fork", "forkserver", "spawn", "threading", "-"]
 RUST_IMPLS = ("ampire", "rayon", "spawn_blocking")
 
@@ -37,6 +38,13 @@ METRICS = {
     "pss_mib": ("MiB", False, "sum of workers' PSS, MiB"),
     "uss_mib": ("MiB", False, "sum of workers' private memory (USS), MiB"),
     "ratio_to_ideal": ("x ideal", False, "pool time / (serial time / 2 workers)"),
+    # F, the machine's floors: no ratio (no peer does these).
+    "wake_rtt_idle_us": ("µs", None, "hand-off and reply between two CPUs after 1 ms idle"),
+    "wake_rtt_busy_us": ("µs", None, "hand-off and reply between two CPUs, back to back"),
+    "wake_rtt_same_cpu_us": ("µs", None, "hand-off and reply on one CPU"),
+    "fresh_write_gb_per_s": ("GB/s", None, "writing memory never touched before"),
+    "warm_write_gb_per_s": ("GB/s", None, "writing the same memory again"),
+    "spawn_wait_us": ("µs", None, "posix_spawn of `true` and waiting for it"),
 }
 METRIC_ORDER = list(METRICS)
 
@@ -60,7 +68,70 @@ IDEAL_LINES = {
     ("W7-stateful", "ratio_to_ideal"): (1.0, "ideal: 1.0"),
     ("W7-init", "ratio_to_ideal"): (1.0, "ideal: 1.0"),
 }
-# The targets of the benchmark issue (2 workers, this machine).
+# The targets of the benchmark issue, per start method: (workload, metric, methods, op, target,
+# label). A target may be a function of the groups (W2: five times multiprocessing's median).
+ALL_METHODS = ["fork", "forkserver", "spawn", "threading"]
+PROCESS_METHODS = ["fork", "forkserver", "spawn"]
+
+
+def mp_times_5(groups):
+    for g in groups:
+        if (g["workload"], g["metric"]) == ("W2", "tasks_per_s"):
+            for r in g["rows"]:
+                if r["impl"] == "multiprocessing" and "median" in r:
+                    return 5 * r["median"]
+    return None
+
+
+TARGETS = [
+    ("W1", "tasks_per_s", PROCESS_METHODS, ">=", 50e6, "50 M tasks/s"),
+    ("W1", "tasks_per_s", ["threading"], ">=", 100e6, "100 M tasks/s"),
+    ("W2", "tasks_per_s", ALL_METHODS, ">=", mp_times_5, "5x mp.Pool"),
+    ("W3", "latency_ms", ["fork", "forkserver"], "<=", 1.0, "1 ms"),
+    ("W3", "latency_ms", ["spawn"], "<=", 3.0, "3 ms"),
+    ("W3", "latency_ms", ["threading"], "<=", 0.2, "0.2 ms"),
+    ("W4", "speedup", ALL_METHODS, ">=", 1.95, "1.95x"),
+    ("W5", "gb_per_s", ALL_METHODS, ">=", 4.0, "4 GB/s"),
+    ("W6", "added_pct", ["fork"], "<", 5.0, "< 5% of the object"),
+    ("W7-numerical", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
+    ("W7-stateful", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
+    ("W7-init", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
+]
+
+
+# Where a target lies below what the workload itself allows.
+TARGET_NOTES = {
+    "W7-init": "floor 1.167: init runs in every worker (see scripts/compare/README.md)",
+}
+
+
+def target_rows(groups):
+    """One row per (target, method): the ampire median, the target, met or not."""
+    ops = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
+    out = []
+    for wl, metric, methods, op, target, label in TARGETS:
+        t = target(groups) if callable(target) else target
+        g = next((g for g in groups if (g["workload"], g["metric"]) == (wl, metric)), None)
+        for m in methods:
+            r = g and next((r for r in g["rows"] if (r["impl"], r["method"]) == ("ampire", m)), None)
+            if not r or "median" not in r or t is None:
+                continue
+            unit = METRICS[metric][0]
+            out.append([wl, m, f"{fmt(r['median'])} {unit}", f"{op} {label}",
+                        "met" if ops[op](r["median"], t) else "**missed**", TARGET_NOTES.get(wl, "")])
+    return out
+
+
+def markdown_targets(groups):
+    rows = target_rows(groups)
+    if not rows:
+        return ""
+    out = ["| workload | method | ampire (median) | target | | note |", "|---|---|---:|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# Target lines on the chart (2 workers, this machine).
 PROJECT_TARGETS = {
     ("W1", "tasks_per_s"): (50e6, "target: 50 M/s (process methods)"),
     ("W2", "tasks_per_s"): (350e3, "target: 5x mp.Pool"),
@@ -109,6 +180,7 @@ def workload_titles(sizes, quick):
         "W7-stateful": f"W7 stateful  prefix counts over {s('W7S_docs')} documents",
         "W7-init": f"W7 expensive init  ~{s('W7I_init_ms'):g} ms init, "
                    f"{s('W7I_runs') * s('W7I_evals')} tasks of ~{s('W7I_task_ms'):g} ms",
+        "F": "F  machine floors (no pool)",
     }
 
 
@@ -244,7 +316,8 @@ def table_cells(groups):
                 med, rng = fmt(r["median"]), f"{fmt(r['min'])}..{fmt(r['max'])}"
             else:
                 med, rng = ("-" if r["status"] == "unsupported" else "n/a"), ""
-            ratio = "" if r["impl"] == "ampire" else (f"{r['ratio']:.2f}" if r["ratio"] else "n/a")
+            no_ratio = r["impl"] == "ampire" or METRICS.get(g["metric"], (None, None))[1] is None
+            ratio = "" if no_ratio else (f"{r['ratio']:.2f}" if r["ratio"] else "n/a")
             out.append([g["workload"], g["metric"], IMPL_LABEL.get(r["impl"], r["impl"]), r["method"],
                         med, unit, rng, str(r["n"]), ratio])
     return header, out
@@ -510,6 +583,10 @@ def markdown_report(raw, groups, titles, svg_name):
         "",
         f"![Benchmark chart]({svg_name})",
         "",
+        "## Against the targets",
+        "",
+        markdown_targets(groups),
+        "",
         "## Results",
         "",
         "Ratio column: " + RATIO_HEADER + ".",
@@ -538,13 +615,21 @@ def markdown_report(raw, groups, titles, svg_name):
               "between the processes mapping it, so perfect sharing (parent + 2 workers) reads "
               "2/3 of the object (66.7%), one private copy per worker reads 200%. `uss_mib` "
               "(Private_Clean + Private_Dirty) is the memory that exists only because of the workers.",
+        "F": "no pool: what this machine allows, which bounds the workloads above. A hand-off "
+             "between threads or processes on two CPUs costs `wake_rtt_idle_us / 2` (a CPU with "
+             "nothing to do halts, and waking it is slow on a VM), on one CPU "
+             "`wake_rtt_same_cpu_us / 2`; W3 is a chain of a dozen such hand-offs (to the "
+             "launcher, fork, hello, task, result, shutdown, exit, reaping) plus two forks. "
+             "Results and shared objects moved into another process land in pages it never had: "
+             "`fresh_write_gb_per_s` bounds that, against `warm_write_gb_per_s` for memory "
+             "already mapped (thread workers hand results over without either).",
         "W7": "the shape of MPIRE's own benchmark suite (sybrenjansen/multiprocessing_benchmarks) "
               "scaled to 2 cores, without scipy/tensorflow: value = pool time / (serial time / 2), "
               "pool time end to end (pool start, work, results, shutdown); 1.0 is perfect. "
               "multiprocessing uses its best idiom (initializer state; a Barrier to collect "
               "per-worker state) rather than the original suite's per-task pickling and managers.",
     }
-    for wl in ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]:
+    for wl in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "F"]:
         t = titles.get(wl) or titles.get("W7-numerical", wl)
         lines.append(f"- **{wl}** ({t.split('  ', 1)[-1] if wl != 'W7' else 'numerical, stateful, expensive init'}): {notes[wl]}")
     lines += ["", "Full definitions and the command-line contract: `scripts/compare/README.md`.", ""]

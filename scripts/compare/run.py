@@ -36,8 +36,9 @@ MARKER = VENV / ".ampire-bench-requirements"
 RAW_RESULTS = ROOT / "target" / "bench-results.json"
 EXIT_UNSUPPORTED = 3
 
-ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "F"]
 W7_PARTS = ["W7-numerical", "W7-stateful", "W7-init"]
+RUST_IMPLS = ("ampire", "rayon", "spawn_blocking", "machine")
 AMPIRE_METHODS = ["fork", "forkserver", "spawn", "threading"]
 MPIRE_METHODS = ["fork", "forkserver", "spawn", "threading"]
 MP_ALL = ["fork", "forkserver", "spawn"]
@@ -45,6 +46,8 @@ MP_ALL = ["fork", "forkserver", "spawn"]
 
 def matrix(workload):
     """(impl, method) cells run for a workload, in display order."""
+    if workload == "F":
+        return [("machine", "-")]  # the machine's own floors, no pool
     cells = [("ampire", m) for m in AMPIRE_METHODS]
     if workload == "W6":
         return [("ampire", "fork"), ("mpire", "fork"), ("multiprocessing", "fork")]
@@ -293,13 +296,13 @@ def run_all(args, peers):
         if w not in ALL_WORKLOADS:
             sys.exit(f"error: unknown workload {w!r}; choose from {','.join(ALL_WORKLOADS)}")
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    known = ["ampire", "rayon", "spawn_blocking", "mpire", "multiprocessing"]
+    known = ["ampire", "rayon", "spawn_blocking", "mpire", "multiprocessing", "machine"]
     for i in impls:
         if i not in known:
             sys.exit(f"error: unknown implementation {i!r}; choose from {','.join(known)}")
 
     plan = {w: [c for c in matrix(w) if not impls or c[0] in impls] for w in workloads}
-    rust_needed = any(c[0] in ("ampire", "rayon", "spawn_blocking") for cs in plan.values() for c in cs)
+    rust_needed = any(c[0] in RUST_IMPLS for cs in plan.values() for c in cs)
     rust_bin = None
     if rust_needed:
         if args.no_build:
@@ -347,7 +350,7 @@ def run_all(args, peers):
                 tag = f"[{done}/{total}] {w} rep {rep + 1}/{reps} {impl}/{method}"
                 if c["status"] == "unsupported":
                     continue
-                if impl in ("ampire", "rayon", "spawn_blocking"):
+                if impl in RUST_IMPLS:
                     if not rust_bin:
                         c["status"] = "n/a"
                         if not c["errors"]:
