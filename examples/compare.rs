@@ -805,8 +805,12 @@ fn floors(a: &Args) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rtt = |echo_cpu: usize, idle: bool| {
         pin(0);
-        let (mut ping_r, mut ping_w) = std::io::pipe().unwrap();
-        let (mut pong_r, mut pong_w) = std::io::pipe().unwrap();
+        let pipe = || {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            (std::fs::File::from(r), std::fs::File::from(w))
+        };
+        let (mut ping_r, mut ping_w) = pipe();
+        let (mut pong_r, mut pong_w) = pipe();
         let echo = std::thread::spawn(move || {
             use std::io::{Read, Write};
             pin(echo_cpu);
