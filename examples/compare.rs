@@ -611,6 +611,7 @@ fn w7_numerical(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
         "ratio_to_ideal",
         pool_time.as_secs_f64() / (serial_time.as_secs_f64() / 2.0),
     );
+    emit(a, "W7-numerical", "pool_ms", pool_time.as_secs_f64() * 1e3);
 }
 
 type Prefixes = HashMap<Vec<u8>, u32>;
@@ -708,6 +709,7 @@ fn w7_stateful(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
         "ratio_to_ideal",
         pool_time.as_secs_f64() / (serial_time.as_secs_f64() / 2.0),
     );
+    emit(a, "W7-stateful", "pool_ms", pool_time.as_secs_f64() * 1e3);
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -783,6 +785,7 @@ fn w7_init(a: &Args, rt: &tokio::runtime::Runtime, m: StartMethod) {
         "ratio_to_ideal",
         pool_time.as_secs_f64() / (serial_time.as_secs_f64() / 2.0),
     );
+    emit(a, "W7-init", "pool_ms", pool_time.as_secs_f64() * 1e3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -421,7 +421,6 @@ impl Core {
         }
     }
 
-    /// Delivers the result of the oldest job in flight on `slot`.
     /// Job `id`, the oldest in flight on `slot`, is done: its window has room again, then
     /// `outcome` makes its result (a process worker's is decoded only now, after the worker was
     /// given room for its next job, with the decoder of the job's call).

@@ -594,6 +594,7 @@ def w7(impl, method, wl="W7"):
         ideal = t_serial / N_JOBS
         log(f"{sub} {impl}/{method}: serial {t_serial:.3f} s, pool {t_pool:.3f} s, ideal {ideal:.3f} s")
         emit(sub, impl, method, "ratio_to_ideal", t_pool / ideal)
+        emit(sub, impl, method, "pool_ms", t_pool * 1e3)
 
 
 WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7,

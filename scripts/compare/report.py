@@ -38,6 +38,7 @@ METRICS = {
     "pss_mib": ("MiB", False, "sum of workers' PSS, MiB"),
     "uss_mib": ("MiB", False, "sum of workers' private memory (USS), MiB"),
     "ratio_to_ideal": ("x ideal", False, "pool time / (serial time / 2 workers)"),
+    "pool_ms": ("ms", False, "pool time end to end, milliseconds"),
     # F, the machine's floors: no ratio (no peer does these).
     "wake_rtt_idle_us": ("µs", None, "hand-off and reply between two CPUs after 1 ms idle"),
     "wake_rtt_busy_us": ("µs", None, "hand-off and reply between two CPUs, back to back"),
@@ -92,7 +93,7 @@ TARGETS = [
     ("W3", "latency_ms", ["threading"], "<=", 0.2, "0.2 ms"),
     ("W4", "speedup", ALL_METHODS, ">=", 1.95, "1.95x"),
     ("W5", "gb_per_s", ALL_METHODS, ">=", 4.0, "4 GB/s"),
-    ("W6", "added_pct", ["fork"], "<", 5.0, "< 5% of the object"),
+    ("W6", "added_pct", ["fork"], "<", 5.0, "5% of the object"),
     ("W7-numerical", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
     ("W7-stateful", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
     ("W7-init", "ratio_to_ideal", ALL_METHODS, "<=", 1.05, "1.05x ideal"),
@@ -627,7 +628,11 @@ def markdown_report(raw, groups, titles, svg_name):
               "scaled to 2 cores, without scipy/tensorflow: value = pool time / (serial time / 2), "
               "pool time end to end (pool start, work, results, shutdown); 1.0 is perfect. "
               "multiprocessing uses its best idiom (initializer state; a Barrier to collect "
-              "per-worker state) rather than the original suite's per-task pickling and managers.",
+              "per-worker state) rather than the original suite's per-task pickling and managers. "
+              "Each implementation is held to its own serial time: the Rust tasks run several times "
+              "faster than numpy's or Python's, so the same fixed cost of a pool (start, moving "
+              "results, shutdown) weighs that much more in `ratio_to_ideal`; `pool_ms` compares "
+              "the end-to-end times directly.",
     }
     for wl in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "F"]:
         t = titles.get(wl) or titles.get("W7-numerical", wl)
