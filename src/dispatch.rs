@@ -18,7 +18,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,8 @@ pub(crate) struct Core {
     local_cv: Condvar,
     /// ...after spinning briefly on this, which changes whenever they are woken.
     local_gen: AtomicU64,
+    /// How many thread workers wait on `local_cv`; changed only under the state lock.
+    local_sleepers: AtomicUsize,
     /// An exit result was stored, or the pool broke.
     exited: Notify,
 }
@@ -235,16 +237,38 @@ impl Core {
             drivers: Mutex::new(Vec::new()),
             local_cv: Condvar::new(),
             local_gen: AtomicU64::new(0),
+            local_sleepers: AtomicUsize::new(0),
             exited: Notify::new(),
         })
     }
 
-    /// Tells every worker to look at the queue again.
+    /// Tells every worker (its writer task, or the thread itself) to look at the queue again.
     fn wake_all(&self) {
-        for w in &self.wake {
-            w.notify_one();
+        if self.is_local() {
+            self.wake_local();
+        } else {
+            for w in &self.wake {
+                w.notify_one();
+            }
         }
-        self.wake_local();
+    }
+
+    /// After a job was queued for `slot` (or for any worker, `None`) under the state lock.
+    fn wake_queued(&self, slot: Option<usize>) {
+        if !self.is_local() {
+            match slot {
+                Some(slot) => self.wake[slot].notify_one(),
+                None => self.wake.iter().for_each(Notify::notify_one),
+            }
+            return;
+        }
+        self.local_gen.fetch_add(1, Ordering::Release);
+        // A thread worker registers as a sleeper under the state lock, before it waits: if it
+        // did so before our push, we see it here; if after, it saw the job. Only then is the
+        // condition variable worth a system call (std's `notify_all` always makes one).
+        if self.local_sleepers.load(Ordering::SeqCst) > 0 {
+            self.local_cv.notify_all();
+        }
     }
 
     /// Tells thread workers to look at the queue again, spinning or blocked.
@@ -301,12 +325,11 @@ impl Core {
             let slot = (job.seq % self.settings.workers as u64) as usize;
             st.targeted[slot].push_back(job);
             drop(st);
-            self.wake[slot].notify_one();
-            self.wake_local();
+            self.wake_queued(Some(slot));
         } else {
             st.global.push_back(job);
             drop(st);
-            self.wake_all();
+            self.wake_queued(None);
         }
         Ok(())
     }
@@ -442,8 +465,11 @@ impl Core {
                 }
             }
         };
-        // Its window has room again (or, when closing, it may now send the shutdown).
-        self.wake[slot].notify_one();
+        // A writer's window has room again (or, when closing, it may now send the shutdown). A
+        // thread worker is the caller here and needs no telling.
+        if !self.is_local() {
+            self.wake[slot].notify_one();
+        }
         if let Some(job) = job {
             let outcome = match job.call.is_cancelled() {
                 true => Outcome::Failed(Error::closed()),
@@ -942,10 +968,12 @@ impl LocalQueue for Core {
                 st = self.state();
                 continue;
             }
+            self.local_sleepers.fetch_add(1, Ordering::SeqCst);
             st = self
                 .local_cv
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
+            self.local_sleepers.fetch_sub(1, Ordering::SeqCst);
             spun = false;
         }
     }
