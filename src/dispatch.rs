@@ -984,12 +984,34 @@ impl LocalQueue for Core {
         id: u64,
         out: Result<Box<dyn std::any::Any + Send>, String>,
         busy: Duration,
-    ) {
+    ) -> Option<(u64, LocalChunk)> {
         let outcome = match out {
             Ok(b) => Outcome::Local(b),
             Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
         };
-        let _ = self.complete(slot, id, |_| outcome, busy);
+        let (job, next) = {
+            let mut st = self.state();
+            let job = match st.inflight[slot].front() {
+                Some(j) if j.id == id => st.inflight[slot].pop_front(),
+                _ => None,
+            };
+            let next = match self.stopped.load(Ordering::Acquire) {
+                true => None,
+                false => match self.take_job(&mut st, slot) {
+                    Some((id, Outgoing::Local(chunk))) => Some((id, chunk)),
+                    _ => None,
+                },
+            };
+            (job, next)
+        };
+        if let Some(job) = job {
+            let outcome = match job.call.is_cancelled() {
+                true => Outcome::Failed(Error::closed()),
+                false => outcome,
+            };
+            deliver(job, slot, outcome, busy);
+        }
+        next
     }
 
     fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>) {

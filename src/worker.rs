@@ -263,7 +263,15 @@ pub(crate) enum LocalNext {
 pub(crate) trait LocalQueue: Send + Sync {
     /// Blocks until there is something to do.
     fn next(&self, slot: usize) -> LocalNext;
-    fn done(&self, slot: usize, id: u64, out: Result<Box<dyn Any + Send>, String>, busy: Duration);
+    /// Job `id` finished with `out`. Hands back the next job when one is ready at once, so
+    /// that a busy worker takes the pool's lock once per job, not twice.
+    fn done(
+        &self,
+        slot: usize,
+        id: u64,
+        out: Result<Box<dyn Any + Send>, String>,
+        busy: Duration,
+    ) -> Option<(u64, LocalChunk)>;
     /// The worker ran its exit function and dropped its state; this is its exit result.
     fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>);
 }
@@ -300,12 +308,17 @@ impl ThreadWorker {
         if !heard || failed {
             return;
         }
+        let mut ready = None;
         loop {
-            match self.queue.next(self.id) {
+            let next = match ready.take() {
+                Some((job, chunk)) => LocalNext::Job(job, chunk),
+                None => self.queue.next(self.id),
+            };
+            match next {
                 LocalNext::Job(job, chunk) => {
                     let t0 = Instant::now();
                     let out = chunk(&mut cx);
-                    self.queue.done(self.id, job, out, t0.elapsed());
+                    ready = self.queue.done(self.id, job, out, t0.elapsed());
                 }
                 LocalNext::Shutdown => {
                     let result = self.exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
