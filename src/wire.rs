@@ -250,6 +250,9 @@ pub(crate) fn encode_body<T: Serialize>(
     Ok(Body::Inline(body))
 }
 
+/// The most a reader asks for at once beyond the rest of the current frame.
+const MIN_READ: usize = 64 * 1024;
+
 /// A buffer of incoming bytes split into frames; shared by the blocking and the async reader.
 struct Buffer {
     buf: Vec<u8>,
@@ -261,7 +264,7 @@ struct Buffer {
 impl Buffer {
     fn new(max: usize) -> Self {
         Buffer {
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
             start: 0,
             end: 0,
             max,
@@ -300,14 +303,18 @@ impl Buffer {
         }
     }
 
-    /// How many bytes to read next: the rest of the current frame, at least a page.
+    /// How many bytes to read next: the rest of the current frame, and at least 64 KiB once
+    /// the buffer has grown that large. A new buffer starts at a page: the first frames of a
+    /// worker (hello, set-up, small tasks) then touch one page, not sixteen, which in a
+    /// `Fork` child are copy-on-write faults on the critical path of its start.
     fn want(&self) -> usize {
+        let min = self.buf.len().clamp(4096, MIN_READ);
         let have = self.end - self.start;
         if have >= 4 {
             let flen = le32(&self.buf[self.start..]) as usize;
-            (4 + flen).saturating_sub(have).max(64 * 1024)
+            (4 + flen).saturating_sub(have).max(min)
         } else {
-            64 * 1024
+            min
         }
     }
 
