@@ -245,7 +245,7 @@ impl Core {
     /// Tells every worker (its writer task, or the thread itself) to look at the queue again.
     fn wake_all(&self) {
         if self.is_local() {
-            self.wake_local();
+            self.wake_local(true);
         } else {
             for w in &self.wake {
                 w.notify_one();
@@ -255,26 +255,24 @@ impl Core {
 
     /// After a job was queued for `slot` (or for any worker, `None`) under the state lock.
     fn wake_queued(&self, slot: Option<usize>) {
-        if !self.is_local() {
-            match slot {
-                Some(slot) => self.wake[slot].notify_one(),
-                None => self.wake.iter().for_each(Notify::notify_one),
-            }
-            return;
-        }
-        self.local_gen.fetch_add(1, Ordering::Release);
-        // A thread worker registers as a sleeper under the state lock, before it waits: if it
-        // did so before our push, we see it here; if after, it saw the job. Only then is the
-        // condition variable worth a system call (std's `notify_all` always makes one).
-        if self.local_sleepers.load(Ordering::SeqCst) > 0 {
-            self.local_cv.notify_all();
+        match (self.is_local(), slot) {
+            (false, Some(slot)) => self.wake[slot].notify_one(),
+            (false, None) => self.wake_all(),
+            // A thread worker registers as a sleeper under the state lock, before it waits: if
+            // it did so before our push, we see it; if after, it saw the job. Only then is the
+            // condition variable worth a system call (std's `notify_all` always makes one).
+            (true, _) => self.wake_local(self.local_sleepers.load(Ordering::SeqCst) > 0),
         }
     }
 
-    /// Tells thread workers to look at the queue again, spinning or blocked.
-    fn wake_local(&self) {
+    /// Tells thread workers to look at the queue again: those spinning always, those blocked
+    /// when `blocked` (a change that did not go through `wake_queued`'s lock discipline must
+    /// wake them all).
+    fn wake_local(&self, blocked: bool) {
         self.local_gen.fetch_add(1, Ordering::Release);
-        self.local_cv.notify_all();
+        if blocked {
+            self.local_cv.notify_all();
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -444,9 +442,9 @@ impl Core {
         }
     }
 
-    /// Job `id`, the oldest in flight on `slot`, is done: its window has room again, then
-    /// `outcome` makes its result (a process worker's is decoded only now, after the worker was
-    /// given room for its next job, with the decoder of the job's call).
+    /// Job `id`, the oldest in flight on process worker `slot`, is done: its window has room
+    /// again, then `outcome` makes its result (decoded only now, after the writer was told, with
+    /// the decoder of the job's call).
     fn complete(
         &self,
         slot: usize,
@@ -454,29 +452,11 @@ impl Core {
         outcome: impl FnOnce(&Job) -> Outcome,
         busy: Duration,
     ) -> Result<(), Error> {
-        let job = {
-            let mut st = self.state();
-            match st.inflight[slot].front() {
-                Some(j) if j.id == id => st.inflight[slot].pop_front(),
-                _ => {
-                    return Err(Error::new(Kind::Protocol(format!(
-                        "result for unknown job {id}"
-                    ))));
-                }
-            }
-        };
-        // A writer's window has room again (or, when closing, it may now send the shutdown). A
-        // thread worker is the caller here and needs no telling.
-        if !self.is_local() {
-            self.wake[slot].notify_one();
-        }
-        if let Some(job) = job {
-            let outcome = match job.call.is_cancelled() {
-                true => Outcome::Failed(Error::closed()),
-                false => outcome(&job),
-            };
-            deliver(job, slot, outcome, busy);
-        }
+        let job = land(&mut self.state(), slot, id)
+            .ok_or_else(|| Error::new(Kind::Protocol(format!("result for unknown job {id}"))))?;
+        // A writer's window has room again (or, when closing, it may now send the shutdown).
+        self.wake[slot].notify_one();
+        deliver(job, slot, outcome, busy);
         Ok(())
     }
 
@@ -497,11 +477,11 @@ impl Core {
         };
         if let Some(job) = first {
             let e = head.clone().with_worker(slot).with_task(job.first);
-            deliver(job, slot, Outcome::Failed(e), Duration::ZERO);
+            deliver(job, slot, |_| Outcome::Failed(e), Duration::ZERO);
         }
         for job in rest {
             let e = head.clone().with_worker(slot).with_task(job.first);
-            deliver(job, slot, Outcome::Failed(e), Duration::ZERO);
+            deliver(job, slot, |_| Outcome::Failed(e), Duration::ZERO);
         }
         self.wake_all();
     }
@@ -520,7 +500,7 @@ impl Core {
         };
         for job in jobs {
             let slot = usize::MAX;
-            deliver(job, slot, Outcome::Failed(e.clone()), Duration::ZERO);
+            deliver(job, slot, |_| Outcome::Failed(e.clone()), Duration::ZERO);
         }
         self.wake_all();
     }
@@ -609,7 +589,12 @@ impl Core {
             jobs
         };
         for (slot, job) in jobs {
-            deliver(job, slot, Outcome::Failed(Error::closed()), Duration::ZERO);
+            deliver(
+                job,
+                slot,
+                |_| Outcome::Failed(Error::closed()),
+                Duration::ZERO,
+            );
         }
         self.stop.notify_waiters();
         self.wake_all();
@@ -624,13 +609,24 @@ impl Core {
     }
 }
 
-fn deliver(mut job: Job, worker: usize, outcome: Outcome, busy: Duration) {
+/// Takes job `id` out of `slot`'s flight, if it is the oldest there.
+fn land(st: &mut State, slot: usize, id: u64) -> Option<Job> {
+    match st.inflight[slot].front() {
+        Some(j) if j.id == id => st.inflight[slot].pop_front(),
+        _ => None,
+    }
+}
+
+/// Hands `job`'s result to its call. `outcome` makes it, unless the call was cancelled and
+/// nobody would read it (a process worker's results are then never decoded).
+fn deliver(mut job: Job, worker: usize, outcome: impl FnOnce(&Job) -> Outcome, busy: Duration) {
     // The inputs go first: a caller that sees the result finds their arena block free.
     job.payload = Payload::Local(None);
     job.call.observe(busy, job.len);
     if job.call.is_cancelled() {
         return;
     }
+    let outcome = outcome(&job);
     let _ = job.call.tx.send(Completion {
         seq: job.seq,
         first: job.first,
@@ -991,10 +987,7 @@ impl LocalQueue for Core {
         };
         let (job, next) = {
             let mut st = self.state();
-            let job = match st.inflight[slot].front() {
-                Some(j) if j.id == id => st.inflight[slot].pop_front(),
-                _ => None,
-            };
+            let job = land(&mut st, slot, id);
             let next = match self.stopped.load(Ordering::Acquire) {
                 true => None,
                 false => match self.take_job(&mut st, slot) {
@@ -1005,11 +998,7 @@ impl LocalQueue for Core {
             (job, next)
         };
         if let Some(job) = job {
-            let outcome = match job.call.is_cancelled() {
-                true => Outcome::Failed(Error::closed()),
-                false => outcome,
-            };
-            deliver(job, slot, outcome, busy);
+            deliver(job, slot, |_| outcome, busy);
         }
         next
     }
