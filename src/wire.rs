@@ -303,9 +303,9 @@ impl Buffer {
         }
     }
 
-    /// How many bytes to read next: the rest of the current frame, and at least 64 KiB once
-    /// the buffer has grown that large. A new buffer starts at a page: the first frames of a
-    /// worker (hello, set-up, small tasks) then touch one page, not sixteen, which in a
+    /// How many bytes to read next: the rest of the current frame, and at least the buffer's
+    /// own size (from 4 KiB up to 64 KiB). A new buffer starts at a page: the first frames of
+    /// a worker (hello, set-up, small tasks) then touch one page, not sixteen, which in a
     /// `Fork` child are copy-on-write faults on the critical path of its start.
     fn want(&self) -> usize {
         let min = self.buf.len().clamp(4096, MIN_READ);
