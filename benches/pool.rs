@@ -3,11 +3,11 @@
 //! Method: every group sweeps the start methods; pool start-up is measured apart from task round
 //! trips. Start-up (`startup/*`) builds a pool, runs one task and shuts it down, so it includes
 //! forking or spawning the workers, the handshake and reaping them; `startup_1gib_owner/*` does
-//! the same in an owner holding 1 GiB, and adds the owner's next write to each of its pages. Round trips (`roundtrip/*`)
-//! run on a warm pool (both workers have already run a task), with payloads from 8 bytes to 1 MiB
-//! each way. Throughput (`map/*`) maps 10,000 trivial tasks over 1 and 2 workers with default
-//! chunking. `iter_custom` times only the awaited call; the tokio runtime and the pool live across
-//! iterations.
+//! the same in an owner holding 1 GiB, and adds the owner's next write to each of its pages. Round
+//! trips (`roundtrip/*`) run on a warm pool (both workers have already run a task), with payloads
+//! from 8 bytes to 1 MiB each way. Throughput (`map/*`) maps 10,000 trivial tasks over 1 and 2
+//! workers with default chunking. `iter_custom` times only the awaited call; the tokio runtime and
+//! the pool live across iterations.
 //!
 //! Run with `cargo bench`; the side-by-side comparison with MPIRE, multiprocessing and rayon is
 //! `python3 scripts/compare/run.py` (see BENCHMARKS.md).
