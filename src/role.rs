@@ -69,16 +69,10 @@ pub(crate) fn divert_if_child() {
     };
     let parent = std::env::var(PARENT_VAR)
         .ok()
-        .and_then(|p| p.parse::<i32>().ok());
+        .and_then(|p| p.parse::<u32>().ok());
     sys::ctor::remove_env_single_threaded(ROLE_VAR);
     sys::ctor::remove_env_single_threaded(PARENT_VAR);
-    // Die with the thread that started us, as every worker does; if that happened already, we
-    // were handed to another parent in between and must not run at all.
-    let orphan = parent.is_none_or(|p| {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-            || nix::unistd::getppid().as_raw() != p
-    });
-    if orphan {
+    if !parent.is_some_and(dies_with) {
         sys::fork::exit_now(1);
     }
     INITIALIZED.store(true, Ordering::SeqCst);
@@ -98,6 +92,14 @@ pub(crate) fn divert_if_child() {
     })
     .unwrap_or(101);
     sys::fork::exit_now(code)
+}
+
+/// Makes this new child die with the thread that created it (`PR_SET_PDEATHSIG = SIGKILL`), as
+/// every child of ours does. `false` if it cannot, or if `parent` already died and the child
+/// was handed to another process: such a child must not run at all.
+pub(crate) fn dies_with(parent: u32) -> bool {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_ok()
+        && nix::unistd::getppid().as_raw() as u32 == parent
 }
 
 /// Re-executes this binary (from the launcher thread) in `role`, with `fds[i]` as its

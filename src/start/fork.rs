@@ -55,9 +55,7 @@ impl Start for Fork {
                     for fd in parents_ends {
                         sys::fd::close_inherited(fd);
                     }
-                    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-                        || nix::unistd::getppid().as_raw() as u32 != parent
-                    {
+                    if !crate::role::dies_with(parent) {
                         return 1;
                     }
                     crate::worker::serve(tasks_r, results_w, arena, Some(shared))

@@ -156,9 +156,7 @@ fn spawn_one(
         let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         sys::fd::close_inherited(ctl_fd);
         sys::fd::close_inherited(sfd_fd);
-        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-            || nix::unistd::getppid().as_raw() as u32 != server
-        {
+        if !crate::role::dies_with(server) {
             return 1;
         }
         crate::worker::serve(tasks_r, results_w, arena, None)
@@ -201,9 +199,7 @@ pub(crate) fn start_early() -> std::io::Result<()> {
     sys::fork::fork_with((), move || {
         sys::fd::close_inherited(ours_fd);
         sys::fd::ignore_sigpipe();
-        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-            || nix::unistd::getppid().as_raw() as u32 != owner
-        {
+        if !crate::role::dies_with(owner) {
             return 1;
         }
         serve(theirs)
