@@ -15,9 +15,9 @@ use futures_core::Stream;
 
 use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
 use crate::error::{Error, Kind, Stage};
+use crate::proto::Failure;
 use crate::sys::shm::Arena;
 use crate::task::{Call, ChunkOut, Input, Output, decode_boxed, local_chunk};
-use crate::wire::Failure;
 
 /// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no
 /// arena (`None`), or else serialised, large bodies into the arena.
@@ -35,7 +35,7 @@ where
         if local {
             return Ok(Payload::Local(Some(local_chunk::<T, S, W, A, R>(items))));
         }
-        let body = crate::wire::encode_body(&items, arena)
+        let body = crate::proto::body::encode_body(&items, arena)
             .map_err(|e| Error::codec("could not serialise a task input", e))?;
         Ok(Payload::Remote {
             entry: crate::task::chunk::<T, S, W, A, R>().offset,

@@ -26,11 +26,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Exit, Kind, Stage};
+use crate::proto::body::ARENA_MIN;
+use crate::proto::frame;
+use crate::proto::{Body, Failure, FromWorker, Span, ToWorker};
 use crate::start::{Connected, Pool, Process, Rx, Spec, Start, StartMethod, Tx};
 use crate::sys::image::ExitEntry;
-use crate::task::{Entry, LocalChunk};
-use crate::wire::{self, Body, Failure, FromWorker, Span, ToWorker};
-use crate::worker::{LocalNext, LocalQueue};
+use crate::task::Entry;
+use crate::worker::{LocalChunk, LocalNext, LocalQueue};
 
 /// One chunk of one call.
 pub(crate) struct Job {
@@ -754,30 +756,30 @@ impl Tx {
                 arena: span,
             };
             let inline = inline.as_deref().map_or(&[][..], Body::inline);
-            if inline.len() > wire::ARENA_MIN {
-                wire::encode_head(buf, &header, inline.len());
-                wire::write_parts(io, buf, inline).await?;
+            if inline.len() > ARENA_MIN {
+                frame::encode_head(buf, &header, inline.len());
+                frame::write_parts(io, buf, inline).await?;
                 buf.clear();
             } else {
-                wire::encode(buf, &header, inline);
+                frame::encode(buf, &header, inline);
             }
         }
         if !buf.is_empty() {
-            wire::write_parts(io, buf, &[]).await?;
+            frame::write_parts(io, buf, &[]).await?;
         }
         Ok(())
     }
 
     async fn send_shutdown(&mut self, exit: Option<Entry<ExitEntry>>) -> std::io::Result<()> {
         self.buf.clear();
-        wire::encode(
+        frame::encode(
             &mut self.buf,
             &ToWorker::Shutdown {
                 exit: exit.map(|e| e.offset),
             },
             &[],
         );
-        wire::write_parts(&mut self.io, &self.buf, &[]).await
+        frame::write_parts(&mut self.io, &self.buf, &[]).await
     }
 }
 

@@ -128,12 +128,12 @@ mod dispatch;
 mod error;
 mod handle;
 mod pool;
+mod proto;
 mod role;
 mod start;
 #[allow(unsafe_code)]
 mod sys;
 mod task;
-mod wire;
 mod worker;
 
 pub use crate::error::Error;

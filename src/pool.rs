@@ -15,13 +15,13 @@ use crate::call::encoder;
 use crate::dispatch::{Core, Settings};
 use crate::error::{Error, Kind};
 use crate::handle::{Apply, Map, MapStream};
+use crate::proto::Body;
 use crate::start::{Spec, StartMethod, backend};
 use crate::sys::image::{ExitEntry, SetupEntry};
 use crate::sys::shm::Arena;
 use crate::task::{
     self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
 };
-use crate::wire::Body;
 
 /// Carries the pool's type parameters without owning values of them.
 type Types<S, W, E> = PhantomData<fn() -> (S, W, E)>;
@@ -90,7 +90,7 @@ impl AsyncPool {
             init: false,
             exit: None,
             order_tasks: false,
-            max_frame_len: crate::wire::DEFAULT_MAX_FRAME,
+            max_frame_len: crate::proto::DEFAULT_MAX_FRAME,
             arena_size: DEFAULT_ARENA,
             start_timeout: Duration::from_secs(60),
             depth: 2,
@@ -274,7 +274,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         };
         let shared_body = match self.method {
             StartMethod::Spawn | StartMethod::Forkserver => {
-                crate::wire::encode_body(std::slice::from_ref(&self.shared), arena.as_ref())
+                crate::proto::body::encode_body(std::slice::from_ref(&self.shared), arena.as_ref())
                     .map_err(|e| Error::codec("could not serialise the shared object", e))?
             }
             _ => Body::Inline(Vec::new()),

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::proto::Failure;
 use crate::sys::image::{ChunkEntry, ExitEntry, SetupEntry, conjure, offset_of};
-use crate::wire::Failure;
-use crate::worker::{Context, catch};
+use crate::worker::{Context, LocalChunk, catch};
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
 /// own state.
@@ -315,7 +315,7 @@ where
     };
     {
         // One serializer for the whole chunk, appending each result as it is made.
-        let mut ser = crate::wire::serializer(out);
+        let mut ser = crate::proto::body::serializer(out);
         run_chunk(
             inputs,
             |a| {
@@ -348,7 +348,7 @@ where
             .map(|(a, _)| format!("{a:?}"));
     }
     out[..4].copy_from_slice(&(chunk.failures.len() as u32).to_le_bytes());
-    let mut ser = crate::wire::serializer(out);
+    let mut ser = crate::proto::body::serializer(out);
     for f in &chunk.failures {
         f.serialize(&mut ser).map_err(|e| e.to_string())?;
     }
@@ -491,11 +491,6 @@ where
         offset: offset_of(ptr as usize),
     }
 }
-
-/// A chunk for a thread worker: the inputs are moved, never serialised. The closure returns a
-/// boxed [`ChunkOut<R>`].
-pub(crate) type LocalChunk =
-    Box<dyn FnOnce(&mut Context) -> Result<Box<dyn Any + Send>, String> + Send>;
 
 pub(crate) fn local_chunk<T, S, W, A, R>(items: Vec<A>) -> LocalChunk
 where

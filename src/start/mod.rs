@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 
 use crate::error::{Error, Exit, Kind};
+use crate::proto::handshake::{self, Refusal};
+use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::image::ExitEntry;
 use crate::sys::image::SetupEntry;
 use crate::sys::shm::Arena;
 use crate::task::Entry;
-use crate::wire::{self, AsyncReader, Body, FromWorker, ToWorker};
 use crate::worker::{LocalQueue, ThreadEnd};
 
 pub(crate) mod child;
@@ -109,7 +110,7 @@ pub(crate) type Pool = Arc<dyn LocalQueue>;
 pub(crate) enum Link {
     Thread {
         /// `None` when set-up cannot fail (no `worker_init`): nothing to wait for.
-        ready: Option<tokio::sync::oneshot::Receiver<Result<(), crate::wire::Failure>>>,
+        ready: Option<tokio::sync::oneshot::Receiver<Result<(), crate::proto::Failure>>>,
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     },
     Process {
@@ -250,48 +251,40 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
         } => {
             let mut rx = AsyncReader::new(results, spec.max_frame);
             let mut tx = tasks;
-            let handshake = async {
-                // Set-up goes out at once (the worker checks our identity before using it), so
-                // the handshake costs one round trip, not two.
-                let setup = ToWorker::Setup {
-                    worker_id: id as u32,
-                    setup: spec.setup.offset,
-                    shared: !inherits,
-                    arena: if inherits {
-                        None
-                    } else {
-                        spec.shared_body.span()
-                    },
-                    identity: crate::sys::image::identity(),
-                };
-                let mut head = Vec::new();
-                let body: &[u8] = if inherits {
-                    &[]
+            // Set-up goes out at once (the worker checks our identity before using it), so the
+            // handshake costs one round trip, not two.
+            let setup = ToWorker::Setup {
+                worker_id: id as u32,
+                setup: spec.setup.offset,
+                shared: !inherits,
+                arena: if inherits {
+                    None
                 } else {
-                    spec.shared_body.inline()
-                };
-                wire::encode_head(&mut head, &setup, body.len());
-                let sent = wire::write_parts(&mut tx, &head, body).await;
-                check_hello(rx.next::<FromWorker>().await)?;
-                sent.map_err(|e| Error::start(format!("could not send set-up: {e}")))?;
-                match rx.next::<FromWorker>().await {
-                    Ok(Some(frame)) => match frame.header {
-                        FromWorker::Ready => Ok(()),
-                        FromWorker::InitFailed(failure) => Err(Error::new(Kind::Panic {
+                    spec.shared_body.span()
+                },
+                identity: crate::sys::image::identity(),
+            };
+            let body: &[u8] = if inherits {
+                &[]
+            } else {
+                spec.shared_body.inline()
+            };
+            let handshake = async {
+                handshake::offer(&mut rx, &mut tx, &setup, body)
+                    .await
+                    .map_err(|refusal| match refusal {
+                        Refusal::Vanished | Refusal::DiedInSetup => Error::new(Kind::WorkerDied {
+                            exit: Exit::Unknown,
+                            during: crate::error::Stage::Init,
+                        }),
+                        Refusal::InitFailed(failure) => Error::new(Kind::Panic {
                             failure,
                             during: crate::error::Stage::Init,
-                        })),
-                        FromWorker::Fatal(m) => Err(Error::new(Kind::Protocol(m))),
-                        other => Err(Error::new(Kind::Protocol(format!(
-                            "expected ready, got {other:?}"
-                        )))),
-                    },
-                    Ok(None) => Err(Error::new(Kind::WorkerDied {
-                        exit: Exit::Unknown,
-                        during: crate::error::Stage::Init,
-                    })),
-                    Err(e) => Err(Error::new(Kind::Protocol(e.to_string()))),
-                }
+                        }),
+                        Refusal::Mismatch(m) => Error::new(Kind::Mismatch(m)),
+                        Refusal::Protocol(m) => Error::new(Kind::Protocol(m)),
+                        Refusal::Send(e) => Error::start(format!("could not send set-up: {e}")),
+                    })
             };
             let result = match tokio::time::timeout(spec.start_timeout, handshake).await {
                 Ok(r) => r,
@@ -325,59 +318,4 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             }
         }
     }
-}
-
-fn check_hello(hello: io::Result<Option<wire::Frame<FromWorker>>>) -> Result<(), Error> {
-    let frame = match hello {
-        Ok(Some(frame)) => frame,
-        Ok(None) => {
-            return Err(Error::new(Kind::WorkerDied {
-                exit: Exit::Unknown,
-                during: crate::error::Stage::Init,
-            }));
-        }
-        Err(e) => return Err(Error::new(Kind::Protocol(format!("bad hello: {e}")))),
-    };
-    match frame.header {
-        FromWorker::Hello {
-            magic,
-            version,
-            pid: _,
-            identity,
-        } => {
-            if magic != wire::MAGIC || version != wire::VERSION {
-                return Err(Error::new(Kind::Mismatch(format!(
-                    "protocol {magic:#x}/{version}, expected {:#x}/{}",
-                    wire::MAGIC,
-                    wire::VERSION
-                ))));
-            }
-            let mine = crate::sys::image::identity();
-            let same_build = if mine.build_id.is_empty() {
-                identity.build_id.is_empty() && identity.exe == mine.exe
-            } else {
-                identity.build_id == mine.build_id
-            };
-            if !same_build || identity.anchor_offset != mine.anchor_offset {
-                return Err(Error::new(Kind::Mismatch(format!(
-                    "build id {} (anchor at {:#x}), expected {} (anchor at {:#x})",
-                    hex(&identity.build_id),
-                    identity.anchor_offset,
-                    hex(&mine.build_id),
-                    mine.anchor_offset
-                ))));
-            }
-            Ok(())
-        }
-        other => Err(Error::new(Kind::Protocol(format!(
-            "expected hello, got {other:?}"
-        )))),
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    if b.is_empty() {
-        return "none".into();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -163,10 +163,10 @@ pub(crate) type ChunkEntry =
     fn(&mut crate::worker::Context, &[u8], u32, &mut Vec<u8>) -> Result<(), String>;
 /// Entry point of worker set-up: `(context, shared-object bytes)`.
 pub(crate) type SetupEntry =
-    fn(&mut crate::worker::Context, Option<&[u8]>) -> Result<(), crate::wire::Failure>;
+    fn(&mut crate::worker::Context, Option<&[u8]>) -> Result<(), crate::proto::Failure>;
 /// Entry point of the exit function: returns the serialised exit result.
 pub(crate) type ExitEntry =
-    fn(&mut crate::worker::Context) -> Result<Vec<u8>, crate::wire::Failure>;
+    fn(&mut crate::worker::Context) -> Result<Vec<u8>, crate::proto::Failure>;
 
 macro_rules! resolver {
     ($name:ident, $ty:ty) => {
