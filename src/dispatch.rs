@@ -30,7 +30,6 @@ use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
 use crate::proto::{Body, Failure, FromWorker, Span, ToWorker};
 use crate::start::{Connected, Pool, Process, Rx, Spec, Start, StartMethod, Tx};
-use crate::sys::image::ExitEntry;
 use crate::task::Entry;
 use crate::worker::{LocalChunk, LocalNext, LocalQueue};
 
@@ -770,7 +769,7 @@ impl Tx {
         Ok(())
     }
 
-    async fn send_shutdown(&mut self, exit: Option<Entry<ExitEntry>>) -> std::io::Result<()> {
+    async fn send_shutdown(&mut self, exit: Option<Entry>) -> std::io::Result<()> {
         self.buf.clear();
         frame::encode(
             &mut self.buf,

@@ -125,6 +125,7 @@
 
 mod call;
 mod dispatch;
+mod entry;
 mod error;
 mod handle;
 mod pool;

@@ -17,7 +17,6 @@ use crate::error::{Error, Kind};
 use crate::handle::{Apply, Map, MapStream};
 use crate::proto::Body;
 use crate::start::{Spec, StartMethod, backend};
-use crate::sys::image::{ExitEntry, SetupEntry};
 use crate::sys::shm::Arena;
 use crate::task::{
     self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
@@ -64,10 +63,10 @@ pub struct Builder<S = (), W = (), E = ()> {
     workers: Option<usize>,
     method: StartMethod,
     shared: S,
-    setup: Entry<SetupEntry>,
+    setup: Entry,
     /// Whether `worker_init` was given (a set-up that may fail).
     init: bool,
-    exit: Option<Entry<ExitEntry>>,
+    exit: Option<Entry>,
     order_tasks: bool,
     max_frame_len: usize,
     arena_size: usize,
@@ -157,8 +156,8 @@ impl<S, W, E> Builder<S, W, E> {
     fn retype<S2, W2, E2>(
         self,
         shared: impl FnOnce(S) -> S2,
-        setup: Entry<SetupEntry>,
-        exit: Option<Entry<ExitEntry>>,
+        setup: Entry,
+        exit: Option<Entry>,
     ) -> Builder<S2, W2, E2> {
         Builder {
             workers: self.workers,
@@ -251,12 +250,12 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             ));
         }
         if self.method.is_process() {
-            if crate::role::undiverted_child() {
+            if crate::entry::undiverted_child() {
                 return Err(Error::config(
                     "this process was started as an ampire worker but did not become one; is ampire linked as a dynamic library?",
                 ));
             }
-            if !crate::role::initialized() {
+            if !crate::entry::initialized() {
                 return Err(Error::new(Kind::NotInitialized));
             }
         }

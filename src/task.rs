@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::Failure;
-use crate::sys::image::{ChunkEntry, ExitEntry, SetupEntry, conjure, offset_of};
-use crate::worker::{Context, LocalChunk, catch};
+use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
+use crate::worker::{ChunkCall, Context, ExitCall, LocalChunk, SetupCall, catch};
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
 /// own state.
@@ -104,8 +104,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared for T {}
 #[derive(Clone, Copy)]
 pub(crate) struct Func<F>(pub F);
 
-/// Marker for [`Func`] over user function types (`fn` items and closures that capture nothing).
-pub(crate) trait ZeroSized: Copy + 'static {}
+// `Func<F>` wraps user function types, which `Call::new` and friends checked to be zero-sized:
+// `fn` items and closures that capture nothing.
 impl<F: Copy + Send + Sync + 'static> ZeroSized for Func<F> {}
 
 /// Produces the one value of the zero-sized function type `F`.
@@ -270,9 +270,26 @@ fn run_chunk<A, R>(
     }
 }
 
+/// The entry point of a chunk of serialised inputs, called as a [`ChunkCall`].
+fn chunk_entry<T, S, W, A, R>(cx: &mut dyn Any, input: &[u8], call: &mut dyn Any)
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Input,
+    R: Output,
+{
+    if let (Some(cx), Some(call)) = (
+        cx.downcast_mut::<Context>(),
+        call.downcast_mut::<ChunkCall>(),
+    ) {
+        call.result = run_serialised::<T, S, W, A, R>(cx, input, call.count, &mut call.out);
+    }
+}
+
 /// Runs a chunk of serialised inputs. The output is `[u32 LE failures][values][failures]`: the
 /// serialised values of the tasks that succeeded, then `(index, Failure)` of those that did not.
-fn chunk_entry<T, S, W, A, R>(
+fn run_serialised<T, S, W, A, R>(
     cx: &mut Context,
     input: &[u8],
     count: u32,
@@ -388,8 +405,23 @@ pub(crate) fn decode_boxed<R: Output>(
     decode_chunk::<R>(bytes, count).map(|out| Box::new(out) as Box<dyn Any + Send>)
 }
 
+/// The entry point of a worker's set-up, called as a [`SetupCall`].
+fn setup_entry<I, S, W>(cx: &mut dyn Any, input: &[u8], call: &mut dyn Any)
+where
+    I: MakeState<S, W>,
+    S: Shared,
+    W: 'static,
+{
+    if let (Some(cx), Some(call)) = (
+        cx.downcast_mut::<Context>(),
+        call.downcast_mut::<SetupCall>(),
+    ) {
+        call.result = set_up::<I, S, W>(cx, call.shared.then_some(input));
+    }
+}
+
 /// Decodes the shared object (if given as bytes) and builds the worker state.
-fn setup_entry<I, S, W>(cx: &mut Context, shared: Option<&[u8]>) -> Result<(), Failure>
+fn set_up<I, S, W>(cx: &mut Context, shared: Option<&[u8]>) -> Result<(), Failure>
 where
     I: MakeState<S, W>,
     S: Shared,
@@ -424,8 +456,24 @@ where
     Ok(())
 }
 
+/// The entry point of `worker_exit`, called as an [`ExitCall`].
+fn exit_entry<X, S, W, E>(cx: &mut dyn Any, _: &[u8], call: &mut dyn Any)
+where
+    X: Finish<S, W, E>,
+    S: 'static,
+    W: 'static,
+    E: Output,
+{
+    if let (Some(cx), Some(call)) = (
+        cx.downcast_mut::<Context>(),
+        call.downcast_mut::<ExitCall>(),
+    ) {
+        call.result = finish::<X, S, W, E>(cx);
+    }
+}
+
 /// Runs `worker_exit` and serialises its result.
-fn exit_entry<X, S, W, E>(cx: &mut Context) -> Result<Vec<u8>, Failure>
+fn finish<X, S, W, E>(cx: &mut Context) -> Result<Vec<u8>, Failure>
 where
     X: Finish<S, W, E>,
     S: 'static,
@@ -445,12 +493,21 @@ where
 
 /// An entry point together with its offset, as sent to process workers.
 #[derive(Clone, Copy)]
-pub(crate) struct Entry<P> {
-    pub ptr: P,
+pub(crate) struct Entry {
+    pub ptr: EntryFn,
     pub offset: i64,
 }
 
-pub(crate) fn chunk<T, S, W, A, R>() -> Entry<ChunkEntry>
+impl Entry {
+    fn of(ptr: EntryFn) -> Entry {
+        Entry {
+            ptr,
+            offset: offset_of(ptr),
+        }
+    }
+}
+
+pub(crate) fn chunk<T, S, W, A, R>() -> Entry
 where
     T: Call<S, W, A, R>,
     S: 'static,
@@ -458,38 +515,26 @@ where
     A: Input,
     R: Output,
 {
-    let ptr: ChunkEntry = chunk_entry::<T, S, W, A, R>;
-    Entry {
-        ptr,
-        offset: offset_of(ptr as usize),
-    }
+    Entry::of(chunk_entry::<T, S, W, A, R>)
 }
 
-pub(crate) fn setup<I, S, W>() -> Entry<SetupEntry>
+pub(crate) fn setup<I, S, W>() -> Entry
 where
     I: MakeState<S, W>,
     S: Shared,
     W: 'static,
 {
-    let ptr: SetupEntry = setup_entry::<I, S, W>;
-    Entry {
-        ptr,
-        offset: offset_of(ptr as usize),
-    }
+    Entry::of(setup_entry::<I, S, W>)
 }
 
-pub(crate) fn exit<X, S, W, E>() -> Entry<ExitEntry>
+pub(crate) fn exit<X, S, W, E>() -> Entry
 where
     X: Finish<S, W, E>,
     S: 'static,
     W: 'static,
     E: Output,
 {
-    let ptr: ExitEntry = exit_entry::<X, S, W, E>;
-    Entry {
-        ptr,
-        offset: offset_of(ptr as usize),
-    }
+    Entry::of(exit_entry::<X, S, W, E>)
 }
 
 pub(crate) fn local_chunk<T, S, W, A, R>(items: Vec<A>) -> LocalChunk

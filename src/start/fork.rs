@@ -55,7 +55,7 @@ impl Start for Fork {
                     for fd in parents_ends {
                         sys::fd::close_inherited(fd);
                     }
-                    if !crate::role::dies_with(parent) {
+                    if !launcher::dies_with(parent) {
                         return 1;
                     }
                     crate::worker::serve(tasks_r, results_w, arena, Some(shared))

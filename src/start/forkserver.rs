@@ -30,8 +30,8 @@ use tokio::sync::oneshot;
 
 use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
-use crate::role::{ProcessLocal, ROLE_SERVER};
 use crate::sys;
+use crate::sys::local::ProcessLocal;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -156,7 +156,7 @@ fn spawn_one(
         let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         sys::fd::close_inherited(ctl_fd);
         sys::fd::close_inherited(sfd_fd);
-        if !crate::role::dies_with(server) {
+        if !launcher::dies_with(server) {
             return 1;
         }
         crate::worker::serve(tasks_r, results_w, arena, None)
@@ -199,7 +199,7 @@ pub(crate) fn start_early() -> std::io::Result<()> {
     sys::fork::fork_with((), move || {
         sys::fd::close_inherited(ours_fd);
         sys::fd::ignore_sigpipe();
-        if !crate::role::dies_with(owner) {
+        if !launcher::dies_with(owner) {
             return 1;
         }
         serve(theirs)
@@ -241,10 +241,11 @@ async fn client() -> Result<Arc<Client>, Error> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::start(format!("could not create the forkserver socket: {e}")))?;
-    let child = launcher::run(move || crate::role::spawn_self(ROLE_SERVER, &[theirs.as_fd()]))
-        .await
-        .and_then(|r| r)
-        .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
+    let child =
+        launcher::run(move || launcher::spawn_self(launcher::ROLE_SERVER, &[theirs.as_fd()]))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
     let client = Client::new(ours, Some(child)).map_err(Error::start)?;
     *guard = Some(client.clone());
     Ok(client)

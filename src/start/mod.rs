@@ -14,8 +14,6 @@ use tokio::net::unix::pipe;
 use crate::error::{Error, Exit, Kind};
 use crate::proto::handshake::{self, Refusal};
 use crate::proto::{AsyncReader, Body, ToWorker};
-use crate::sys::image::ExitEntry;
-use crate::sys::image::SetupEntry;
 use crate::sys::shm::Arena;
 use crate::task::Entry;
 use crate::worker::{LocalQueue, ThreadEnd};
@@ -95,12 +93,12 @@ pub(crate) struct Spec {
     pub shared_body: Body,
     /// Shared memory for large bodies; process pools only.
     pub arena: Option<Arc<Arena>>,
-    pub setup: Entry<SetupEntry>,
+    pub setup: Entry,
     /// Whether there is a `worker_init`, whose failure `build()` must report.
     pub init: bool,
     pub max_frame: usize,
     pub start_timeout: Duration,
-    pub exit: Option<Entry<ExitEntry>>,
+    pub exit: Option<Entry>,
 }
 
 /// The pool's queue, for workers that take their jobs themselves (threads).

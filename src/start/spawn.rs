@@ -4,14 +4,13 @@
 //! Started with `posix_spawn` from the launcher thread (see `sys/spawn.rs`): the owner's memory
 //! is neither copied nor made copy-on-write for a child that is about to `exec`, so a large owner
 //! starts workers as fast as a small one. The child then dies with the launcher thread like every
-//! worker (see `role.rs`), and is watched and reaped through a pidfd like a `Fork` child.
+//! worker (see `launcher::dies_with`), and is watched and reaped through a pidfd like a `Fork` child.
 
 use std::os::fd::AsFd;
 
 use super::child::Child;
 use super::{BoxFuture, Link, Pipes, Pool, Spec, Start, launcher};
 use crate::error::Error;
-use crate::role::ROLE_WORKER;
 use crate::sys;
 
 pub(crate) struct Spawn;
@@ -33,7 +32,7 @@ impl Start for Spawn {
             } = Pipes::new(spec).map_err(Error::start)?;
             let (pid, pidfd) = launcher::run(move || {
                 let fds = [tasks_r.as_fd(), results_w.as_fd(), arena.as_fd()];
-                let pid = crate::role::spawn_self(ROLE_WORKER, &fds)?;
+                let pid = launcher::spawn_self(launcher::ROLE_WORKER, &fds)?;
                 // The child has its copies now; ours close when this returns, so that EOF can
                 // reach each side.
                 let pidfd = sys::fd::pidfd_open(pid)?;

@@ -12,7 +12,7 @@
 use std::ffi::{c_char, c_int};
 
 extern "C" fn ampire_ctor(_argc: c_int, _argv: *const *const c_char, _envp: *const *const c_char) {
-    crate::role::divert_if_child();
+    crate::entry::divert_if_child();
 }
 
 #[used]
@@ -29,11 +29,4 @@ pub(crate) fn keep() {
     let f = &raw const AMPIRE_CTOR;
     // SAFETY: the pointer comes from a live static of that type.
     let _ = unsafe { std::ptr::read_volatile(f) };
-}
-
-/// Removes an environment variable while the process is still single-threaded.
-pub(crate) fn remove_env_single_threaded(key: &str) {
-    // SAFETY: called only during role diversion, before `main` (or first thing in `init()`), when
-    // no other thread of this process exists that could read the environment concurrently.
-    unsafe { std::env::remove_var(key) };
 }

@@ -60,10 +60,9 @@ pub(crate) fn single_threaded() -> bool {
         .is_some_and(|n| n == "1")
 }
 
-/// Reads a pointer that was produced by `Box::leak` and is never freed.
-pub(crate) fn deref_leaked<T>(p: *mut T) -> Option<&'static T> {
-    // SAFETY: `ProcessLocal` stores only pointers obtained from `Box::leak` (or null), and never
-    // frees them, so a non-null pointer is valid for the rest of the process and shared reads are
-    // the only access.
-    unsafe { p.as_ref() }
+/// Removes an environment variable while the process is still single-threaded.
+pub(crate) fn remove_env_single_threaded(key: &str) {
+    // SAFETY: called only during role diversion, before `main` (or first thing in `init()`), when
+    // no other thread of this process exists that could read the environment concurrently.
+    unsafe { std::env::remove_var(key) };
 }

@@ -10,6 +10,7 @@
 //!    compared in the handshake; see [`Identity`]);
 //! 2. the address falls inside an executable segment of the object that holds the anchor.
 
+use std::any::Any;
 use std::ffi::c_int;
 use std::mem::size_of;
 
@@ -143,11 +144,6 @@ fn read_image() -> Image {
     }
 }
 
-/// The offset of a function pointer from the anchor.
-pub(crate) fn offset_of(addr: usize) -> i64 {
-    addr as i64 - anchor_addr() as i64
-}
-
 /// Checks that `offset` names an address inside this image's executable segments.
 fn checked_address(offset: i64) -> Option<usize> {
     let addr = (anchor_addr() as i64).checked_add(offset)? as usize;
@@ -158,39 +154,41 @@ fn checked_address(offset: i64) -> Option<usize> {
         .then_some(addr)
 }
 
-/// Entry point of a chunk of tasks: `(worker context, input bytes, input count, output bytes)`.
-pub(crate) type ChunkEntry =
-    fn(&mut crate::worker::Context, &[u8], u32, &mut Vec<u8>) -> Result<(), String>;
-/// Entry point of worker set-up: `(context, shared-object bytes)`.
-pub(crate) type SetupEntry =
-    fn(&mut crate::worker::Context, Option<&[u8]>) -> Result<(), crate::proto::Failure>;
-/// Entry point of the exit function: returns the serialised exit result.
-pub(crate) type ExitEntry =
-    fn(&mut crate::worker::Context) -> Result<Vec<u8>, crate::proto::Failure>;
+/// The one signature of every function the pool names across processes: the worker's context,
+/// the bytes the call works on, and the call's own arguments and output. Context and call are
+/// passed as `dyn Any` and downcast by the function itself, so an offset that names the wrong
+/// kind of entry point is an error that entry point reports, never a call through a pointer of
+/// the wrong type. This module knows nothing of what the three arguments are.
+pub(crate) type EntryFn = fn(&mut dyn Any, &[u8], &mut dyn Any);
 
-macro_rules! resolver {
-    ($name:ident, $ty:ty) => {
-        /// Turns an offset received from the pool back into an entry point.
-        pub(crate) fn $name(offset: i64) -> Option<$ty> {
-            let addr = checked_address(offset)?;
-            // SAFETY: the handshake established that this process runs the same image as the pool
-            // (build id and anchor offset), and the pool computed `offset` from a function of
-            // exactly this type with `offset_of`. `checked_address` confirmed the address lies in
-            // an executable segment of the image. A fn pointer has the size of a usize.
-            Some(unsafe { std::mem::transmute::<usize, $ty>(addr) })
-        }
-    };
+/// The offset of an entry point from the anchor.
+pub(crate) fn offset_of(entry: EntryFn) -> i64 {
+    entry as usize as i64 - anchor_addr() as i64
 }
-resolver!(chunk_entry, ChunkEntry);
-resolver!(setup_entry, SetupEntry);
-resolver!(exit_entry, ExitEntry);
+
+/// Turns an offset received from the pool back into an entry point.
+pub(crate) fn entry(offset: i64) -> Option<EntryFn> {
+    let addr = checked_address(offset)?;
+    // SAFETY: the handshake established that this process runs the same image as the pool (build
+    // id and anchor offset), and the pool computed `offset` with `offset_of` from a function of
+    // type `EntryFn` (the only type it takes). `checked_address` confirmed the address lies in an
+    // executable segment of the image. A fn pointer has the size of a usize.
+    Some(unsafe { std::mem::transmute::<usize, EntryFn>(addr) })
+}
+
+/// A zero-sized type with exactly one value: the wrapper around a user function type (an `fn`
+/// item or a closure that captures nothing) that [`conjure`] may produce out of nothing.
+///
+/// Implement it only for such wrappers: inhabited, `Copy`, with no validity invariant beyond
+/// their (empty) bytes. [`conjure`] checks the size at compile time.
+pub(crate) trait ZeroSized: Copy + 'static {}
 
 /// Produces the value of a zero-sized task type.
 ///
 /// `T` is a wrapper around a user function type that the pool checked, at compile time, to be
 /// zero-sized: an `fn` item or a non-capturing closure. Such a type has exactly one value and no
 /// validity invariant beyond its (empty) bytes.
-pub(crate) fn conjure<T: crate::task::ZeroSized>() -> T {
+pub(crate) fn conjure<T: ZeroSized>() -> T {
     const { assert!(size_of::<T>() == 0) };
     // SAFETY: `T: ZeroSized` is implemented only by the crate's wrappers around user function
     // types, which are zero-sized (asserted above and in `task.rs`). Users cannot implement the

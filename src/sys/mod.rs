@@ -8,6 +8,7 @@
 //! - [`fork`]: `fork(2)` from a known thread, with the standard streams' locks held across it;
 //! - [`image`]: naming a function across processes (offsets from an anchor symbol, checked
 //!   against the executable mapping and the ELF build id) and conjuring zero-sized task values;
+//! - [`local`]: globals that belong to one process, never to a child forked from it;
 //! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, inherited descriptors;
 //! - [`shm`]: the shared-memory arena that carries large bodies to process workers;
 //! - [`spawn`]: re-executing this binary with `posix_spawn`, without copying the owner's page
@@ -17,5 +18,6 @@ pub(crate) mod ctor;
 pub(crate) mod fd;
 pub(crate) mod fork;
 pub(crate) mod image;
+pub(crate) mod local;
 pub(crate) mod shm;
 pub(crate) mod spawn;

@@ -9,7 +9,7 @@
 //!
 //! The child gets `fds[i]` as descriptor `3 + i`, stdin from `/dev/null`, an empty signal mask and
 //! SIGPIPE's default action. Dying with its creator, which a `pre_exec` hook used to arrange, the
-//! child arranges itself once it runs (see `role.rs`).
+//! child arranges itself once it runs (see `entry.rs`).
 
 use std::ffi::{CString, OsString};
 use std::io;

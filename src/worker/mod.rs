@@ -12,8 +12,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::proto::Failure;
 use crate::proto::{self, FromWorker, Reader, ToWorker, Writer, handshake};
-use crate::sys::image::{self, ChunkEntry};
+use crate::sys::image::{self, EntryFn};
+use crate::sys::local::ProcessLocal;
 use crate::sys::shm::View;
 
 mod catch;
@@ -79,18 +81,20 @@ pub(crate) fn serve(
     } = frame.header
     {
         cx.id = worker_id as usize;
-        let Some(entry) = image::setup_entry(setup) else {
+        let Some(entry) = image::entry(setup) else {
             return fatal(&mut wr, "set-up entry is outside this binary".into());
         };
         let bytes = match (shared, span) {
-            (false, _) => None,
-            (true, None) => Some(rd.body(frame.body.clone())),
+            (false, _) => &[][..],
+            (true, None) => rd.body(frame.body.clone()),
             (true, Some(span)) => match arena.get(span.offset, span.len) {
-                Some(b) => Some(b),
+                Some(b) => b,
                 None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
             },
         };
-        let reply = match entry(&mut cx, bytes) {
+        let mut call = SetupCall::new(shared);
+        entry(&mut cx, bytes, &mut call);
+        let reply = match call.result {
             Ok(()) => FromWorker::Ready,
             Err(f) => FromWorker::InitFailed(f),
         };
@@ -99,8 +103,8 @@ pub(crate) fn serve(
             return 0;
         }
     }
-    let mut out = Vec::new();
-    let mut last: Option<(i64, ChunkEntry)> = None;
+    let mut call = ChunkCall::new();
+    let mut last: Option<(i64, EntryFn)> = None;
     loop {
         let frame = match rd.next::<ToWorker>() {
             Ok(Some(frame)) => frame,
@@ -116,7 +120,7 @@ pub(crate) fn serve(
             } => {
                 let run = match last {
                     Some((off, f)) if off == entry => f,
-                    _ => match image::chunk_entry(entry) {
+                    _ => match image::entry(entry) {
                         Some(f) => {
                             last = Some((entry, f));
                             f
@@ -124,7 +128,7 @@ pub(crate) fn serve(
                         None => return fatal(&mut wr, "task entry is outside this binary".into()),
                     },
                 };
-                out.clear();
+                call.prepare(count);
                 let t0 = Instant::now();
                 let body = match span {
                     None => rd.body(frame.body),
@@ -133,11 +137,15 @@ pub(crate) fn serve(
                         None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
                     },
                 };
-                if let Err(msg) = run(&mut cx, body, count, &mut out) {
-                    return fatal(&mut wr, msg);
+                run(&mut cx, body, &mut call);
+                if let Err(msg) = &call.result {
+                    return fatal(&mut wr, msg.clone());
                 }
                 let busy_ns = t0.elapsed().as_nanos() as u64;
-                if wr.send(&FromWorker::Done { id, busy_ns }, &out).is_err() {
+                if wr
+                    .send(&FromWorker::Done { id, busy_ns }, &call.out)
+                    .is_err()
+                {
                     return 2;
                 }
                 // Results leave before the next task starts: if that task kills the process,
@@ -147,12 +155,12 @@ pub(crate) fn serve(
                 }
             }
             ToWorker::Shutdown { exit } => {
-                let (reply, body) = match exit.map(|off| (off, image::exit_entry(off))) {
+                let (reply, body) = match exit.map(image::entry) {
                     None => (FromWorker::Exit(None), Vec::new()),
-                    Some((_, None)) => {
+                    Some(None) => {
                         return fatal(&mut wr, "exit entry is outside this binary".into());
                     }
-                    Some((_, Some(f))) => match f(&mut cx) {
+                    Some(Some(f)) => match run_exit(f, &mut cx) {
                         Ok(bytes) => (FromWorker::Exit(None), bytes),
                         Err(fail) => (FromWorker::Exit(Some(fail)), Vec::new()),
                     },
@@ -170,7 +178,75 @@ pub(crate) fn serve(
     }
 }
 
-static RESULT_PIPE: crate::role::ProcessLocal<File> = crate::role::ProcessLocal::new();
+/// What the set-up entry point (shared object, `worker_init`) is called with and answers. Its
+/// bytes are the serialised shared object when `shared`; otherwise the worker already holds it.
+pub(crate) struct SetupCall {
+    pub shared: bool,
+    pub result: Result<(), Failure>,
+}
+
+impl SetupCall {
+    pub(crate) fn new(shared: bool) -> SetupCall {
+        SetupCall {
+            shared,
+            result: Err(Failure {
+                message: "the set-up entry point is of another kind".into(),
+                ..Failure::default()
+            }),
+        }
+    }
+}
+
+/// What a chunk entry point is called with and answers: it runs `count` tasks whose inputs are
+/// its bytes, and writes their results to `out` (`proto::body` has the layout). An `Err` means
+/// the chunk could not run at all.
+pub(crate) struct ChunkCall {
+    pub count: u32,
+    pub out: Vec<u8>,
+    pub result: Result<(), String>,
+}
+
+impl ChunkCall {
+    pub(crate) fn new() -> ChunkCall {
+        ChunkCall {
+            count: 0,
+            out: Vec::new(),
+            result: Ok(()),
+        }
+    }
+
+    /// Readies the call for a chunk of `count` tasks, reusing its output buffer.
+    fn prepare(&mut self, count: u32) {
+        self.count = count;
+        self.out.clear();
+        self.result = Err("the task entry point is of another kind".into());
+    }
+}
+
+/// What the exit entry point answers: the serialised exit result.
+pub(crate) struct ExitCall {
+    pub result: Result<Vec<u8>, Failure>,
+}
+
+impl ExitCall {
+    pub(crate) fn new() -> ExitCall {
+        ExitCall {
+            result: Err(Failure {
+                message: "the exit entry point is of another kind".into(),
+                ..Failure::default()
+            }),
+        }
+    }
+}
+
+/// Runs the exit entry point `f`.
+pub(crate) fn run_exit(f: EntryFn, cx: &mut Context) -> Result<Vec<u8>, Failure> {
+    let mut call = ExitCall::new();
+    f(cx, &[], &mut call);
+    call.result
+}
+
+static RESULT_PIPE: ProcessLocal<File> = ProcessLocal::new();
 
 /// Fault injection for tests: writes `bytes` raw (unframed) into this worker's result pipe.
 /// Returns `false` outside a process worker. Not part of the API.

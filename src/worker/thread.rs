@@ -5,10 +5,10 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Context;
 use super::catch::install_panic_hook;
+use super::{Context, SetupCall, run_exit};
 use crate::proto::Failure;
-use crate::sys::image::{ExitEntry, SetupEntry};
+use crate::sys::image::EntryFn;
 
 /// A chunk for a thread worker: the inputs are moved, never serialised. The closure returns a
 /// boxed `ChunkOut<R>` of its call's result type.
@@ -50,8 +50,8 @@ pub(crate) type ThreadEnd = bool;
 pub(crate) struct ThreadWorker {
     pub id: usize,
     pub shared: Arc<dyn Any + Send + Sync>,
-    pub setup: SetupEntry,
-    pub exit: Option<ExitEntry>,
+    pub setup: EntryFn,
+    pub exit: Option<EntryFn>,
     pub queue: Arc<dyn LocalQueue>,
     /// Where set-up reports, when the pool waits for it.
     pub ready: Option<tokio::sync::oneshot::Sender<Result<(), Failure>>>,
@@ -66,7 +66,9 @@ impl ThreadWorker {
             shared: Some(self.shared),
             state: None,
         };
-        let setup = (self.setup)(&mut cx, None);
+        let mut call = SetupCall::new(false);
+        (self.setup)(&mut cx, &[], &mut call);
+        let setup = call.result;
         let failed = setup.is_err();
         // Without a waiting pool (no `worker_init`), a failed set-up just ends the thread, and
         // the pool replaces it.
@@ -87,7 +89,7 @@ impl ThreadWorker {
                     ready = self.queue.done(self.id, job, out, t0.elapsed());
                 }
                 LocalNext::Shutdown => {
-                    let result = self.exit.map_or(Ok(Vec::new()), |f| f(&mut cx));
+                    let result = self.exit.map_or(Ok(Vec::new()), |f| run_exit(f, &mut cx));
                     self.queue.left(self.id, result);
                     let _ = self.ended.send(true);
                     // The state is dropped here, on this thread, after `shutdown()` was told.

@@ -1,0 +1,56 @@
+//! The role switch: a process started by the pool as a worker or a forkserver takes that role
+//! here, before `main` runs, and never returns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::start::launcher::{self, PARENT_VAR, ROLE_SERVER, ROLE_VAR, ROLE_WORKER};
+use crate::sys;
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Records that `init()` ran in this process (or in the process this one was forked from).
+pub(crate) fn mark_initialized() {
+    INITIALIZED.store(true, Ordering::SeqCst);
+}
+
+/// Whether `init()` ran in this process (or in the process this one was forked from).
+pub(crate) fn initialized() -> bool {
+    INITIALIZED.load(Ordering::SeqCst)
+}
+
+/// Whether this process was started as a child of ours but was not diverted into its role.
+pub(crate) fn undiverted_child() -> bool {
+    std::env::var_os(ROLE_VAR).is_some()
+}
+
+/// Takes the role named by `AMPIRE_ROLE`, if any, and never returns in that case.
+pub(crate) fn divert_if_child() {
+    let Some(role) = std::env::var_os(ROLE_VAR) else {
+        return;
+    };
+    let parent = std::env::var(PARENT_VAR)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
+    sys::fork::remove_env_single_threaded(ROLE_VAR);
+    sys::fork::remove_env_single_threaded(PARENT_VAR);
+    if !parent.is_some_and(launcher::dies_with) {
+        sys::fork::exit_now(1);
+    }
+    mark_initialized();
+    sys::fd::ignore_sigpipe();
+    let code = std::panic::catch_unwind(|| match role.to_str() {
+        Some(ROLE_WORKER) => match (sys::fd::adopt(3), sys::fd::adopt(4), sys::fd::adopt(5)) {
+            (Some(tasks), Some(results), Some(arena)) => {
+                crate::worker::serve(tasks, results, arena, None)
+            }
+            _ => 2,
+        },
+        Some(ROLE_SERVER) => match sys::fd::adopt(3) {
+            Some(ctl) => crate::start::forkserver::serve(ctl),
+            None => 2,
+        },
+        _ => 2,
+    })
+    .unwrap_or(101);
+    sys::fork::exit_now(code)
+}
