@@ -484,17 +484,16 @@ impl<Src, A, R> Drop for Engine<Src, A, R> {
     }
 }
 
-fn task_error(failure: Failure, worker: usize, first: usize) -> Error {
+fn task_error(failure: Failure, worker: Option<usize>, first: usize) -> Error {
     let index = first + failure.index as usize;
     let e = Error::new(Kind::Panic {
         failure,
         during: Stage::Task,
     })
     .with_task(index);
-    if worker == usize::MAX {
-        e
-    } else {
-        e.with_worker(worker)
+    match worker {
+        Some(w) => e.with_worker(w),
+        None => e,
     }
 }
 
@@ -528,7 +527,7 @@ impl<R> Results<R> {
     }
 }
 
-fn merge<R>(out: ChunkOut<R>, worker: usize, first: usize) -> Results<R> {
+fn merge<R>(out: ChunkOut<R>, worker: Option<usize>, first: usize) -> Results<R> {
     if out.failures.is_empty() {
         return Results::Ok(out.values);
     }

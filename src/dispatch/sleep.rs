@@ -1,0 +1,130 @@
+//! How thread workers wait for jobs and are woken: see "Thread workers" in `README.md`.
+//!
+//! A thread worker takes its jobs from the queue itself, under the pool's state lock. When there
+//! is none it first watches a generation counter for a short while (work often comes back within
+//! a wake-up's time), then registers as a sleeper and blocks on a condition variable. A submit
+//! bumps the counter always, and notifies the condition variable only when a sleeper is
+//! registered (std's `notify_all` always makes a system call).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::job::{Outcome, deliver};
+use super::queue::Outgoing;
+use super::{Core, State};
+use crate::error::{Error, Kind};
+use crate::proto::Failure;
+use crate::worker::{LocalChunk, LocalNext, LocalQueue};
+
+/// How long an idle thread worker watches for work before it blocks.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// The thread workers' sleep protocol.
+#[derive(Default)]
+pub(crate) struct Sleep {
+    /// Thread workers wait here for jobs (with the state lock)...
+    cv: Condvar,
+    /// ...after spinning briefly on this, which changes whenever they are woken.
+    generation: AtomicU64,
+    /// How many thread workers wait on `cv`; changed only under the state lock.
+    sleepers: AtomicUsize,
+}
+
+impl Sleep {
+    /// Tells thread workers to look at the queue again: those spinning always, those blocked
+    /// when `blocked` (a change that did not go through [`Sleep::queued`]'s lock discipline must
+    /// wake them all).
+    pub(crate) fn wake(&self, blocked: bool) {
+        self.generation.fetch_add(1, Ordering::Release);
+        if blocked {
+            self.cv.notify_all();
+        }
+    }
+
+    /// After a job was queued under the state lock. A thread worker registers as a sleeper under
+    /// that lock, before it waits: if it did so before our push, we see it; if after, it saw the
+    /// job. Only then is the condition variable worth a system call.
+    pub(crate) fn queued(&self) {
+        self.wake(self.sleepers.load(Ordering::SeqCst) > 0);
+    }
+
+    /// Waits for a wake-up: spins first when `spin`, then blocks. Returns the guard again.
+    fn park<'a>(
+        &self,
+        core: &'a Core,
+        st: MutexGuard<'a, State>,
+        spin: bool,
+    ) -> MutexGuard<'a, State> {
+        if spin {
+            // Work often comes back within a wake-up's time (about 30 µs across cores on a VM):
+            // watch for it briefly before blocking, so the submitter need not wake us.
+            let seen = self.generation.load(Ordering::Acquire);
+            drop(st);
+            let until = Instant::now() + SPIN;
+            while self.generation.load(Ordering::Acquire) == seen && Instant::now() < until {
+                std::thread::yield_now();
+            }
+            return core.state();
+        }
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+}
+
+impl LocalQueue for Core {
+    fn next(&self, slot: usize) -> LocalNext {
+        let sleep = self.sleep();
+        let mut st = self.state();
+        let mut spin = true;
+        loop {
+            if self.is_stopped() {
+                return LocalNext::Stop;
+            }
+            if let Some((id, job)) = st.queue.take(slot) {
+                if let Outgoing::Local(chunk) = job {
+                    return LocalNext::Job(id, chunk);
+                }
+            } else if st.closing && st.queue.drained(slot) {
+                return LocalNext::Shutdown;
+            }
+            st = sleep.park(self, st, spin);
+            spin = !spin;
+        }
+    }
+
+    fn done(
+        &self,
+        slot: usize,
+        id: u64,
+        out: Result<Box<dyn std::any::Any + Send>, String>,
+        busy: Duration,
+    ) -> Option<(u64, LocalChunk)> {
+        let outcome = match out {
+            Ok(b) => Outcome::Local(b),
+            Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
+        };
+        let (job, next) = {
+            let mut st = self.state();
+            let job = st.queue.land(slot, id);
+            let next = match self.is_stopped() {
+                true => None,
+                false => match st.queue.take(slot) {
+                    Some((id, Outgoing::Local(chunk))) => Some((id, chunk)),
+                    _ => None,
+                },
+            };
+            (job, next)
+        };
+        if let Some(job) = job {
+            deliver(job, Some(slot), |_| outcome, busy);
+        }
+        next
+    }
+
+    fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>) {
+        self.store_exit(slot, exit);
+    }
+}
