@@ -5,17 +5,14 @@
 //! removes its queued tasks, and kills (and replaces) any process worker still running one of its
 //! tasks; a thread worker cannot be killed, its result is discarded.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::call::{Encode, Engine, IterSource, Options, Results, StreamSource};
-use crate::dispatch::Core;
+use crate::call::{Engine, IterSource, Options, Reorder, Results, StreamSource, Target};
 use crate::error::Error;
 use crate::task::Output;
 
@@ -25,17 +22,15 @@ use crate::task::Output;
 /// its worker or its cancellation fail this task alone; the pool keeps serving.
 #[must_use = "a task does nothing until it is awaited"]
 pub struct Apply<A, R> {
-    core: Arc<Core>,
-    encode: Encode<A>,
+    target: Target<A>,
     arg: A,
     _r: std::marker::PhantomData<fn() -> R>,
 }
 
 impl<A, R> Apply<A, R> {
-    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, arg: A) -> Self {
+    pub(crate) fn new(target: Target<A>, arg: A) -> Self {
         Apply {
-            core,
-            encode,
+            target,
             arg,
             _r: std::marker::PhantomData,
         }
@@ -53,8 +48,7 @@ impl<A: Send + 'static, R: Output> IntoFuture for Apply<A, R> {
         };
         ApplyFuture {
             engine: Engine::new(
-                self.core,
-                self.encode,
+                self.target,
                 IterSource(Box::new(Some(self.arg).into_iter())),
                 opts,
                 false,
@@ -142,8 +136,7 @@ macro_rules! options {
 /// stays usable. Use a stream for per-task errors.
 #[must_use = "a map does nothing until it is awaited"]
 pub struct Map<I, A, R> {
-    core: Arc<Core>,
-    encode: Encode<A>,
+    target: Target<A>,
     items: I,
     opts: Options,
     ordered: bool,
@@ -151,10 +144,9 @@ pub struct Map<I, A, R> {
 }
 
 impl<I, A, R> Map<I, A, R> {
-    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, items: I, ordered: bool) -> Self {
+    pub(crate) fn new(target: Target<A>, items: I, ordered: bool) -> Self {
         Map {
-            core,
-            encode,
+            target,
             items,
             opts: Options::default(),
             ordered,
@@ -180,15 +172,14 @@ where
     fn into_future(self) -> MapFuture<I, A, R> {
         MapFuture {
             engine: Engine::new(
-                self.core,
-                self.encode,
+                self.target,
                 IterSource(Box::new(self.items)),
                 self.opts,
                 false,
             ),
             ordered: self.ordered,
             out: Vec::new(),
-            early: BTreeMap::new(),
+            early: Reorder::new(),
             reserved: false,
         }
     }
@@ -210,8 +201,8 @@ pub struct MapFuture<I, A, R> {
     ordered: bool,
     /// Results: in input order up to the first missing chunk (ordered), or as they came.
     out: Vec<R>,
-    /// Ordered maps: finished chunks beyond the first missing one, by their first task's index.
-    early: BTreeMap<usize, Vec<R>>,
+    /// Ordered maps: finished chunks beyond the first missing one.
+    early: Reorder<Vec<R>>,
     reserved: bool,
 }
 
@@ -223,14 +214,9 @@ impl<I, A, R> MapFuture<I, A, R> {
             self.out.extend(values);
             return;
         }
-        if first != self.out.len() {
-            self.early.insert(first, values);
-            return;
-        }
-        self.out.extend(values);
-        while let Some(values) = self.early.remove(&self.out.len()) {
-            self.out.extend(values);
-        }
+        let out = &mut self.out;
+        self.early
+            .push(first, values.len(), values, |v| out.extend(v));
     }
 }
 
@@ -308,11 +294,10 @@ impl<St, A, R: Output> MapStream<St, A, R>
 where
     St: Stream<Item = A>,
 {
-    pub(crate) fn new(core: Arc<Core>, encode: Encode<A>, input: St, ordered: bool) -> Self {
+    pub(crate) fn new(target: Target<A>, input: St, ordered: bool) -> Self {
         MapStream {
             engine: Engine::new(
-                core,
-                encode,
+                target,
                 StreamSource(Box::pin(input)),
                 Options::default(),
                 ordered,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 
-use crate::call::encoder;
+use crate::call::{Target, encoder};
 use crate::dispatch::{Core, Settings};
 use crate::error::{Error, Kind};
 use crate::handle::{Apply, Map, MapStream};
@@ -19,7 +19,7 @@ use crate::proto::Body;
 use crate::start::{Spec, StartMethod, backend};
 use crate::sys::shm::Arena;
 use crate::task::{
-    self, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
+    self, Call, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
 };
 
 /// Carries the pool's type parameters without owning values of them.
@@ -398,8 +398,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = Plain::new(f);
-        Apply::new(self.core.clone(), encoder::<Plain<F>, S, W, A, R>(), arg)
+        Apply::new(self.target(Plain::new(f)), arg)
     }
 
     /// Like [`apply`](Self::apply), for a task that takes its [`Worker`] context first.
@@ -409,12 +408,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = WithWorker::new(f);
-        Apply::new(
-            self.core.clone(),
-            encoder::<WithWorker<F>, S, W, A, R>(),
-            arg,
-        )
+        Apply::new(self.target(WithWorker::new(f)), arg)
     }
 
     /// Runs `f` on every item and collects the results in input order. Fails fast: the first
@@ -429,13 +423,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = Plain::new(f);
-        Map::new(
-            self.core.clone(),
-            encoder::<Plain<F>, S, W, A, R>(),
-            items.into_iter(),
-            true,
-        )
+        Map::new(self.target(Plain::new(f)), items.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), with the [`Worker`] context.
@@ -446,13 +434,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = WithWorker::new(f);
-        Map::new(
-            self.core.clone(),
-            encoder::<WithWorker<F>, S, W, A, R>(),
-            items.into_iter(),
-            true,
-        )
+        Map::new(self.target(WithWorker::new(f)), items.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), with results in the order they complete.
@@ -463,13 +445,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = Plain::new(f);
-        Map::new(
-            self.core.clone(),
-            encoder::<Plain<F>, S, W, A, R>(),
-            items.into_iter(),
-            false,
-        )
+        Map::new(self.target(Plain::new(f)), items.into_iter(), false)
     }
 
     /// Like [`map_unordered`](Self::map_unordered), with the [`Worker`] context.
@@ -480,13 +456,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = WithWorker::new(f);
-        Map::new(
-            self.core.clone(),
-            encoder::<WithWorker<F>, S, W, A, R>(),
-            items.into_iter(),
-            false,
-        )
+        Map::new(self.target(WithWorker::new(f)), items.into_iter(), false)
     }
 
     /// Runs `f` on every item of a stream and yields the results in input order, each a
@@ -501,13 +471,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = Plain::new(f);
-        MapStream::new(
-            self.core.clone(),
-            encoder::<Plain<F>, S, W, A, R>(),
-            input,
-            true,
-        )
+        MapStream::new(self.target(Plain::new(f)), input, true)
     }
 
     /// Like [`map_stream`](Self::map_stream), with the [`Worker`] context.
@@ -518,13 +482,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = WithWorker::new(f);
-        MapStream::new(
-            self.core.clone(),
-            encoder::<WithWorker<F>, S, W, A, R>(),
-            input,
-            true,
-        )
+        MapStream::new(self.target(WithWorker::new(f)), input, true)
     }
 
     /// Like [`map_stream`](Self::map_stream), yielding results as they complete.
@@ -535,13 +493,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = Plain::new(f);
-        MapStream::new(
-            self.core.clone(),
-            encoder::<Plain<F>, S, W, A, R>(),
-            input,
-            false,
-        )
+        MapStream::new(self.target(Plain::new(f)), input, false)
     }
 
     /// Like [`map_stream_unordered`](Self::map_stream_unordered), with the [`Worker`] context.
@@ -552,13 +504,15 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        let _ = WithWorker::new(f);
-        MapStream::new(
-            self.core.clone(),
-            encoder::<WithWorker<F>, S, W, A, R>(),
-            input,
-            false,
-        )
+        MapStream::new(self.target(WithWorker::new(f)), input, false)
+    }
+
+    /// Where a call of the task function `T` goes, and how its inputs are encoded.
+    fn target<T: Call<S, W, A, R>, A: Input, R: Output>(&self, _task: T) -> Target<A> {
+        Target {
+            core: self.core.clone(),
+            encode: encoder::<T, S, W, A, R>(),
+        }
     }
 
     /// Finishes the queued tasks, runs `worker_exit` in every worker, waits for the workers to

@@ -115,7 +115,6 @@ impl CallLink {
 
 /// A finished job.
 pub(crate) struct Completion {
-    pub seq: u64,
     pub first: usize,
     pub len: usize,
     /// The worker that ran it, if one did.
@@ -149,7 +148,6 @@ pub(super) fn deliver(
     }
     let outcome = outcome(&job);
     let _ = job.call.tx.send(Completion {
-        seq: job.seq,
         first: job.first,
         len: job.len,
         worker,

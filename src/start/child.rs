@@ -1,5 +1,5 @@
 //! A worker process that is a child of this process (`Fork` and `Spawn`): watched through its
-//! pidfd, killed through it, reaped with `waitpid`.
+//! pidfd, killed through it, reaped with `waitpid`; and the pidfd every worker is killed through.
 
 use std::os::fd::OwnedFd;
 
@@ -12,10 +12,25 @@ use super::{BoxFuture, Process, launcher};
 use crate::error::Exit;
 use crate::sys;
 
+/// A pidfd registered with the reactor: it kills its process without a pid-reuse race, and becomes
+/// readable when the process ends.
+pub(crate) struct Pidfd(AsyncFd<OwnedFd>);
+
+impl Pidfd {
+    pub(crate) fn new(pidfd: OwnedFd) -> std::io::Result<Pidfd> {
+        sys::fd::register(pidfd, Interest::READABLE).map(Pidfd)
+    }
+
+    /// Sends SIGKILL; harmless if the process already ended.
+    pub(crate) fn kill(&self) {
+        let _ = sys::fd::pidfd_send_signal(self.0.get_ref(), libc::SIGKILL);
+    }
+}
+
 /// A child of this process, watched through its pidfd and reaped with `waitpid(pid)`.
 pub(crate) struct Child {
     pid: Pid,
-    pidfd: AsyncFd<OwnedFd>,
+    pidfd: Pidfd,
     exit: Option<Exit>,
 }
 
@@ -33,7 +48,7 @@ impl Child {
     pub(crate) fn new(pid: Pid, pidfd: OwnedFd) -> std::io::Result<Child> {
         Ok(Child {
             pid,
-            pidfd: sys::fd::register(pidfd, Interest::READABLE)?,
+            pidfd: Pidfd::new(pidfd)?,
             exit: None,
         })
     }
@@ -46,14 +61,14 @@ impl Process for Child {
 
     fn kill(&mut self) {
         if self.exit.is_none() {
-            let _ = sys::fd::pidfd_send_signal(self.pidfd.get_ref(), libc::SIGKILL);
+            self.pidfd.kill();
         }
     }
 
     fn wait(&mut self) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
             while self.exit.is_none() {
-                let Ok(mut guard) = self.pidfd.readable().await else {
+                let Ok(mut guard) = self.pidfd.0.readable().await else {
                     self.exit = Some(Exit::Unknown);
                     break;
                 };

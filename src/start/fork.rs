@@ -14,11 +14,11 @@
 //! built after start-up.
 
 use std::any::Any;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, PoisonError};
 
 use super::child::Child;
-use super::{BoxFuture, Link, Pipes, Pool, Spec, Start, launcher};
+use super::link::{self, ChildEnds};
+use super::{BoxFuture, Link, Pool, Spec, Start, launcher};
 use crate::error::Error;
 use crate::sys;
 
@@ -31,34 +31,32 @@ impl Start for Fork {
         spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
-        Box::pin(async move {
-            let Pipes {
-                tasks_w,
-                results_r,
-                tasks_r,
-                results_w,
-                arena,
-            } = Pipes::new(spec).map_err(Error::start)?;
-            let shared: Arc<dyn Any + Send + Sync> = spec.shared.clone();
-            let parents_ends = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
+        let shared: Arc<dyn Any + Send + Sync> = spec.shared.clone();
+        Box::pin(link::local(spec, true, move |ends: ChildEnds| async move {
             let parent = std::process::id();
             let (pid, pidfd) = launcher::run(move || {
-                // Everything lazily initialised that the child will use is initialised now, on this
-                // thread: a `Once` that another thread was running at the moment of the fork
+                // Everything lazily initialised that the child will use is initialised now, on
+                // this thread: a `Once` that another thread was running at the moment of the fork
                 // would stay "running" in the child forever.
                 crate::worker::prepare_fork();
                 // No thread of ours may be capturing a backtrace (std's global lock) as we fork.
                 let held = crate::worker::capture_lock()
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
+                let ChildEnds {
+                    tasks,
+                    results,
+                    arena,
+                    parents,
+                } = ends;
                 let pid = sys::fork::fork_with(held, move || {
-                    for fd in parents_ends {
+                    for fd in parents {
                         sys::fd::close_inherited(fd);
                     }
                     if !launcher::dies_with(parent) {
                         return 1;
                     }
-                    crate::worker::serve(tasks_r, results_w, arena, Some(shared))
+                    crate::worker::serve(tasks, results, arena, Some(shared))
                 })?;
                 let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
                 Ok::<_, std::io::Error>((pid, pidfd))
@@ -66,14 +64,7 @@ impl Start for Fork {
             .await
             .and_then(|r| r)
             .map_err(|e| Error::start(format!("could not fork: {e}")))?;
-            let proc = Child::new(pid, pidfd).map_err(Error::start)?;
-            let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
-            Ok(Link::Process {
-                tasks,
-                results,
-                proc: Box::new(proc),
-                inherits: true,
-            })
-        })
+            Ok(Box::new(Child::new(pid, pidfd).map_err(Error::start)?) as _)
+        }))
     }
 }

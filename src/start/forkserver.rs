@@ -24,11 +24,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use serde::{Deserialize, Serialize};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, Link, Pipes, Pool, Process, Spec, Start, launcher};
+use super::child::Pidfd;
+use super::link::{self, ChildEnds};
+use super::{BoxFuture, Link, Pool, Process, Spec, Start, launcher};
 use crate::error::{Error, Exit};
 use crate::sys;
 use crate::sys::local::ProcessLocal;
@@ -422,33 +422,22 @@ impl Start for Forkserver {
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
             let client = client().await?;
-            let Pipes {
-                tasks_w,
-                results_r,
-                tasks_r,
-                results_w,
-                arena,
-            } = Pipes::new(spec).map_err(Error::start)?;
-            let (pid, pidfd) = client
-                .spawn([tasks_r, results_w, arena])
-                .await
-                .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
-            let exit = client.watch(pid);
-            let pidfd = sys::fd::register(pidfd, Interest::READABLE).map_err(Error::start)?;
-            let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
-            let proc = ServerChild {
-                pid,
-                pidfd,
-                client,
-                exit_rx: Some(exit),
-                exit: None,
-            };
-            Ok(Link::Process {
-                tasks,
-                results,
-                proc: Box::new(proc),
-                inherits: false,
+            link::local(spec, false, |ends: ChildEnds| async move {
+                let (pid, pidfd) = client
+                    .spawn([ends.tasks, ends.results, ends.arena])
+                    .await
+                    .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
+                let exit = client.watch(pid);
+                let pidfd = Pidfd::new(pidfd).map_err(Error::start)?;
+                Ok(Box::new(ServerChild {
+                    pid,
+                    pidfd,
+                    client,
+                    exit_rx: Some(exit),
+                    exit: None,
+                }) as _)
             })
+            .await
         })
     }
 }
@@ -456,7 +445,7 @@ impl Start for Forkserver {
 /// A worker forked by the server: killed through its pidfd, its status reported by the server.
 struct ServerChild {
     pid: i32,
-    pidfd: AsyncFd<OwnedFd>,
+    pidfd: Pidfd,
     client: Arc<Client>,
     exit_rx: Option<oneshot::Receiver<Exit>>,
     exit: Option<Exit>,
@@ -469,7 +458,7 @@ impl Process for ServerChild {
 
     fn kill(&mut self) {
         if self.exit.is_none() {
-            let _ = sys::fd::pidfd_send_signal(self.pidfd.get_ref(), libc::SIGKILL);
+            self.pidfd.kill();
         }
     }
 

@@ -3,13 +3,9 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::io;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::net::unix::pipe;
 
 use crate::error::{Error, Exit, Kind};
 use crate::proto::handshake::{self, Refusal};
@@ -17,11 +13,13 @@ use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::shm::Arena;
 use crate::task::Entry;
 use crate::worker::{LocalQueue, ThreadEnd};
+pub(crate) use link::{Reads, Rx, Tx, Writes};
 
 pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod launcher;
+pub(crate) mod link;
 pub(crate) mod spawn;
 pub(crate) mod threading;
 
@@ -112,8 +110,8 @@ pub(crate) enum Link {
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     },
     Process {
-        tasks: pipe::Sender,
-        results: pipe::Receiver,
+        writes: Writes,
+        reads: Reads,
         proc: Box<dyn Process>,
         /// Whether the worker inherits the pool's memory (so the shared object is not sent).
         inherits: bool,
@@ -149,50 +147,6 @@ pub(crate) trait Process: Send + Sync {
     fn wait(&mut self) -> BoxFuture<'_, Exit>;
 }
 
-/// Both ends of the two pipes of a process worker: `(parent's, child's)`, and the worker's
-/// descriptor of the pool's arena.
-pub(crate) struct Pipes {
-    pub tasks_w: OwnedFd,
-    pub results_r: OwnedFd,
-    pub tasks_r: OwnedFd,
-    pub results_w: OwnedFd,
-    pub arena: OwnedFd,
-}
-
-impl Pipes {
-    pub(crate) fn new(spec: &Spec) -> io::Result<Pipes> {
-        use nix::fcntl::{FcntlArg, OFlag, fcntl};
-        let (tasks_r, tasks_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let (results_r, results_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        // Larger pipes mean fewer wake-ups per chunk; the kernel may refuse, which is fine.
-        for fd in [&tasks_w, &results_w] {
-            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
-        }
-        let arena = match &spec.arena {
-            Some(a) => a.fd().try_clone_to_owned()?,
-            None => return Err(io::Error::other("a process pool has no arena")),
-        };
-        Ok(Pipes {
-            tasks_w,
-            results_r,
-            tasks_r,
-            results_w,
-            arena,
-        })
-    }
-
-    /// Registers the parent's ends with the current tokio reactor.
-    pub(crate) fn into_parent(
-        tasks_w: OwnedFd,
-        results_r: OwnedFd,
-    ) -> io::Result<(pipe::Sender, pipe::Receiver)> {
-        Ok((
-            pipe::Sender::from_owned_fd(tasks_w)?,
-            pipe::Receiver::from_owned_fd(results_r)?,
-        ))
-    }
-}
-
 /// The halves of a connected worker.
 pub(crate) enum Connected {
     /// A thread worker, running; `ended` fires when it leaves.
@@ -216,15 +170,6 @@ impl Connected {
     }
 }
 
-/// The pool's end of a worker's task pipe.
-pub(crate) struct Tx {
-    pub io: pipe::Sender,
-    pub buf: Vec<u8>,
-}
-
-/// The pool's end of a worker's result pipe.
-pub(crate) type Rx = AsyncReader<pipe::Receiver>;
-
 /// Performs the handshake: `Hello` (identity and protocol checks), `Setup`, then `Ready`.
 pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connected, Error> {
     match link {
@@ -242,13 +187,13 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             Err(_) => Err(Error::start("worker thread ended during set-up").with_worker(id)),
         },
         Link::Process {
-            tasks,
-            results,
+            writes,
+            reads,
             mut proc,
             inherits,
         } => {
-            let mut rx = AsyncReader::new(results, spec.max_frame);
-            let mut tx = tasks;
+            let mut rx = AsyncReader::new(reads, spec.max_frame);
+            let mut tx = writes;
             // Set-up goes out at once (the worker checks our identity before using it), so the
             // handshake costs one round trip, not two.
             let setup = ToWorker::Setup {

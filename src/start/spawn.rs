@@ -9,7 +9,8 @@
 use std::os::fd::AsFd;
 
 use super::child::Child;
-use super::{BoxFuture, Link, Pipes, Pool, Spec, Start, launcher};
+use super::link::{self, ChildEnds};
+use super::{BoxFuture, Link, Pool, Spec, Start, launcher};
 use crate::error::Error;
 use crate::sys;
 
@@ -22,16 +23,9 @@ impl Start for Spawn {
         spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
-        Box::pin(async move {
-            let Pipes {
-                tasks_w,
-                results_r,
-                tasks_r,
-                results_w,
-                arena,
-            } = Pipes::new(spec).map_err(Error::start)?;
+        Box::pin(link::local(spec, false, |ends: ChildEnds| async move {
             let (pid, pidfd) = launcher::run(move || {
-                let fds = [tasks_r.as_fd(), results_w.as_fd(), arena.as_fd()];
+                let fds = [ends.tasks.as_fd(), ends.results.as_fd(), ends.arena.as_fd()];
                 let pid = launcher::spawn_self(launcher::ROLE_WORKER, &fds)?;
                 // The child has its copies now; ours close when this returns, so that EOF can
                 // reach each side.
@@ -41,14 +35,7 @@ impl Start for Spawn {
             .await
             .and_then(|r| r)
             .map_err(|e| Error::start(format!("could not spawn /proc/self/exe: {e}")))?;
-            let proc = Child::new(pid, pidfd).map_err(Error::start)?;
-            let (tasks, results) = Pipes::into_parent(tasks_w, results_r).map_err(Error::start)?;
-            Ok(Link::Process {
-                tasks,
-                results,
-                proc: Box::new(proc),
-                inherits: false,
-            })
-        })
+            Ok(Box::new(Child::new(pid, pidfd).map_err(Error::start)?) as _)
+        }))
     }
 }

@@ -4,154 +4,32 @@
 //! Input is pulled on the task that polls the call (the caller's), only while the call has fewer
 //! than `max_tasks_active` tasks in flight. Results arrive through the call's own channel; the
 //! call never waits on anything else, so a call that is not polled holds nothing the pool needs.
+//!
+//! - [`feed`]: sources, chunk sizes, encoding a chunk for a worker;
+//! - [`collect`]: typed results and the reorder buffer.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use futures_core::Stream;
+pub(crate) mod collect;
+pub(crate) mod feed;
 
-use crate::dispatch::{CallLink, Completion, Core, Job, Outcome, Payload, SMALL_WINDOW};
-use crate::error::{Error, Kind, Stage};
-use crate::proto::Failure;
-use crate::sys::shm::Arena;
-use crate::task::{Call, ChunkOut, Input, Output, decode_boxed, local_chunk};
+pub(crate) use collect::{Done, Reorder, Results};
+pub(crate) use feed::{Encode, IterSource, Options, Source, StreamSource, encoder};
 
-/// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no
-/// arena (`None`), or else serialised, large bodies into the arena.
-pub(crate) type Encode<A> = fn(Option<&Arc<Arena>>, bool, Vec<A>) -> Result<Payload, Error>;
+use crate::dispatch::{CallLink, Completion, Core, Job, Payload, SMALL_WINDOW};
+use crate::error::Error;
+use crate::task::{Output, decode_boxed};
+use collect::decode;
+use feed::Chunker;
 
-pub(crate) fn encoder<T, S, W, A, R>() -> Encode<A>
-where
-    T: Call<S, W, A, R>,
-    S: 'static,
-    W: 'static,
-    A: Input,
-    R: Output,
-{
-    |arena, local, items| {
-        if local {
-            return Ok(Payload::Local(Some(local_chunk::<T, S, W, A, R>(items))));
-        }
-        let body = crate::proto::body::encode_body(&items, arena)
-            .map_err(|e| Error::codec("could not serialise a task input", e))?;
-        Ok(Payload::Remote {
-            entry: crate::task::chunk::<T, S, W, A, R>().offset,
-            count: items.len() as u32,
-            body: Arc::new(body),
-        })
-    }
-}
-
-/// Options shared by every call that takes many inputs.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Options {
-    pub chunk_size: Option<usize>,
-    pub n_splits: Option<usize>,
-    pub max_tasks_active: Option<usize>,
-    pub reorder_window: Option<usize>,
-    pub len: Option<usize>,
-}
-
-/// Where a call's inputs come from.
-pub(crate) trait Source<A> {
-    /// Pulls up to `max` items into `out`. `Ready(true)` when the input is exhausted.
-    fn pull(&mut self, cx: &mut Context<'_>, max: usize, out: &mut Vec<A>) -> Poll<bool>;
-    fn size_hint(&self) -> (usize, Option<usize>);
-}
-
-pub(crate) struct IterSource<I>(pub I);
-
-impl<I: Iterator> Source<I::Item> for IterSource<I> {
-    fn pull(&mut self, _cx: &mut Context<'_>, max: usize, out: &mut Vec<I::Item>) -> Poll<bool> {
-        for _ in 0..max {
-            match self.0.next() {
-                Some(a) => out.push(a),
-                None => return Poll::Ready(true),
-            }
-        }
-        Poll::Ready(false)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-pub(crate) struct StreamSource<St>(pub St);
-
-impl<St: Stream + Unpin> Source<St::Item> for StreamSource<St> {
-    fn pull(&mut self, cx: &mut Context<'_>, max: usize, out: &mut Vec<St::Item>) -> Poll<bool> {
-        let before = out.len();
-        while out.len() - before < max {
-            match std::pin::Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Ready(Some(a)) => out.push(a),
-                Poll::Ready(None) => return Poll::Ready(true),
-                // Never wait to fill a chunk: send what is there.
-                Poll::Pending if out.len() > before => return Poll::Ready(false),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(false)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-/// Chunk sizes: fixed, derived from a known length, or adapted to measured task times.
-struct Chunker {
-    /// Set by the caller (`chunk_size`, `n_splits`): never changes.
-    fixed: Option<usize>,
-    /// The default for an input of known length: chunks are at least this large.
-    floor: Option<usize>,
-    /// Estimated nanoseconds per task (exponential moving average), for adaptive sizing.
-    ns_per_task: Option<f64>,
-    /// Serialised bytes per input, from the last chunk (process workers only).
-    bytes_per_task: Option<usize>,
-}
-
-/// Adaptive chunks aim at this much work each: long enough to hide a hand-off, short enough to
-/// spread work evenly and keep the reorder window small.
-const TARGET_CHUNK: Duration = Duration::from_millis(2);
-const MAX_ADAPTIVE_CHUNK: usize = 16 * 1024;
-/// Chunks not set by the caller carry at most this many bytes of inputs (at least one input):
-/// a worker starts sooner, work spreads more evenly, and less memory is in flight.
-const MAX_CHUNK_BYTES: usize = 4 << 20;
-
-impl Chunker {
-    fn size(&self) -> usize {
-        if let Some(n) = self.fixed {
-            return n;
-        }
-        let adaptive = self.ns_per_task.map_or(1, |ns| {
-            ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_ADAPTIVE_CHUNK)
-        });
-        // A known length gives MPIRE's chunk size; tasks measured to be tiny get larger chunks.
-        let size = self.floor.map_or(adaptive, |f| f.max(adaptive));
-        match self.bytes_per_task {
-            Some(b) if b > 0 => size.min((MAX_CHUNK_BYTES / b).max(1)),
-            _ => size,
-        }
-    }
-
-    fn observe_bytes(&mut self, bytes: usize, len: usize) {
-        if let Some(per) = bytes.checked_div(len) {
-            self.bytes_per_task = Some(per);
-        }
-    }
-
-    fn observe(&mut self, busy: Duration, len: usize) {
-        if self.fixed.is_some() || len == 0 || busy.is_zero() {
-            return;
-        }
-        let sample = busy.as_nanos() as f64 / len as f64;
-        self.ns_per_task = Some(match self.ns_per_task {
-            None => sample,
-            Some(avg) => 0.7 * avg + 0.3 * sample,
-        });
-    }
+/// Where a call's jobs go and how its inputs are made into jobs: the pool, and the encoder of
+/// the call's task function.
+pub(crate) struct Target<A> {
+    pub core: Arc<Core>,
+    pub encode: Encode<A>,
 }
 
 /// The state of one call.
@@ -175,8 +53,7 @@ pub(crate) struct Engine<Src, A, R> {
     /// Items handed to the caller (ordered mode bounds `next_index - yielded`).
     yielded: usize,
     /// Ordered mode: completed chunks waiting for their turn.
-    reorder: BTreeMap<u64, Done<R>>,
-    next_out: u64,
+    reorder: Reorder<Done<R>>,
     ready: VecDeque<Done<R>>,
     /// The chunk being handed out item by item, and the index of its next item.
     current: Option<(usize, std::vec::IntoIter<Result<R, Error>>)>,
@@ -185,38 +62,26 @@ pub(crate) struct Engine<Src, A, R> {
 }
 
 impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
-    pub(crate) fn new(
-        core: Arc<Core>,
-        encode: Encode<A>,
-        src: Src,
-        opts: Options,
-        ordered: bool,
-    ) -> Self {
+    pub(crate) fn new(target: Target<A>, src: Src, opts: Options, ordered: bool) -> Self {
         let (link, rx) = CallLink::new(decode_boxed::<R>);
         Engine {
-            core,
+            core: target.core,
             link,
             rx,
-            encode,
+            encode: target.encode,
             src,
             opts,
             ordered,
             started: false,
             exhausted: false,
-            chunker: Chunker {
-                fixed: None,
-                floor: None,
-                ns_per_task: None,
-                bytes_per_task: None,
-            },
+            chunker: Chunker::default(),
             limit: None,
             buf: Vec::new(),
             next_seq: 0,
             next_index: 0,
             active: 0,
             yielded: 0,
-            reorder: BTreeMap::new(),
-            next_out: 0,
+            reorder: Reorder::new(),
             ready: VecDeque::new(),
             current: None,
             done: false,
@@ -337,13 +202,10 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                         let results = (0..len)
                             .map(|i| Err(e.clone().with_task(first + i)))
                             .collect();
-                        self.accept(
-                            job_seq,
-                            Done {
-                                first,
-                                results: Results::Mixed(results),
-                            },
-                        );
+                        self.accept(Done {
+                            first,
+                            results: Results::Mixed(results),
+                        });
                     }
                 }
             }
@@ -354,13 +216,11 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         Ok(())
     }
 
-    fn accept(&mut self, seq: u64, done: Done<R>) {
+    fn accept(&mut self, done: Done<R>) {
         if self.ordered {
-            self.reorder.insert(seq, done);
-            while let Some(done) = self.reorder.remove(&self.next_out) {
-                self.next_out += 1;
-                self.ready.push_back(done);
-            }
+            let ready = &mut self.ready;
+            let (first, len) = (done.first, done.results.len());
+            self.reorder.push(first, len, done, |d| ready.push_back(d));
         } else {
             self.ready.push_back(done);
         }
@@ -399,9 +259,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 Poll::Ready(Some(c)) => {
                     self.active -= c.len;
                     self.chunker.observe(c.busy, c.len);
-                    let seq = c.seq;
                     let done = decode::<R>(c);
-                    self.accept(seq, done);
+                    self.accept(done);
                 }
                 Poll::Ready(None) => {
                     self.finish();
@@ -482,87 +341,4 @@ impl<Src, A, R> Drop for Engine<Src, A, R> {
             self.core.cancel(&self.link);
         }
     }
-}
-
-fn task_error(failure: Failure, worker: Option<usize>, first: usize) -> Error {
-    let index = first + failure.index as usize;
-    let e = Error::new(Kind::Panic {
-        failure,
-        during: Stage::Task,
-    })
-    .with_task(index);
-    match worker {
-        Some(w) => e.with_worker(w),
-        None => e,
-    }
-}
-
-/// A finished chunk, typed.
-pub(crate) struct Done<R> {
-    /// Index of the chunk's first task in the call's input.
-    pub first: usize,
-    pub results: Results<R>,
-}
-
-pub(crate) enum Results<R> {
-    /// Every task succeeded (the common case: no per-task wrapping).
-    Ok(Vec<R>),
-    /// Some failed.
-    Mixed(Vec<Result<R, Error>>),
-}
-
-impl<R> Results<R> {
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Results::Ok(v) => v.len(),
-            Results::Mixed(v) => v.len(),
-        }
-    }
-
-    pub(crate) fn into_results(self) -> Vec<Result<R, Error>> {
-        match self {
-            Results::Ok(v) => v.into_iter().map(Ok).collect(),
-            Results::Mixed(v) => v,
-        }
-    }
-}
-
-fn merge<R>(out: ChunkOut<R>, worker: Option<usize>, first: usize) -> Results<R> {
-    if out.failures.is_empty() {
-        return Results::Ok(out.values);
-    }
-    let total = out.values.len() + out.failures.len();
-    let mut values = out.values.into_iter();
-    let mut failures = out.failures.into_iter().peekable();
-    let results = (0..total as u32)
-        .map(|i| match failures.next_if(|(at, _)| *at == i) {
-            Some((_, f)) => Err(task_error(f, worker, first)),
-            None => values
-                .next()
-                .ok_or_else(|| Error::new(Kind::Protocol("missing result".into()))),
-        })
-        .collect();
-    Results::Mixed(results)
-}
-
-/// Turns a completed chunk into typed results, one per task.
-fn decode<R: Output>(c: Completion) -> Done<R> {
-    let (worker, first, len) = (c.worker, c.first, c.len);
-    let all_failed = |e: Error| {
-        Results::Mixed(
-            (0..len)
-                .map(|i| Err(e.clone().with_task(first + i)))
-                .collect(),
-        )
-    };
-    let results = match c.outcome {
-        Outcome::Failed(e) => all_failed(e),
-        Outcome::Local(boxed) => match boxed.downcast::<ChunkOut<R>>() {
-            Ok(out) => merge(*out, worker, first),
-            Err(_) => all_failed(Error::new(Kind::Protocol(
-                "a worker thread returned results of another type".into(),
-            ))),
-        },
-    };
-    Done { first, results }
 }
