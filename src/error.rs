@@ -33,8 +33,6 @@ pub(crate) enum Kind {
     Panic { failure: Failure, during: Stage },
     /// The worker process ended while it ran the task.
     WorkerDied { exit: Exit, during: Stage },
-    /// The call was cancelled (dropped, or stopped by another task's failure).
-    Cancelled,
     /// The pool was shut down or dropped.
     Closed,
     /// A worker sent something that is not a valid frame.
@@ -73,6 +71,9 @@ struct Inner {
     kind: Kind,
     worker: Option<usize>,
     task: Option<usize>,
+    /// `Debug` of the task's input, when the pool could see it.
+    input: Option<String>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// The error of every fallible operation in this crate.
@@ -102,6 +103,8 @@ impl Error {
             kind,
             worker: None,
             task: None,
+            input: None,
+            source: None,
         }))
     }
 
@@ -129,11 +132,17 @@ impl Error {
         self.map(|i| i.task = Some(task))
     }
 
+    pub(crate) fn with_input(self, input: String) -> Error {
+        self.map(|i| i.input = Some(input))
+    }
+
     fn map(self, f: impl FnOnce(&mut Inner)) -> Error {
         let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Inner {
             kind: shared.kind.clone_kind(),
             worker: shared.worker,
             task: shared.task,
+            input: shared.input.clone(),
+            source: shared.source.clone(),
         });
         f(&mut inner);
         Error(Arc::new(inner))
@@ -153,17 +162,12 @@ impl Error {
         matches!(self.0.kind, Kind::WorkerDied { .. })
     }
 
-    /// Whether the task was cancelled before it produced a result.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self.0.kind, Kind::Cancelled)
-    }
-
     /// Whether the pool was shut down or dropped before the task finished.
     pub fn is_closed(&self) -> bool {
         matches!(self.0.kind, Kind::Closed)
     }
 
-    /// Whether the failure happened in `worker_init`.
+    /// Whether the failure happened in `worker_init` (a panic, or the worker died in it).
     pub fn is_init(&self) -> bool {
         matches!(
             self.0.kind,
@@ -187,7 +191,9 @@ impl Error {
         matches!(self.0.kind, Kind::Protocol(_) | Kind::Mismatch(_))
     }
 
-    /// Whether serialising an argument or deserialising a result failed.
+    /// Whether an input or a result could not cross to or from the worker: it failed to serialise
+    /// or deserialise, or it is larger than [`max_frame_len`](crate::Builder::max_frame_len)
+    /// allows.
     pub fn is_codec(&self) -> bool {
         matches!(self.0.kind, Kind::Codec(_))
     }
@@ -207,10 +213,16 @@ impl Error {
         self.failure().and_then(|f| f.backtrace.as_deref())
     }
 
-    /// The `Debug` of the input of the failed task, when the worker could still see it (process
-    /// start methods; under `Threading` the input was moved into the task).
+    /// The `Debug` of the failed task's input (cut at about 1 KiB), for a task that panicked, whose
+    /// worker died, or whose input or result could not be sent.
+    ///
+    /// Under `Threading` a panicking task's input is not known: it was moved into the task, and
+    /// formatting every input in advance would cost more than most tasks.
     pub fn input(&self) -> Option<&str> {
-        self.failure().and_then(|f| f.input.as_deref())
+        self.0
+            .input
+            .as_deref()
+            .or_else(|| self.failure().and_then(|f| f.input.as_deref()))
     }
 
     /// The id of the worker involved, when one was.
@@ -264,7 +276,6 @@ impl Kind {
                 exit: *exit,
                 during: *during,
             },
-            Kind::Cancelled => Kind::Cancelled,
             Kind::Closed => Kind::Closed,
             Kind::Protocol(s) => Kind::Protocol(s.clone()),
             Kind::Codec(s) => Kind::Codec(s.clone()),
@@ -291,30 +302,29 @@ impl fmt::Display for Error {
                 }
                 worker(f)?;
                 write!(f, ": {failure}")?;
-                if let Some(input) = &failure.input {
-                    write!(f, " (input: {input})")?;
-                } else if let Some(t) = self.0.task {
-                    write!(f, " (task {t})")?;
-                }
-                Ok(())
             }
             Kind::WorkerDied { exit, during } => {
                 worker(f)?;
-                write!(f, " {exit} while running {during}")
+                write!(f, " {exit} while running {during}")?;
             }
-            Kind::Cancelled => f.write_str("task was cancelled"),
-            Kind::Closed => f.write_str("pool is shut down"),
+            Kind::Closed => f.write_str("pool is shut down")?,
             Kind::Protocol(m) => {
                 worker(f)?;
-                write!(f, " broke the wire protocol: {m}")
+                write!(f, " broke the wire protocol: {m}")?;
             }
-            Kind::Codec(m) => write!(f, "serialisation failed: {m}"),
-            Kind::Config(m) => write!(f, "invalid configuration: {m}"),
-            Kind::Start(m) => write!(f, "could not start a worker: {m}"),
-            Kind::Mismatch(m) => write!(f, "worker runs a different binary: {m}"),
+            Kind::Codec(m) => write!(f, "serialisation failed: {m}")?,
+            Kind::Config(m) => write!(f, "invalid configuration: {m}")?,
+            Kind::Start(m) => write!(f, "could not start a worker: {m}")?,
+            Kind::Mismatch(m) => write!(f, "worker runs a different binary: {m}")?,
             Kind::NotInitialized => f.write_str(
                 "ampire::init() was not called: process start methods need it as the first line of main",
-            ),
+            )?,
+        }
+        match (self.0.task, self.input()) {
+            (Some(t), Some(input)) => write!(f, " (task {t}, input: {input})"),
+            (Some(t), None) => write!(f, " (task {t})"),
+            (None, Some(input)) => write!(f, " (input: {input})"),
+            (None, None) => Ok(()),
         }
     }
 }
@@ -333,7 +343,17 @@ impl fmt::Debug for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    /// What caused this error, when it has a cause of its own: the `io::Error` of a worker that
+    /// could not be started, or the death (an `ampire::Error` with its signal or exit status) of
+    /// the last worker that failed to start before the pool gave up.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 const _: () = {
     const fn assert_traits<T: Send + Sync + 'static + std::error::Error>() {}

@@ -16,6 +16,8 @@ use crate::dispatch::{Core, Settings};
 use crate::error::{Error, Kind};
 use crate::handle::{Apply, Map, MapStream};
 use crate::proto::Body;
+use crate::proto::body::{Encoding, Stop, encode_body};
+use crate::proto::frame::HEADER_ROOM;
 use crate::start::{Spec, StartMethod, backend};
 use crate::sys::shm::Arena;
 use crate::task::{
@@ -273,18 +275,28 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         };
         let shared_body = match self.method {
             StartMethod::Spawn | StartMethod::Forkserver => {
-                crate::proto::body::encode_body(std::slice::from_ref(&self.shared), arena.as_ref())
-                    .map_err(|e| Error::codec("could not serialise the shared object", e))?
+                let budget = self.max_frame_len - HEADER_ROOM;
+                let one = std::slice::from_ref(&self.shared);
+                match encode_body(one, arena.as_ref(), budget) {
+                    Encoding { body, taken: 1, .. } => body,
+                    Encoding {
+                        stop: Some(Stop::Error(e)),
+                        ..
+                    } => return Err(Error::codec("could not serialise the shared object", e)),
+                    Encoding { stop, .. } => {
+                        let size = match stop {
+                            Some(Stop::TooLarge(n)) => format!("{n} bytes"),
+                            _ => "more".into(),
+                        };
+                        return Err(Error::config(format!(
+                            "the shared object takes {size}, more than max_frame_len ({}) allows",
+                            self.max_frame_len
+                        )));
+                    }
+                }
             }
             _ => Body::Inline(Vec::new()),
         };
-        if shared_body.len() > self.max_frame_len {
-            return Err(Error::config(format!(
-                "the shared object takes {} bytes, more than max_frame_len ({})",
-                shared_body.len(),
-                self.max_frame_len
-            )));
-        }
         let spec = Spec {
             shared: Arc::new(self.shared) as Arc<dyn Any + Send + Sync>,
             shared_body,

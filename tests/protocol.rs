@@ -102,13 +102,23 @@ each_method! {
         pool.shutdown().await.unwrap();
     }
 
-    async fn inputs_over_max_frame_len_are_refused(m: StartMethod) {
-        let pool = AsyncPool::builder().workers(1).start_method(m).max_frame_len(64 * 1024).build().await.unwrap();
-        let r = pool.apply(byte_len, vec![0u8; 1 << 20]).await;
-        if m.is_process() {
-            assert!(r.unwrap_err().is_config());
-        } else {
-            assert_eq!(r.unwrap(), 1 << 20); // threads move inputs; nothing is framed
+    async fn an_input_over_max_frame_len_fails_alone(m: StartMethod) {
+        use futures_util::StreamExt;
+        let pool = AsyncPool::builder().workers(2).start_method(m).max_frame_len(64 * 1024).build().await.unwrap();
+        let inputs = (0..10usize).map(|i| vec![i as u8; if i == 4 { 1 << 20 } else { 1000 }]);
+        let out: Vec<Result<usize, Error>> = pool.map_stream(byte_len, futures_util::stream::iter(inputs)).collect().await;
+        for (i, r) in out.into_iter().enumerate() {
+            match (i, m.is_process()) {
+                (4, true) => {
+                    let e = r.unwrap_err();
+                    assert!(e.is_codec() && e.task_index() == Some(4), "{e}");
+                    assert!(e.to_string().contains("more than max_frame_len"), "{e}");
+                    assert!(e.input().is_some_and(|d| d.starts_with("[4, 4, 4")), "{e}");
+                }
+                // Threads move inputs: nothing is framed.
+                (4, false) => assert_eq!(r.unwrap(), 1 << 20),
+                _ => assert_eq!(r.unwrap(), 1000),
+            }
         }
         pool.shutdown().await.unwrap();
     }

@@ -9,12 +9,32 @@ use futures_core::Stream;
 
 use crate::dispatch::Payload;
 use crate::error::Error;
+use crate::proto::body::{Encoding, Stop, encode_body};
+use crate::proto::describe;
 use crate::sys::shm::Arena;
 use crate::task::{Call, Input, Output, local_chunk};
 
-/// Turns a chunk of inputs into what a worker receives: for thread workers when the pool has no
-/// arena (`None`), or else serialised, large bodies into the arena.
-pub(crate) type Encode<A> = fn(Option<&Arc<Arena>>, bool, Vec<A>) -> Result<Payload, Error>;
+/// What a call needs to know to encode its chunks: the pool's arena (process pools), whether its
+/// workers are threads (inputs are moved, not serialised), and how many bytes a chunk's inputs
+/// may take (what a frame holds besides its header).
+pub(crate) struct Feed<'a> {
+    pub arena: Option<&'a Arc<Arena>>,
+    pub local: bool,
+    pub budget: usize,
+}
+
+/// What encoding the front of a call's pulled inputs gave.
+pub(crate) enum Encoded {
+    /// A job of the first `taken` inputs, which left the buffer.
+    Job { payload: Payload, taken: usize },
+    /// The first input alone failed, and left the buffer: it cannot be serialised, or it is
+    /// larger than a frame.
+    Failed(Error),
+}
+
+/// Turns the inputs at the front of `items` into what a worker receives: moved for thread
+/// workers, or else serialised (large bodies into the arena), as many as fit in a frame.
+pub(crate) type Encode<A> = fn(&Feed<'_>, &mut Vec<A>) -> Encoded;
 
 pub(crate) fn encoder<T, S, W, A, R>() -> Encode<A>
 where
@@ -24,17 +44,37 @@ where
     A: Input,
     R: Output,
 {
-    |arena, local, items| {
-        if local {
-            return Ok(Payload::Local(Some(local_chunk::<T, S, W, A, R>(items))));
+    |feed, items| {
+        if feed.local {
+            let items = std::mem::take(items);
+            let taken = items.len();
+            let payload = Payload::Local(Some(local_chunk::<T, S, W, A, R>(items)));
+            return Encoded::Job { payload, taken };
         }
-        let body = crate::proto::body::encode_body(&items, arena)
-            .map_err(|e| Error::codec("could not serialise a task input", e))?;
-        Ok(Payload::Remote {
-            entry: crate::task::chunk::<T, S, W, A, R>().offset,
-            count: items.len() as u32,
-            body: Arc::new(body),
-        })
+        let Encoding { body, taken, stop } = encode_body(items, feed.arena, feed.budget);
+        if taken == 0 {
+            let e = match stop {
+                Some(Stop::Error(e)) => Error::codec("could not serialise a task input", e),
+                Some(Stop::TooLarge(n)) => Error::codec(
+                    "could not send a task input",
+                    format!("it takes {n} bytes, more than max_frame_len allows"),
+                ),
+                Some(Stop::Budget) | None => {
+                    Error::codec("could not send a task input", "it does not fit in a frame")
+                }
+            };
+            let input = items.remove(0);
+            return Encoded::Failed(e.with_input(describe(&input)));
+        }
+        items.drain(..taken);
+        Encoded::Job {
+            payload: Payload::Remote {
+                entry: crate::task::chunk::<T, S, W, A, R>().offset,
+                count: taken as u32,
+                body: Arc::new(body),
+            },
+            taken,
+        }
     }
 }
 
@@ -93,11 +133,40 @@ impl<St: Stream + Unpin> Source<St::Item> for StreamSource<St> {
     }
 }
 
+/// A chunk size the caller chose.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fixed {
+    /// `chunk_size(n)`.
+    Size(usize),
+    /// `n_splits`: `len` inputs in `min(splits, len)` chunks whose sizes differ by at most one
+    /// (the first `len % chunks` of them one larger).
+    Splits { base: usize, larger: usize },
+}
+
+impl Fixed {
+    /// `len` inputs in `splits` chunks (at least one).
+    pub(crate) fn splits(len: usize, splits: usize) -> Fixed {
+        let chunks = splits.min(len).max(1);
+        Fixed::Splits {
+            base: (len / chunks).max(1),
+            larger: len % chunks,
+        }
+    }
+
+    /// The size of chunk `seq`.
+    fn size(self, seq: u64) -> usize {
+        match self {
+            Fixed::Size(n) => n,
+            Fixed::Splits { base, larger } => base + usize::from(seq < larger as u64),
+        }
+    }
+}
+
 /// Chunk sizes: fixed, derived from a known length, or adapted to measured task times.
 #[derive(Default)]
 pub(crate) struct Chunker {
     /// Set by the caller (`chunk_size`, `n_splits`): never changes.
-    pub fixed: Option<usize>,
+    pub fixed: Option<Fixed>,
     /// The default for an input of known length: chunks are at least this large.
     pub floor: Option<usize>,
     /// Estimated nanoseconds per task (exponential moving average), for adaptive sizing.
@@ -115,9 +184,10 @@ const MAX_ADAPTIVE_CHUNK: usize = 16 * 1024;
 const MAX_CHUNK_BYTES: usize = 4 << 20;
 
 impl Chunker {
-    pub(crate) fn size(&self) -> usize {
-        if let Some(n) = self.fixed {
-            return n;
+    /// The size of chunk `seq` of the call.
+    pub(crate) fn size(&self, seq: u64) -> usize {
+        if let Some(fixed) = self.fixed {
+            return fixed.size(seq);
         }
         let adaptive = self.ns_per_task.map_or(1, |ns| {
             ((TARGET_CHUNK.as_nanos() as f64 / ns.max(1.0)) as usize).clamp(1, MAX_ADAPTIVE_CHUNK)

@@ -18,9 +18,11 @@ pub(crate) mod feed;
 
 pub(crate) use collect::{Done, Reorder, Results};
 pub(crate) use feed::{Encode, IterSource, Options, Source, StreamSource, encoder};
+use feed::{Encoded, Feed, Fixed};
 
 use crate::dispatch::{CallLink, Completion, Core, Job, Payload, SMALL_WINDOW};
 use crate::error::Error;
+use crate::proto::frame::HEADER_ROOM;
 use crate::task::{Output, decode_boxed};
 use collect::decode;
 use feed::Chunker;
@@ -111,8 +113,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             return Err(Error::config("reorder_window must be at least 1"));
         }
         self.chunker.fixed = match (o.chunk_size, o.n_splits, known) {
-            (Some(c), _, _) => Some(c),
-            (None, Some(s), Some(n)) => Some(n.div_ceil(s).max(1)),
+            (Some(c), _, _) => Some(Fixed::Size(c)),
+            (None, Some(s), Some(n)) => Some(Fixed::splits(n, s)),
             (None, Some(_), None) => {
                 return Err(Error::config(
                     "n_splits needs an input of known length (give it with .len(n))",
@@ -125,19 +127,16 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             self.chunker.floor = known.map(|n| n.div_ceil(workers * 64).max(1));
         }
         self.limit = o.max_tasks_active;
-        if let (Some(limit), Some(c)) = (self.limit, self.chunker.fixed) {
-            // A chunk larger than the bound would never fit (MPIRE hangs here): shrink the chunk.
-            self.chunker.fixed = Some(c.min(limit));
-        }
         Ok(())
     }
 
     fn chunk_and_limit(&self) -> (usize, usize) {
         let workers = self.core.settings.workers;
         let depth = self.core.settings.depth;
-        let mut chunk = self.chunker.size();
+        let mut chunk = self.chunker.size(self.next_seq);
         let limit = match self.limit {
             Some(l) => {
+                // A chunk larger than the bound would never fit (MPIRE hangs here): shrink it.
                 chunk = chunk.min(l);
                 l
             }
@@ -150,7 +149,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
 
     /// Pulls and submits input while the call has room.
     fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
-        while !self.exhausted {
+        while !self.exhausted || !self.buf.is_empty() {
             let (chunk, limit) = self.chunk_and_limit();
             if self.active > 0 && self.active + chunk > limit {
                 return Ok(());
@@ -162,55 +161,51 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     return Ok(());
                 }
             }
-            self.buf.clear();
-            let pulled = self.src.pull(cx, chunk, &mut self.buf);
-            if let Poll::Ready(true) = pulled {
-                self.exhausted = true;
-            }
-            if !self.buf.is_empty() {
-                let items = std::mem::take(&mut self.buf);
-                let len = items.len();
-                let job_seq = self.next_seq;
-                let first = self.next_index;
-                self.next_seq += 1;
-                self.next_index += len;
-                let max = self.core.spec.max_frame;
-                let arena = self.core.spec.arena.as_ref();
-                let encoded = (self.encode)(arena, self.core.is_local(), items).and_then(|p| match &p {
-                    Payload::Remote { body, .. } if body.len() + 64 > max => Err(Error::config(format!(
-                        "a chunk of {len} inputs takes {} bytes, more than max_frame_len ({max})",
-                        body.len()
-                    ))),
-                    _ => Ok(p),
-                });
-                match encoded {
-                    Ok(payload) => {
-                        if let Payload::Remote { body, .. } = &payload {
-                            self.chunker.observe_bytes(body.len(), len);
-                        }
-                        self.core.submit(Job::new(
-                            self.link.clone(),
-                            job_seq,
-                            first,
-                            len,
-                            payload,
-                        ))?;
-                        self.active += len;
-                    }
-                    Err(e) => {
-                        // The chunk never left; its tasks fail here, in order.
-                        let results = (0..len)
-                            .map(|i| Err(e.clone().with_task(first + i)))
-                            .collect();
-                        self.accept(Done {
-                            first,
-                            results: Results::Mixed(results),
-                        });
-                    }
+            // Inputs an earlier chunk could not take (it was full in bytes) come first.
+            let mut pulled = Poll::Ready(false);
+            if !self.exhausted && self.buf.len() < chunk {
+                pulled = self.src.pull(cx, chunk - self.buf.len(), &mut self.buf);
+                if let Poll::Ready(true) = pulled {
+                    self.exhausted = true;
                 }
             }
-            if pulled.is_pending() {
+            if !self.buf.is_empty() {
+                self.send_front()?;
+            }
+            if pulled.is_pending() && self.buf.is_empty() {
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a job of the inputs at the front of the buffer, as many as fit in a frame, and
+    /// submits it; an input that cannot be sent fails alone, here.
+    fn send_front(&mut self) -> Result<(), Error> {
+        let feed = Feed {
+            arena: self.core.spec.arena.as_ref(),
+            local: self.core.is_local(),
+            budget: self.core.spec.max_frame.saturating_sub(HEADER_ROOM),
+        };
+        let first = self.next_index;
+        match (self.encode)(&feed, &mut self.buf) {
+            Encoded::Job { payload, taken } => {
+                if let Payload::Remote { body, .. } = &payload {
+                    self.chunker.observe_bytes(body.len(), taken);
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.next_index += taken;
+                self.core
+                    .submit(Job::new(self.link.clone(), seq, first, taken, payload))?;
+                self.active += taken;
+            }
+            Encoded::Failed(e) => {
+                self.next_index += 1;
+                self.accept(Done {
+                    first,
+                    results: Results::Mixed(vec![Err(e.with_task(first))]),
+                });
             }
         }
         Ok(())
@@ -267,7 +262,11 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if self.exhausted && self.active == 0 && self.reorder.is_empty() {
+                    if self.exhausted
+                        && self.buf.is_empty()
+                        && self.active == 0
+                        && self.reorder.is_empty()
+                    {
                         self.done = true;
                         return Poll::Ready(None);
                     }
@@ -321,7 +320,10 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             .chain(self.reorder.values())
             .map(|d| d.results.len())
             .sum();
-        let pending = buffered + self.active + self.current.as_ref().map_or(0, |(_, it)| it.len());
+        let pending = buffered
+            + self.buf.len()
+            + self.active
+            + self.current.as_ref().map_or(0, |(_, it)| it.len());
         (lo + pending, hi.map(|h| h + pending))
     }
 }

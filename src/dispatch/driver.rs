@@ -246,7 +246,8 @@ async fn finish(
         Why::Exit(r) => core.store_exit(slot, r),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
-            core.fail_inflight(slot, Error::new(Kind::Cancelled));
+            // The job it ran belongs to a cancelled call: nobody reads this error.
+            core.fail_inflight(slot, Error::closed());
             Ended::Died
         }
         Why::Broken(m) => {

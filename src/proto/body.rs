@@ -83,8 +83,27 @@ impl postcard::ser_flavors::Flavor for Count {
     }
 }
 
-/// Serialises `items` back to back into a body: straight into an arena block when the items are
-/// large and the arena has room, or else into a vector.
+/// Why [`encode_body`] stopped before the end of its items.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The next item does not fit in what is left of the budget.
+    Budget,
+    /// The next item alone takes this many bytes, more than the whole budget.
+    TooLarge(usize),
+    /// The next item fails to serialise.
+    Error(postcard::Error),
+}
+
+/// A body of the first `taken` items, and why it stopped there if that is not all of them.
+pub(crate) struct Encoding {
+    pub body: Body,
+    pub taken: usize,
+    pub stop: Option<Stop>,
+}
+
+/// Serialises `items` back to back into a body of at most `budget` bytes: straight into an
+/// arena block when the items are large and the arena has room, or else into a vector. It stops
+/// before the first item that would not fit, or that fails to serialise.
 ///
 /// The size is estimated from the first and the last item. Large items are measured exactly first
 /// (cheap for byte buffers, whose size is their length) and written once, into the block; small
@@ -92,35 +111,85 @@ impl postcard::ser_flavors::Flavor for Count {
 pub(crate) fn encode_body<T: Serialize>(
     items: &[T],
     arena: Option<&Arc<Arena>>,
-) -> postcard::Result<Body> {
+    budget: usize,
+) -> Encoding {
     let per_item = match (items.first(), items.last()) {
-        (Some(a), Some(b)) => serialized_size(a)?.max(serialized_size(b)?),
+        (Some(a), Some(b)) => serialized_size(a)
+            .unwrap_or(0)
+            .max(serialized_size(b).unwrap_or(0)),
         _ => 0,
     };
-    let estimate = per_item.saturating_mul(items.len());
+    let estimate = per_item.saturating_mul(items.len()).min(budget);
     if let Some(arena) = arena.filter(|_| per_item >= LARGE_ITEM && estimate >= ARENA_MIN) {
-        let mut total = 0usize;
+        let (mut total, mut taken, mut stop) = (0usize, 0, None);
         for a in items {
-            total = total.saturating_add(serialized_size(a)?);
-        }
-        if let Some(mut block) = arena.alloc(total) {
-            let mut ser = postcard::Serializer {
-                output: postcard::ser_flavors::Slice::new(block.bytes_mut()),
-            };
-            // A value whose size changes between two passes (a `Serialize` impl with side
-            // effects) falls back to the vector below.
-            let fits = items.iter().all(|a| a.serialize(&mut ser).is_ok());
-            if fits && ser.output.finalize().map(|b| b.len()) == Ok(total) {
-                return Ok(Body::Arena(block));
+            match serialized_size(a) {
+                Ok(n) if total.saturating_add(n) <= budget => {
+                    total += n;
+                    taken += 1;
+                }
+                Ok(n) => {
+                    stop = Some(if taken == 0 {
+                        Stop::TooLarge(n)
+                    } else {
+                        Stop::Budget
+                    });
+                    break;
+                }
+                Err(e) => {
+                    stop = Some(Stop::Error(e));
+                    break;
+                }
             }
+        }
+        if taken > 0 {
+            if let Some(mut block) = arena.alloc(total) {
+                let mut ser = postcard::Serializer {
+                    output: postcard::ser_flavors::Slice::new(block.bytes_mut()),
+                };
+                // A value whose size changes between two passes (a `Serialize` impl with side
+                // effects) falls back to the vector below.
+                let fits = items[..taken].iter().all(|a| a.serialize(&mut ser).is_ok());
+                if fits && ser.output.finalize().map(|b| b.len()) == Ok(total) {
+                    return Encoding {
+                        body: Body::Arena(block),
+                        taken,
+                        stop,
+                    };
+                }
+            }
+        } else if stop.is_some() {
+            return Encoding {
+                body: Body::Inline(Vec::new()),
+                taken,
+                stop,
+            };
         }
     }
     let mut body = Vec::with_capacity(estimate.saturating_add(estimate / 8).saturating_add(16));
     let mut ser = serializer(&mut body);
-    for a in items {
-        a.serialize(&mut ser)?;
+    for (i, a) in items.iter().enumerate() {
+        // One serializer for the whole body; an item that does not fit, or fails half-way, is
+        // cut off again.
+        let mark = ser.output.0.len();
+        let stop = match a.serialize(&mut ser) {
+            Ok(()) if ser.output.0.len() <= budget => continue,
+            Ok(()) if i == 0 => Stop::TooLarge(ser.output.0.len() - mark),
+            Ok(()) => Stop::Budget,
+            Err(e) => Stop::Error(e),
+        };
+        ser.output.0.truncate(mark);
+        return Encoding {
+            body: Body::Inline(body),
+            taken: i,
+            stop: Some(stop),
+        };
     }
-    Ok(Body::Inline(body))
+    Encoding {
+        body: Body::Inline(body),
+        taken: items.len(),
+        stop: None,
+    }
 }
 
 /// A postcard output that appends to a borrowed `Vec<u8>`, so one serializer can write many

@@ -16,6 +16,9 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Room a frame keeps for its prefix and header: a body may take the rest of `max_frame_len`.
+pub(crate) const HEADER_ROOM: usize = 256;
+
 /// The default largest frame either side accepts.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 1 << 30;
 const PREFIX: usize = 8;

@@ -76,3 +76,53 @@ impl fmt::Display for Failure {
         Ok(())
     }
 }
+
+/// The most of a value's `Debug` that a failure carries.
+const DESCRIBE_MAX: usize = 1024;
+
+/// `value`'s `Debug`, cut at about 1 KiB (an error report names the input; it need not carry a
+/// megabyte of it).
+pub(crate) fn describe(value: &dyn fmt::Debug) -> String {
+    struct Capped(String, bool);
+    impl fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            if self.1 {
+                return Err(fmt::Error);
+            }
+            let room = DESCRIBE_MAX.saturating_sub(self.0.len());
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.0.push_str(&s[..cut]);
+            self.0.push('…');
+            self.1 = true;
+            Err(fmt::Error)
+        }
+    }
+    let mut out = Capped(String::new(), false);
+    let _ = fmt::write(&mut out, format_args!("{value:?}"));
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn a_description_is_cut_at_a_kilobyte() {
+        assert_eq!(describe(&17u64), "17");
+        let long = describe(&vec![0u8; 100_000]);
+        assert!(
+            long.len() <= 1024 + '…'.len_utf8() && long.ends_with('…'),
+            "{}",
+            long.len()
+        );
+        let wide = describe(&"é".repeat(2000));
+        assert!(wide.ends_with('…'));
+    }
+}
