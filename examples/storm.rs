@@ -23,11 +23,15 @@ fn fault(x: u64) -> Option<u64> {
 
 /// The task: a faulty input misbehaves; a healthy one records that it ran, then answers.
 fn task((x, log): (u64, String)) -> u64 {
-    use nix::sys::signal::{Signal, raise};
+    use nix::sys::signal::{SigHandler, Signal, raise, signal};
     match fault(x) {
         Some(0) => panic!("input {x} panics"),
         Some(1) => std::process::abort(),
         Some(2) => {
+            // As a segfault does: std's handler (inherited by forked workers) lets a raised
+            // SIGSEGV return unless the default action is back in place.
+            // SAFETY: installing the default action runs no code in signal context.
+            let _ = unsafe { signal(Signal::SIGSEGV, SigHandler::SigDfl) };
             let _ = raise(Signal::SIGSEGV);
         }
         Some(3) => {
@@ -89,7 +93,11 @@ fn main() -> Result<(), Error> {
                     (None, Ok(v)) => assert_eq!(*v, x * 2),
                     (None, Err(_)) => healthy_failed += 1,
                     (Some(kind), Err(e)) if attributed(x, kind, e) => attributed_ok += 1,
-                    (Some(_), _) => {}
+                    (Some(kind), r) => {
+                        if std::env::var_os("STORM_DEBUG").is_some() {
+                            eprintln!("{method} {x} kind {kind}: {r:?}");
+                        }
+                    }
                 }
             }
             let lost = TASKS as usize - results.len();

@@ -39,9 +39,15 @@ pub(crate) fn divert_if_child() {
     mark_initialized();
     sys::fd::ignore_sigpipe();
     let code = std::panic::catch_unwind(|| match role.to_str() {
-        Some(ROLE_WORKER) => match (sys::fd::adopt(3), sys::fd::adopt(4), sys::fd::adopt(5)) {
-            (Some(tasks), Some(results), Some(arena)) => {
-                crate::worker::serve(tasks, results, arena, None)
+        Some(ROLE_WORKER) => match [3, 4, 5, 6].map(sys::fd::adopt) {
+            [Some(tasks), Some(results), arena, journal] => {
+                let ends = crate::worker::Ends {
+                    tasks,
+                    results,
+                    arena,
+                    journal,
+                };
+                crate::worker::serve(ends, None)
             }
             _ => 2,
         },

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::proto::Failure;
+use crate::proto::{Failure, Fault};
 
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,21 @@ impl Error {
             input: None,
             source: None,
         }))
+    }
+
+    /// A failure a worker reported, of a task (or `worker_init`/`worker_exit`) in `during`.
+    pub(crate) fn failed(failure: Failure, during: Stage) -> Error {
+        match failure.fault {
+            Fault::Panic => Error::new(Kind::Panic { failure, during }),
+            Fault::Codec => {
+                let input = failure.input;
+                let e = Error::new(Kind::Codec(failure.message));
+                match input {
+                    Some(input) => e.with_input(input),
+                    None => e,
+                }
+            }
+        }
     }
 
     pub(crate) fn config(msg: impl Into<String>) -> Error {

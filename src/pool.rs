@@ -524,6 +524,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         Target {
             core: self.core.clone(),
             encode: encoder::<T, S, W, A, R>(),
+            locate: task::locate_input::<A>,
         }
     }
 

@@ -11,12 +11,12 @@ use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::proto::Failure;
+use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
-use crate::worker::{ChunkCall, Context, ExitCall, LocalChunk, SetupCall, catch};
+use crate::worker::{ChunkCall, Context, ExitCall, LocalChunk, Results, SetupCall, catch};
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
 /// own state.
@@ -244,8 +244,8 @@ pub(crate) struct ChunkOut<R> {
     pub failures: Vec<(u32, Failure)>,
 }
 
-/// Runs every input of a chunk through `run`, under one `catch_unwind` per run of successes (not
-/// one per task): after a panic, the loop resumes at the next input.
+/// Runs every input of a thread worker's chunk through `run`, under one `catch_unwind` per run
+/// of successes (not one per task): after a panic, the loop resumes at the next input.
 fn run_chunk<A, R>(
     inputs: impl Iterator<Item = A>,
     mut run: impl FnMut(A) -> R,
@@ -262,10 +262,7 @@ fn run_chunk<A, R>(
         });
         match finished {
             Ok(()) => return,
-            Err(mut fail) => {
-                fail.index = at;
-                out.failures.push((at, fail));
-            }
+            Err(fail) => out.failures.push((at, fail)),
         }
     }
 }
@@ -283,17 +280,17 @@ where
         cx.downcast_mut::<Context>(),
         call.downcast_mut::<ChunkCall>(),
     ) {
-        call.result = run_serialised::<T, S, W, A, R>(cx, input, call.count, &mut call.out);
+        call.result = run_serialised::<T, S, W, A, R>(cx, input, call.count, &mut call.results);
     }
 }
 
-/// Runs a chunk of serialised inputs. The output is `[u32 LE failures][values][failures]`: the
-/// serialised values of the tasks that succeeded, then `(index, Failure)` of those that did not.
+/// Runs a chunk of `count` serialised inputs, handing each result, or each failure with its
+/// input's `Debug`, to `results` as it comes: one `catch_unwind` per run of successes.
 fn run_serialised<T, S, W, A, R>(
     cx: &mut Context,
     input: &[u8],
     count: u32,
-    out: &mut Vec<u8>,
+    results: &mut Results,
 ) -> Result<(), String>
 where
     T: Call<S, W, A, R>,
@@ -304,105 +301,89 @@ where
 {
     let task = T::marker();
     let (id, shared, state) = parts::<S, W>(cx)?;
-    let mut starts = Vec::new();
     let mut rest = input;
-    let mut bad_input = None;
-    let inputs = std::iter::from_fn(|| {
-        if starts.len() as u32 == count || bad_input.is_some() {
-            return None;
-        }
-        starts.push(input.len() - rest.len());
-        match postcard::take_from_bytes::<A>(rest) {
-            Ok((a, tail)) => {
+    let mut done = 0u32;
+    while done < count {
+        // Where the running task's input starts, to report it if the task fails.
+        let mut at = rest;
+        let ran = catch(|| {
+            while done < count {
+                at = rest;
+                let (a, tail) = postcard::take_from_bytes::<A>(rest).map_err(|e| Failure {
+                    fault: Fault::Codec,
+                    message: format!("could not decode the task's input: {e}"),
+                    ..Failure::default()
+                })?;
                 rest = tail;
-                Some(a)
+                let worker = &mut Worker {
+                    id,
+                    shared,
+                    state: &mut *state,
+                };
+                results.push(&task.call(worker, a))?;
+                done += 1;
             }
-            Err(e) => {
-                bad_input = Some(format!("could not decode a task input: {e}"));
-                None
+            Ok(())
+        });
+        let mut failure = match ran {
+            Ok(Ok(())) => break,
+            Ok(Err(failure)) | Err(failure) => failure,
+        };
+        if rest.as_ptr() == at.as_ptr() {
+            // It failed while decoding its input: where the next one starts is not known, so
+            // the rest of the chunk fails with it.
+            while done < count {
+                results.fail(failure.clone());
+                done += 1;
             }
+            break;
         }
-    });
-    out.clear();
-    out.extend_from_slice(&[0; 4]);
-    let mut serialise_error = None;
-    let mut chunk = ChunkOut {
-        values: Vec::new(),
-        failures: Vec::new(),
-    };
-    {
-        // One serializer for the whole chunk, appending each result as it is made.
-        let mut ser = crate::proto::body::serializer(out);
-        run_chunk(
-            inputs,
-            |a| {
-                let r = task.call(
-                    &mut Worker {
-                        id,
-                        shared,
-                        state: &mut *state,
-                    },
-                    a,
-                );
-                if let Err(e) = r.serialize(&mut ser) {
-                    serialise_error = Some(e.to_string());
-                }
-            },
-            &mut chunk,
-        );
-    }
-    if let Some(e) = bad_input {
-        return Err(e);
-    }
-    if let Some(e) = serialise_error {
-        return Err(format!("could not serialise a result: {e}"));
-    }
-    // The input was moved into the task; decode it once more from its bytes to report it.
-    for (at, fail) in &mut chunk.failures {
-        fail.input = starts
-            .get(*at as usize)
-            .and_then(|&s| postcard::take_from_bytes::<A>(&input[s..]).ok())
-            .map(|(a, _)| format!("{a:?}"));
-    }
-    out[..4].copy_from_slice(&(chunk.failures.len() as u32).to_le_bytes());
-    let mut ser = crate::proto::body::serializer(out);
-    for f in &chunk.failures {
-        f.serialize(&mut ser).map_err(|e| e.to_string())?;
+        // The input was moved into the task; decode it once more from its bytes to report it.
+        failure.input = catch(|| postcard::take_from_bytes::<A>(at).ok())
+            .ok()
+            .flatten()
+            .map(|(a, _)| describe(&a));
+        results.fail(failure);
+        done += 1;
     }
     Ok(())
 }
 
-/// Decodes the output of [`chunk_entry`].
-pub(crate) fn decode_chunk<R: Output>(bytes: &[u8], count: usize) -> Result<ChunkOut<R>, String> {
-    let Some((head, rest)) = bytes.split_first_chunk::<4>() else {
-        return Err("truncated chunk result".into());
-    };
-    let failed = u32::from_le_bytes(*head) as usize;
-    let ok = count
-        .checked_sub(failed)
-        .ok_or("more failures than tasks")?;
-    let mut out = ChunkOut {
-        values: Vec::with_capacity(ok),
-        failures: Vec::with_capacity(failed),
-    };
-    let mut de = postcard::Deserializer::from_bytes(rest);
-    for _ in 0..ok {
-        out.values
-            .push(R::deserialize(&mut de).map_err(|e| e.to_string())?);
-    }
-    for _ in 0..failed {
-        out.failures
-            .push(<(u32, Failure)>::deserialize(&mut de).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
-}
-
-/// [`decode_chunk`], boxed as a thread worker hands over its results (see `dispatch::Decode`).
-pub(crate) fn decode_boxed<R: Output>(
+/// Decodes `count` results of a batch into a boxed [`ChunkOut<R>`] (see `dispatch::Decode`):
+/// how many decoded, and why the next did not, if one did not.
+pub(crate) fn decode_values<R: Output>(
     bytes: &[u8],
     count: usize,
-) -> Result<Box<dyn Any + Send>, String> {
-    decode_chunk::<R>(bytes, count).map(|out| Box::new(out) as Box<dyn Any + Send>)
+) -> (Box<dyn Any + Send>, usize, Option<String>) {
+    let mut values = Vec::with_capacity(count);
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let mut error = None;
+    for _ in 0..count {
+        match R::deserialize(&mut de) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let decoded = values.len();
+    let out = ChunkOut {
+        values,
+        failures: Vec::new(),
+    };
+    (Box::new(out), decoded, error)
+}
+
+/// Finds input `index` of a chunk's serialised inputs (see `dispatch::Locate`): its `Debug`, and
+/// where the input after it starts.
+pub(crate) fn locate_input<A: Input>(inputs: &[u8], index: usize) -> Option<(String, usize)> {
+    let mut rest = inputs;
+    for _ in 0..index {
+        rest = postcard::take_from_bytes::<A>(rest).ok()?.1;
+    }
+    let (a, tail) = postcard::take_from_bytes::<A>(rest).ok()?;
+    Some((describe(&a), inputs.len() - tail.len()))
 }
 
 /// The entry point of a worker's set-up, called as a [`SetupCall`].

@@ -93,11 +93,25 @@ each_method! {
         pool.shutdown().await.unwrap();
     }
 
-    processes async fn results_over_max_frame_len_are_refused(m: StartMethod) {
+    async fn a_result_over_max_frame_len_fails_alone(m: StartMethod) {
+        use futures_util::StreamExt;
         let pool = AsyncPool::builder().workers(1).start_method(m).max_frame_len(64 * 1024).build().await.unwrap();
-        assert_eq!(pool.apply(big_result, 1000).await.unwrap().len(), 1000);
-        let e = pool.apply(big_result, 1 << 20).await.unwrap_err();
-        assert!(e.is_protocol(), "{e}");
+        let pids = pool.worker_pids();
+        let sizes = vec![1000, 2000, 1 << 20, 10, 30_000, 30_000, 30_000];
+        let out: Vec<Result<Vec<u8>, Error>> = pool.map_stream(big_result, futures_util::stream::iter(sizes.clone())).collect().await;
+        for (i, r) in out.into_iter().enumerate() {
+            match (i, m.is_process()) {
+                (2, true) => {
+                    let e = r.unwrap_err();
+                    assert!(e.is_codec() && e.task_index() == Some(2), "{e}");
+                    assert!(e.to_string().contains("more than max_frame_len"), "{e}");
+                    assert_eq!(e.input(), Some("1048576"), "{e}");
+                }
+                _ => assert_eq!(r.unwrap().len(), sizes[i], "task {i}"),
+            }
+        }
+        // The worker was not harmed: the same process serves on.
+        assert_eq!(pool.worker_pids(), pids);
         assert_eq!(pool.apply(big_result, 10).await.unwrap().len(), 10);
         pool.shutdown().await.unwrap();
     }

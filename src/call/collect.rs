@@ -51,13 +51,9 @@ impl<T> Reorder<T> {
     }
 }
 
-fn task_error(failure: Failure, worker: Option<usize>, first: usize) -> Error {
-    let index = first + failure.index as usize;
-    let e = Error::new(Kind::Panic {
-        failure,
-        during: Stage::Task,
-    })
-    .with_task(index);
+/// The error of task `index` of a call, from the failure its worker reported.
+fn task_error(failure: Failure, worker: Option<usize>, index: usize) -> Error {
+    let e = Error::failed(failure, Stage::Task).with_task(index);
     match worker {
         Some(w) => e.with_worker(w),
         None => e,
@@ -103,7 +99,7 @@ fn merge<R>(out: ChunkOut<R>, worker: Option<usize>, first: usize) -> Results<R>
     let mut failures = out.failures.into_iter().peekable();
     let results = (0..total as u32)
         .map(|i| match failures.next_if(|(at, _)| *at == i) {
-            Some((_, f)) => Err(task_error(f, worker, first)),
+            Some((_, f)) => Err(task_error(f, worker, first + i as usize)),
             None => values
                 .next()
                 .ok_or_else(|| Error::new(Kind::Protocol("missing result".into()))),

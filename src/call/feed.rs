@@ -70,8 +70,8 @@ where
         Encoded::Job {
             payload: Payload::Remote {
                 entry: crate::task::chunk::<T, S, W, A, R>().offset,
-                count: taken as u32,
                 body: Arc::new(body),
+                skip: 0,
             },
             taken,
         }

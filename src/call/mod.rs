@@ -20,10 +20,10 @@ pub(crate) use collect::{Done, Reorder, Results};
 pub(crate) use feed::{Encode, IterSource, Options, Source, StreamSource, encoder};
 use feed::{Encoded, Feed, Fixed};
 
-use crate::dispatch::{CallLink, Completion, Core, Job, Payload, SMALL_WINDOW};
+use crate::dispatch::{CallLink, Completion, Core, Job, Locate, Payload, SMALL_WINDOW};
 use crate::error::Error;
 use crate::proto::frame::HEADER_ROOM;
-use crate::task::{Output, decode_boxed};
+use crate::task::{Output, decode_values};
 use collect::decode;
 use feed::Chunker;
 
@@ -32,6 +32,8 @@ use feed::Chunker;
 pub(crate) struct Target<A> {
     pub core: Arc<Core>,
     pub encode: Encode<A>,
+    /// How to find one of the call's inputs among a chunk's serialised inputs.
+    pub locate: Locate,
 }
 
 /// The state of one call.
@@ -65,7 +67,7 @@ pub(crate) struct Engine<Src, A, R> {
 
 impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
     pub(crate) fn new(target: Target<A>, src: Src, opts: Options, ordered: bool) -> Self {
-        let (link, rx) = CallLink::new(decode_boxed::<R>);
+        let (link, rx) = CallLink::new(decode_values::<R>, target.locate);
         Engine {
             core: target.core,
             link,

@@ -1,21 +1,24 @@
 //! The driver of one process worker: a *writer* task that feeds it jobs and a *driver* that
-//! reads its results, notices its end and says how it ended. Reading and writing are separate
-//! tasks so a worker blocked on writing a large result never deadlocks against us writing a large
-//! input.
+//! reads its results, notices its end and settles what it was doing. Reading and writing are
+//! separate tasks so a worker blocked on writing a large result never deadlocks against us
+//! writing a large input.
 
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use super::Core;
-use super::job::decode;
+use super::job::{CallLink, Job, Outcome};
 use super::queue::Outgoing;
 use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
-use crate::proto::{Body, Failure, FromWorker, ToWorker};
+use crate::proto::{Batch, Failure, FromWorker, ToWorker};
 use crate::start::{Connected, Process, Rx, Tx};
+use crate::sys::journal::Journal;
 use crate::task::Entry;
 
 /// How one worker's life ended.
@@ -37,13 +40,10 @@ enum Why {
 }
 
 enum Event {
-    /// Job `id`'s serialised results are `rx.body(body)`, until the next read.
-    Done {
-        id: u64,
-        body: std::ops::Range<usize>,
-        busy: Duration,
-    },
+    /// Results of some tasks; inline ones are `rx.body(body)`, until the next read.
+    Done(Batch, Range<usize>),
     Exit(Result<Vec<u8>, Failure>),
+    /// The worker's stream ended (between frames, or inside one: it died while writing).
     Eof,
     Broken(String),
 }
@@ -52,27 +52,26 @@ enum Event {
 async fn event(rx: &mut Rx) -> Event {
     match rx.next::<FromWorker>().await {
         Ok(Some(frame)) => match frame.header {
-            FromWorker::Done { id, busy_ns } => Event::Done {
-                id,
-                body: frame.body,
-                busy: Duration::from_nanos(busy_ns),
-            },
+            FromWorker::Done(batch) => Event::Done(batch, frame.body),
             FromWorker::Exit(None) => Event::Exit(Ok(rx.body(frame.body).to_vec())),
             FromWorker::Exit(Some(fail)) => Event::Exit(Err(fail)),
             FromWorker::Fatal(m) => Event::Broken(m),
             other => Event::Broken(format!("unexpected message {other:?}")),
         },
         Ok(None) => Event::Eof,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Event::Eof,
         Err(e) => Event::Broken(e.to_string()),
     }
 }
 
 impl Tx {
-    async fn send_jobs(&mut self, jobs: Vec<(u64, Outgoing)>) -> std::io::Result<()> {
+    async fn send_jobs(&mut self, jobs: Vec<Outgoing>) -> std::io::Result<()> {
         let Tx { io, buf } = self;
         buf.clear();
-        for (id, job) in jobs {
+        for job in jobs {
             let Outgoing::Remote {
+                id,
+                seq,
                 entry,
                 count,
                 span,
@@ -83,11 +82,14 @@ impl Tx {
             };
             let header = ToWorker::Task {
                 id,
+                seq,
                 entry,
                 count,
                 arena: span,
             };
-            let inline = inline.as_deref().map_or(&[][..], Body::inline);
+            let inline = inline
+                .as_ref()
+                .map_or(&[][..], |(body, skip)| body.inline(*skip));
             if inline.len() > ARENA_MIN {
                 frame::encode_head(buf, &header, inline.len());
                 frame::write_parts(io, buf, inline).await?;
@@ -135,10 +137,19 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
 
 /// Serves one incarnation of a worker until it leaves.
 pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> Ended {
-    core.state().pids[slot] = conn.pid();
+    {
+        let mut st = core.state();
+        st.pids[slot] = conn.pid();
+        st.queue.connected(slot);
+    }
     match conn {
         Connected::Thread { ended } => serve_thread(core, slot, ended).await,
-        Connected::Process { tx, rx, proc } => serve_process(core, slot, tx, rx, proc).await,
+        Connected::Process {
+            tx,
+            rx,
+            journal,
+            proc,
+        } => serve_process(core, slot, tx, rx, journal, proc).await,
     }
 }
 
@@ -152,14 +163,17 @@ async fn serve_thread(
         Ok(true) => Ended::Done,
         Ok(false) => Ended::Stopped,
         Err(_) => {
-            // The thread ended without saying so: something outside a task panicked.
-            core.fail_inflight(
-                slot,
-                Error::new(Kind::WorkerDied {
-                    exit: Exit::Unknown,
-                    during: Stage::Task,
-                }),
-            );
+            // The thread ended without saying so: something outside a task panicked. Its job's
+            // inputs were moved into the thread: they are gone with it.
+            let died = Error::new(Kind::WorkerDied {
+                exit: Exit::Unknown,
+                during: Stage::Task,
+            });
+            let jobs = core.state().queue.unwind(slot);
+            for job in jobs {
+                super::job::fail(job, Some(slot), died.clone());
+            }
+            core.wake(None, false);
             Ended::Died
         }
     }
@@ -170,9 +184,11 @@ async fn serve_process(
     slot: usize,
     tx: Tx,
     mut rx: Rx,
+    journal: Option<Arc<Journal>>,
     mut proc: Box<dyn Process>,
 ) -> Ended {
     let writer = tokio::spawn(write_loop(core.clone(), slot, tx));
+    let journal = journal.as_deref();
     let why = {
         let mut exited = std::pin::pin!(proc.wait());
         'events: loop {
@@ -184,10 +200,9 @@ async fn serve_process(
                 biased;
                 _ = stop => break 'events Why::Stopped,
                 ev = event(&mut rx) => match ev {
-                    Event::Done { id, body, busy } => {
-                        let bytes = rx.body(body);
-                        if let Err(e) = core.complete(slot, id, |job| decode(job, slot, bytes), busy) {
-                            break 'events Why::Broken(e.to_string());
+                    Event::Done(batch, body) => {
+                        if let Err(m) = core.take_batch(slot, journal, batch, rx.body(body)) {
+                            break 'events Why::Broken(m);
                         }
                     }
                     Event::Exit(r) => break 'events Why::Exit(r),
@@ -200,22 +215,26 @@ async fn serve_process(
                     }
                 }
                 _ = &mut exited => {
-                    // Read what the worker wrote before it ended, then treat it as dead.
+                    // Read what the worker wrote before it ended, then treat it as dead. (A
+                    // process it started may hold its end of the stream open: do not wait for
+                    // the end of the stream for long.)
                     loop {
                         match tokio::time::timeout(Duration::from_millis(200), event(&mut rx)).await {
-                            Ok(Event::Done { id, body, busy }) => {
-                                let bytes = rx.body(body);
-                                let _ = core.complete(slot, id, |job| decode(job, slot, bytes), busy);
+                            Ok(Event::Done(batch, body)) => {
+                                if let Err(m) = core.take_batch(slot, journal, batch, rx.body(body)) {
+                                    break 'events Why::Broken(m);
+                                }
                             }
                             Ok(Event::Exit(r)) => break 'events Why::Exit(r),
-                            _ => break 'events Why::Died,
+                            Ok(Event::Broken(m)) => break 'events Why::Broken(m),
+                            Ok(Event::Eof) | Err(_) => break 'events Why::Died,
                         }
                     }
                 }
             }
         }
     };
-    finish(core, slot, writer, proc, why).await
+    finish(core, slot, writer, proc, journal, why).await
 }
 
 async fn finish(
@@ -223,6 +242,7 @@ async fn finish(
     slot: usize,
     writer: JoinHandle<()>,
     mut proc: Box<dyn Process>,
+    journal: Option<&Journal>,
     why: Why,
 ) -> Ended {
     // Stop the writer for good before touching the jobs in flight: a writer still running could
@@ -246,22 +266,20 @@ async fn finish(
         Why::Exit(r) => core.store_exit(slot, r),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
-            // The job it ran belongs to a cancelled call: nobody reads this error.
-            core.fail_inflight(slot, Error::closed());
+            // It ran a job of a cancelled call: nobody reads this error.
+            core.settle(slot, journal, Error::closed(), true);
             Ended::Died
         }
         Why::Broken(m) => {
-            core.fail_inflight(slot, Error::new(Kind::Protocol(m)));
+            core.settle(slot, journal, Error::new(Kind::Protocol(m)), false);
             Ended::Died
         }
         Why::Died => {
-            core.fail_inflight(
-                slot,
-                Error::new(Kind::WorkerDied {
-                    exit,
-                    during: Stage::Task,
-                }),
-            );
+            let died = Error::new(Kind::WorkerDied {
+                exit,
+                during: Stage::Task,
+            });
+            core.settle(slot, journal, died, true);
             Ended::Died
         }
     }
@@ -269,7 +287,7 @@ async fn finish(
 
 /// What a writer does next.
 enum Next {
-    Jobs(Vec<(u64, Outgoing)>),
+    Jobs(Vec<Outgoing>),
     Shutdown,
     Stop,
 }
@@ -299,23 +317,192 @@ impl Core {
         }
     }
 
-    /// Job `id`, the oldest in flight on process worker `slot`, is done: its window has room
-    /// again, then `outcome` makes its result (decoded only now, after the writer was told, with
-    /// the decoder of the job's call).
-    fn complete(
+    /// A batch of results of the job worker `slot` runs: they are delivered, decoded straight
+    /// from the journal (or from `inline`, the frame's body), and the job lands when its last
+    /// task is done. `Err` says how the batch broke the protocol.
+    fn take_batch(
         &self,
         slot: usize,
-        id: u64,
-        outcome: impl FnOnce(&super::Job) -> super::Outcome,
-        busy: Duration,
-    ) -> Result<(), Error> {
-        let job =
-            self.state().queue.land(slot, id).ok_or_else(|| {
-                Error::new(Kind::Protocol(format!("result for unknown job {id}")))
-            })?;
-        // A writer's window has room again (or, when closing, it may now send the shutdown).
-        self.wake[slot].notify_one();
-        super::job::deliver(job, Some(slot), outcome, busy);
+        journal: Option<&Journal>,
+        b: Batch,
+        inline: &[u8],
+    ) -> Result<(), String> {
+        // The results, checked before anything changes: they are in the journal's ring (in one
+        // piece, within a frame's size) or in the frame.
+        let held = match b.at {
+            None => None,
+            Some(span) => Some(
+                journal
+                    .filter(|_| span.len <= self.spec.max_frame as u64)
+                    .and_then(|j| j.batch(span.offset, span.len))
+                    .ok_or_else(|| format!("results at {span:?} are not in its journal"))?,
+            ),
+        };
+        let tasks = b.tasks() as usize;
+        let (call, first, landed) = {
+            let mut st = self.state();
+            let Some(job) = st.queue.running_mut(slot, b.id) else {
+                return Err(format!("results for job {}, which it is not running", b.id));
+            };
+            if b.first as usize != job.delivered || tasks == 0 || job.len - job.delivered < tasks {
+                return Err(format!(
+                    "results for tasks {}..{} of a job of {} tasks, {} of them done",
+                    b.first,
+                    b.first as usize + tasks,
+                    job.len,
+                    job.delivered
+                ));
+            }
+            job.delivered += tasks;
+            let call = job.call.clone();
+            let first = job.first + b.first as usize;
+            let landed = match job.delivered == job.len {
+                true => st.queue.land(slot, b.id),
+                false => None,
+            };
+            (call, first, landed)
+        };
+        if landed.is_some() {
+            // A writer's window has room again (or, when closing, it may now send the shutdown).
+            self.wake[slot].notify_one();
+        }
+        // The inputs go first: a caller that sees the last result finds their arena block free.
+        drop(landed);
+        let values = b.values as usize;
+        let busy = Duration::from_nanos(b.busy_ns);
+        if values > 0 {
+            let bytes = held.as_deref().unwrap_or(inline);
+            deliver_values(&call, first, values, bytes, slot, busy);
+        }
+        drop(held);
+        if let Some(failure) = b.failure {
+            let e = Error::failed(failure, Stage::Task).with_worker(slot);
+            call.deliver(first + values, 1, Some(slot), || Outcome::Failed(e), busy);
+        }
         Ok(())
+    }
+
+    /// After process worker `slot` ended (it died, was killed, or broke the protocol): what its
+    /// journal says had finished is delivered, the task it was running fails with `cause`, and
+    /// the rest of its jobs go back to the front of the queue. A worker that broke the protocol
+    /// is not `trusted`: its journal is not read, and the first task whose result did not arrive
+    /// takes the blame.
+    fn settle(&self, slot: usize, journal: Option<&Journal>, cause: Error, trusted: bool) {
+        let mut jobs = self.state().queue.unwind(slot);
+        let mut again = Vec::new();
+        if let Some(mut job) = jobs.pop_front() {
+            // Whether it had started: it claims each job in its journal first. Without a journal
+            // it may have, and the job is treated as started.
+            let started = journal.is_none_or(|j| j.claimed() == job.on_worker) || !trusted;
+            if started {
+                if let (Some(j), true) = (journal, trusted) {
+                    recover(&mut job, j, slot);
+                }
+                let k = job.delivered;
+                if k < job.len {
+                    // Task `k` was running.
+                    let found = job.inputs().and_then(|inputs| {
+                        catch_unwind(AssertUnwindSafe(|| (job.call.locate)(inputs, k)))
+                            .ok()
+                            .flatten()
+                    });
+                    let mut e = cause.with_worker(slot).with_task(job.first + k);
+                    if let Some((input, _)) = &found {
+                        e = e.with_input(input.clone());
+                    }
+                    job.call.deliver(
+                        job.first + k,
+                        1,
+                        Some(slot),
+                        || Outcome::Failed(e),
+                        Duration::ZERO,
+                    );
+                    job.delivered += 1;
+                    match found.and_then(|(_, next)| job.rest(k + 1, next)) {
+                        Some(rest) => again.push(rest),
+                        None if job.delivered < job.len => {
+                            let lost = Error::codec(
+                                "could not send a task again",
+                                "the inputs of its chunk no longer decode",
+                            );
+                            super::job::fail(job, Some(slot), lost);
+                        }
+                        None => {}
+                    }
+                }
+            } else {
+                again.push(job);
+            }
+        }
+        // The others had not started: the worker runs its jobs in order.
+        again.extend(jobs);
+        again.retain(|j| !j.call.is_cancelled());
+        self.state().queue.requeue(again);
+        self.wake(None, false);
+    }
+}
+
+/// Delivers the results that `job`'s dead worker had finished in the batch its journal names.
+fn recover(job: &mut Job, journal: &Journal, slot: usize) {
+    let Some((id, first, start, done)) = journal.snapshot().batch else {
+        return;
+    };
+    let done = done as usize;
+    if id != job.id
+        || first as usize != job.delivered
+        || done == 0
+        || job.len - job.delivered < done
+    {
+        return;
+    }
+    let bytes = journal.after_death(start);
+    deliver_values(
+        &job.call,
+        job.first + job.delivered,
+        done,
+        bytes,
+        slot,
+        Duration::ZERO,
+    );
+    job.delivered += done;
+}
+
+/// Decodes `count` results of tasks `first..` (indices in the call) from `bytes`, with the
+/// decoder of the call, and delivers them; tasks whose result does not decode fail. A
+/// cancelled call's results are not decoded at all.
+fn deliver_values(
+    call: &CallLink,
+    first: usize,
+    count: usize,
+    bytes: &[u8],
+    slot: usize,
+    busy: Duration,
+) {
+    if call.is_cancelled() {
+        return;
+    }
+    let decode = call.decode;
+    // A user's `Deserialize` runs here, in the pool's task: a panic in it is that task's error.
+    match catch_unwind(AssertUnwindSafe(|| decode(bytes, count))) {
+        Ok((out, decoded, error)) => {
+            if decoded > 0 {
+                call.deliver(first, decoded, Some(slot), || Outcome::Local(out), busy);
+            }
+            if let Some(e) = error {
+                let e = Error::codec("could not deserialise a result", e).with_worker(slot);
+                call.deliver(
+                    first + decoded,
+                    count - decoded,
+                    Some(slot),
+                    || Outcome::Failed(e),
+                    Duration::ZERO,
+                );
+            }
+        }
+        Err(_) => {
+            let e = Error::codec("could not deserialise a result", "its Deserialize panicked")
+                .with_worker(slot);
+            call.deliver(first, count, Some(slot), || Outcome::Failed(e), busy);
+        }
     }
 }

@@ -23,6 +23,13 @@ pub(crate) struct Job {
     pub payload: Payload,
     /// Assigned by the queue.
     pub(super) id: u64,
+    /// How many of its tasks have their outcome delivered: a process worker reports a job in
+    /// batches of consecutive tasks.
+    pub(super) delivered: usize,
+    /// The worker it waits for (`order_tasks`), if only one may run it.
+    pub(super) target: Option<usize>,
+    /// Its number on the worker it was sent to, in the order of sending (wrapping).
+    pub(super) on_worker: u8,
 }
 
 impl Job {
@@ -40,6 +47,45 @@ impl Job {
             len,
             payload,
             id: 0,
+            delivered: 0,
+            target: None,
+            on_worker: 0,
+        }
+    }
+
+    /// The job of tasks `from..` of this one, whose inputs start `skip` bytes further into its
+    /// body: what is left to run of a process job whose worker died.
+    pub(super) fn rest(&self, from: usize, skip: usize) -> Option<Job> {
+        let Payload::Remote {
+            entry,
+            body,
+            skip: at,
+        } = &self.payload
+        else {
+            return None;
+        };
+        (from < self.len).then(|| Job {
+            call: self.call.clone(),
+            seq: self.seq,
+            first: self.first + from,
+            len: self.len - from,
+            payload: Payload::Remote {
+                entry: *entry,
+                body: body.clone(),
+                skip: at + skip,
+            },
+            id: 0,
+            delivered: 0,
+            target: self.target,
+            on_worker: 0,
+        })
+    }
+
+    /// A process job's serialised inputs.
+    pub(super) fn inputs(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Remote { body, skip, .. } => body.bytes().get(*skip..),
+            Payload::Local(_) => None,
         }
     }
 }
@@ -47,36 +93,46 @@ impl Job {
 pub(crate) enum Payload {
     /// For thread workers; taken when sent.
     Local(Option<LocalChunk>),
-    /// For process workers; kept until the result arrives, so the job can be sent again if the
-    /// worker dies before reading it.
+    /// For process workers; kept until the results arrive, so what has not run can be sent
+    /// again if the worker dies. The job's inputs are `body` from byte `skip` on.
     Remote {
         entry: i64,
-        count: u32,
         body: Arc<Body>,
+        skip: usize,
     },
 }
 
-/// Turns a process worker's serialised results for a chunk of `count` tasks into the boxed
-/// `ChunkOut<R>` a thread worker would have handed over.
-pub(crate) type Decode = fn(bytes: &[u8], count: usize) -> Result<Box<dyn Any + Send>, String>;
+/// Decodes `count` results of a process worker's batch into the boxed `ChunkOut<R>` a thread
+/// worker would have handed over: how many decoded, and why the next did not, if one did not.
+pub(crate) type Decode =
+    fn(bytes: &[u8], count: usize) -> (Box<dyn Any + Send>, usize, Option<String>);
+
+/// Finds input `index` of a process job's inputs: its `Debug`, and where the input after it
+/// starts.
+pub(crate) type Locate = fn(inputs: &[u8], index: usize) -> Option<(String, usize)>;
 
 /// What a call shares with the pool: its cancellation flag, where its results go, how to decode
-/// them, and how long its tasks take.
+/// them and find its inputs, and how long its tasks take.
 pub(crate) struct CallLink {
     cancelled: AtomicBool,
     /// Measured nanoseconds per task (moving average); 0 until a chunk has finished.
     ns_per_task: AtomicU64,
-    decode: Decode,
+    pub(super) decode: Decode,
+    pub(super) locate: Locate,
     tx: UnboundedSender<Completion>,
 }
 
 impl CallLink {
-    pub(crate) fn new(decode: Decode) -> (Arc<CallLink>, UnboundedReceiver<Completion>) {
+    pub(crate) fn new(
+        decode: Decode,
+        locate: Locate,
+    ) -> (Arc<CallLink>, UnboundedReceiver<Completion>) {
         let (tx, rx) = unbounded_channel();
         (
             Arc::new(CallLink {
                 cancelled: AtomicBool::new(false),
                 decode,
+                locate,
                 ns_per_task: AtomicU64::new(0),
                 tx,
             }),
@@ -99,7 +155,7 @@ impl CallLink {
     }
 
     fn observe(&self, busy: Duration, len: usize) {
-        if len == 0 {
+        if len == 0 || busy.is_zero() {
             return;
         }
         let sample = (busy.as_nanos() as u64 / len as u64).max(1);
@@ -111,59 +167,60 @@ impl CallLink {
         };
         self.ns_per_task.store(new, Ordering::Relaxed);
     }
+
+    /// Hands the outcome of tasks `first..first + len` (indices in the call) to the call.
+    /// `outcome` makes it, unless the call was cancelled and nobody would read it (a process
+    /// worker's results are then never decoded).
+    pub(super) fn deliver(
+        &self,
+        first: usize,
+        len: usize,
+        worker: Option<usize>,
+        outcome: impl FnOnce() -> Outcome,
+        busy: Duration,
+    ) {
+        self.observe(busy, len);
+        if self.is_cancelled() {
+            return;
+        }
+        let _ = self.tx.send(Completion {
+            first,
+            len,
+            worker,
+            outcome: outcome(),
+            busy,
+        });
+    }
 }
 
-/// A finished job.
+/// Finished tasks of a job.
 pub(crate) struct Completion {
     pub first: usize,
     pub len: usize,
-    /// The worker that ran it, if one did.
+    /// The worker that ran them, if one did.
     pub worker: Option<usize>,
     pub outcome: Outcome,
-    /// Time the worker spent running the chunk.
+    /// Time the worker spent running them.
     pub busy: Duration,
 }
 
 pub(crate) enum Outcome {
     /// A boxed `ChunkOut<R>`: handed over by a thread worker, or decoded by a process worker's
-    /// driver straight from its read buffer.
+    /// driver straight from its journal.
     Local(Box<dyn Any + Send>),
-    /// Every task of the chunk failed with this error.
+    /// Every task failed with this error.
     Failed(Error),
 }
 
-/// Hands `job`'s result to its call. `outcome` makes it, unless the call was cancelled and
-/// nobody would read it (a process worker's results are then never decoded).
-pub(super) fn deliver(
-    mut job: Job,
-    worker: Option<usize>,
-    outcome: impl FnOnce(&Job) -> Outcome,
-    busy: Duration,
-) {
-    // The inputs go first: a caller that sees the result finds their arena block free.
-    job.payload = Payload::Local(None);
-    job.call.observe(busy, job.len);
-    if job.call.is_cancelled() {
-        return;
-    }
-    let outcome = outcome(&job);
-    let _ = job.call.tx.send(Completion {
-        first: job.first,
-        len: job.len,
-        worker,
-        outcome,
-        busy,
-    });
-}
-
-/// Decodes a process worker's results for `job` straight from the read buffer, with the decoder
-/// of its call: a large result is never first copied into a buffer of its own, whose fresh pages
-/// cost more than the copy.
-pub(super) fn decode(job: &Job, slot: usize, bytes: &[u8]) -> Outcome {
-    match (job.call.decode)(bytes, job.len) {
-        Ok(out) => Outcome::Local(out),
-        Err(e) => {
-            Outcome::Failed(Error::codec("could not deserialise a result", e).with_worker(slot))
-        }
-    }
+/// Fails every task of `job` with `e` (each with its own index).
+pub(super) fn fail(job: Job, worker: Option<usize>, e: Error) {
+    let (first, len) = (job.first + job.delivered, job.len - job.delivered);
+    let call = job.call.clone();
+    // The inputs go first: a caller that sees the error finds their arena block free.
+    drop(job);
+    let e = match worker {
+        Some(w) => e.with_worker(w),
+        None => e,
+    };
+    call.deliver(first, len, worker, || Outcome::Failed(e), Duration::ZERO);
 }

@@ -12,7 +12,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -27,10 +26,9 @@ mod queue;
 mod sleep;
 mod slot;
 
-pub(crate) use job::{CallLink, Completion, Job, Outcome, Payload};
+pub(crate) use job::{CallLink, Completion, Job, Locate, Outcome, Payload};
 pub(crate) use queue::SMALL_WINDOW;
 
-use job::deliver;
 use queue::Queue;
 use sleep::Sleep;
 
@@ -202,16 +200,6 @@ impl Core {
             .is_some_and(|j| j.call.is_cancelled())
     }
 
-    /// After a worker ended: fails the job it was running and queues the rest again.
-    fn fail_inflight(&self, slot: usize, head: Error) {
-        let (first, lost) = self.state().queue.unwind(slot);
-        for job in first.into_iter().chain(lost) {
-            let e = head.clone().with_worker(slot).with_task(job.first);
-            deliver(job, Some(slot), |_| Outcome::Failed(e), Duration::ZERO);
-        }
-        self.wake(None, false);
-    }
-
     /// Marks the pool broken (a replacement worker cannot start): every queued job fails.
     fn break_pool(&self, e: Error) {
         let jobs = {
@@ -221,7 +209,7 @@ impl Core {
             st.queue.drain_queued()
         };
         for (_, job) in jobs {
-            deliver(job, None, |_| Outcome::Failed(e.clone()), Duration::ZERO);
+            job::fail(job, None, e.clone());
         }
         self.wake(None, false);
     }
@@ -297,12 +285,7 @@ impl Core {
         }
         let jobs = self.state().queue.drain_all();
         for (slot, job) in jobs {
-            deliver(
-                job,
-                slot,
-                |_| Outcome::Failed(Error::closed()),
-                Duration::ZERO,
-            );
+            job::fail(job, slot, Error::closed());
         }
         self.stop.notify_waiters();
         self.wake(None, false);

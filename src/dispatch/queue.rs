@@ -16,15 +16,19 @@ const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
 
 /// A job on its way to a worker.
 pub(crate) enum Outgoing {
-    Local(LocalChunk),
+    /// A thread worker's job, with its id.
+    Local(u64, LocalChunk),
     Remote {
+        id: u64,
+        /// Its number on the worker.
+        seq: u8,
         entry: i64,
         count: u32,
         /// Where the inputs are in the arena; the writer holds no reference to the block, so it
         /// is freed as soon as its job is.
         span: Option<Span>,
-        /// Inputs that travel in the frame.
-        inline: Option<Arc<Body>>,
+        /// Inputs that travel in the frame: the body, from this byte on.
+        inline: Option<(Arc<Body>, usize)>,
     },
 }
 
@@ -34,6 +38,8 @@ pub(crate) struct Queue {
     global: VecDeque<Job>,
     targeted: Vec<VecDeque<Job>>,
     inflight: Vec<VecDeque<Job>>,
+    /// Per worker: the number of the last job sent to it.
+    sent: Vec<u8>,
     next_id: u64,
     depth: usize,
 }
@@ -44,6 +50,7 @@ impl Queue {
             global: VecDeque::new(),
             targeted: (0..workers).map(|_| VecDeque::new()).collect(),
             inflight: (0..workers).map(|_| VecDeque::new()).collect(),
+            sent: vec![0; workers],
             next_id: 0,
             depth,
         }
@@ -53,10 +60,30 @@ impl Queue {
     pub(crate) fn push(&mut self, mut job: Job, target: Option<usize>) {
         self.next_id += 1;
         job.id = self.next_id;
+        job.target = target;
         match target {
             Some(slot) => self.targeted[slot].push_back(job),
             None => self.global.push_back(job),
         }
+    }
+
+    /// Puts `jobs` back at the front of the queue, in their order, each where it waited before.
+    pub(crate) fn requeue(&mut self, jobs: Vec<Job>) {
+        for mut job in jobs.into_iter().rev() {
+            if job.id == 0 {
+                self.next_id += 1;
+                job.id = self.next_id;
+            }
+            match job.target {
+                Some(slot) => self.targeted[slot].push_front(job),
+                None => self.global.push_front(job),
+            }
+        }
+    }
+
+    /// A new worker in `slot`: its jobs are numbered afresh.
+    pub(crate) fn connected(&mut self, slot: usize) {
+        self.sent[slot] = 0;
     }
 
     /// Drops the queued jobs of `call`.
@@ -67,9 +94,14 @@ impl Queue {
         }
     }
 
-    /// The job worker `slot` runs now: the oldest in flight there.
+    /// The job worker `slot` runs now, or runs next: the oldest in flight there.
     pub(crate) fn running(&self, slot: usize) -> Option<&Job> {
         self.inflight[slot].front()
+    }
+
+    /// The job worker `slot` runs now, if its id is `id`.
+    pub(crate) fn running_mut(&mut self, slot: usize, id: u64) -> Option<&mut Job> {
+        self.inflight[slot].front_mut().filter(|j| j.id == id)
     }
 
     /// Whether nothing is queued for `slot` and nothing is in flight there.
@@ -80,7 +112,7 @@ impl Queue {
     /// Moves the next job for `slot` in flight, if its window has room: a worker holds up to
     /// `depth` chunks, or more while they add up to at most [`SMALL_WINDOW`] tasks (so tiny chunks
     /// travel many to a write, and the worker never waits for the next one).
-    pub(crate) fn take(&mut self, slot: usize) -> Option<(u64, Outgoing)> {
+    pub(crate) fn take(&mut self, slot: usize) -> Option<Outgoing> {
         loop {
             let from_targeted = !self.targeted[slot].is_empty();
             let next = if from_targeted {
@@ -111,17 +143,22 @@ impl Queue {
                 continue;
             }
             let send = match &mut job.payload {
-                Payload::Local(chunk) => Outgoing::Local(chunk.take()?),
-                Payload::Remote { entry, count, body } => Outgoing::Remote {
-                    entry: *entry,
-                    count: *count,
-                    span: body.span(),
-                    inline: body.span().is_none().then(|| body.clone()),
-                },
+                Payload::Local(chunk) => Outgoing::Local(job.id, chunk.take()?),
+                Payload::Remote { entry, body, skip } => {
+                    self.sent[slot] = self.sent[slot].wrapping_add(1);
+                    job.on_worker = self.sent[slot];
+                    Outgoing::Remote {
+                        id: job.id,
+                        seq: job.on_worker,
+                        entry: *entry,
+                        count: job.len as u32,
+                        span: body.span(*skip),
+                        inline: body.span(*skip).is_none().then(|| (body.clone(), *skip)),
+                    }
+                }
             };
-            let id = job.id;
             self.inflight[slot].push_back(job);
-            return Some((id, send));
+            return Some(send);
         }
     }
 
@@ -133,20 +170,9 @@ impl Queue {
         }
     }
 
-    /// After worker `slot` ended: the job it was running, and the others in flight there put
-    /// back at the front of the queue (process jobs, which kept their inputs) or handed back to
-    /// be failed (thread jobs, whose inputs are gone).
-    pub(crate) fn unwind(&mut self, slot: usize) -> (Option<Job>, Vec<Job>) {
-        let mut jobs = std::mem::take(&mut self.inflight[slot]);
-        let first = jobs.pop_front();
-        let mut lost = Vec::new();
-        while let Some(job) = jobs.pop_back() {
-            match job.payload {
-                Payload::Remote { .. } => self.global.push_front(job),
-                Payload::Local(_) => lost.push(job),
-            }
-        }
-        (first, lost)
+    /// Every job in flight on `slot`, oldest first (its worker ended).
+    pub(crate) fn unwind(&mut self, slot: usize) -> VecDeque<Job> {
+        std::mem::take(&mut self.inflight[slot])
     }
 
     /// Every queued job, with the worker it waited for.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::{Outcome, deliver};
+use super::job::Outcome;
 use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind};
@@ -83,8 +83,8 @@ impl LocalQueue for Core {
             if self.is_stopped() {
                 return LocalNext::Stop;
             }
-            if let Some((id, job)) = st.queue.take(slot) {
-                if let Outgoing::Local(chunk) = job {
+            if let Some(job) = st.queue.take(slot) {
+                if let Outgoing::Local(id, chunk) = job {
                     return LocalNext::Job(id, chunk);
                 }
             } else if st.closing && st.queue.drained(slot) {
@@ -112,14 +112,16 @@ impl LocalQueue for Core {
             let next = match self.is_stopped() {
                 true => None,
                 false => match st.queue.take(slot) {
-                    Some((id, Outgoing::Local(chunk))) => Some((id, chunk)),
+                    Some(Outgoing::Local(id, chunk)) => Some((id, chunk)),
                     _ => None,
                 },
             };
             (job, next)
         };
         if let Some(job) = job {
-            deliver(job, Some(slot), |_| outcome, busy);
+            let (call, first, len) = (job.call.clone(), job.first, job.len);
+            drop(job);
+            call.deliver(first, len, Some(slot), || outcome, busy);
         }
         next
     }

@@ -35,28 +35,37 @@ impl Body {
         }
     }
 
-    /// Where the body lies in the arena, if it does.
-    pub(crate) fn span(&self) -> Option<Span> {
+    /// All the body's bytes, wherever they are.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Inline(v) => v,
+            Body::Arena(b) => b.bytes(),
+        }
+    }
+
+    /// Where the body's bytes from `skip` on lie in the arena, if they do.
+    pub(crate) fn span(&self, skip: usize) -> Option<Span> {
         match self {
             Body::Inline(_) => None,
             Body::Arena(b) => Some(Span {
-                offset: b.offset(),
-                len: b.len() as u64,
+                offset: b.offset() + skip as u64,
+                len: b.len().saturating_sub(skip) as u64,
             }),
         }
     }
 
-    /// The bytes that follow the header in the frame (none for an arena body).
-    pub(crate) fn inline(&self) -> &[u8] {
+    /// The body's bytes from `skip` on that follow the header in the frame (none for an arena
+    /// body).
+    pub(crate) fn inline(&self, skip: usize) -> &[u8] {
         match self {
-            Body::Inline(v) => v,
+            Body::Inline(v) => v.get(skip..).unwrap_or_default(),
             Body::Arena(_) => &[],
         }
     }
 }
 
 /// The size of `value`'s encoding, found without writing it.
-fn serialized_size<T: Serialize>(value: &T) -> postcard::Result<usize> {
+pub(crate) fn serialized_size<T: Serialize>(value: &T) -> postcard::Result<usize> {
     let mut ser = postcard::Serializer { output: Count(0) };
     value.serialize(&mut ser)?;
     Ok(ser.output.0)
@@ -229,6 +238,86 @@ impl postcard::ser_flavors::Flavor for VecSink<'_> {
     }
 }
 
+/// A postcard output that writes into a borrowed slice, and says it is full instead of growing:
+/// a worker writes results straight into its journal with it.
+pub(crate) struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    full: bool,
+}
+
+impl<'a> SliceSink<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        SliceSink {
+            buf,
+            len: 0,
+            full: false,
+        }
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a write did not fit.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+}
+
+impl postcard::ser_flavors::Flavor for SliceSink<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.len + data.len();
+        let Some(dst) = self.buf.get_mut(self.len..end) else {
+            self.full = true;
+            return Err(postcard::Error::SerializeBufferFull);
+        };
+        // The same shapes as `VecSink`: fixed-size fields as one store, small ones byte by byte.
+        if let (Ok(d), Ok(s)) = (
+            <&mut [u8; 8]>::try_from(&mut *dst),
+            <&[u8; 8]>::try_from(data),
+        ) {
+            *d = *s;
+        } else if let (Ok(d), Ok(s)) = (
+            <&mut [u8; 4]>::try_from(&mut *dst),
+            <&[u8; 4]>::try_from(data),
+        ) {
+            *d = *s;
+        } else if data.len() <= 16 {
+            for (d, &b) in dst.iter_mut().zip(data) {
+                *d = b;
+            }
+        } else {
+            dst.copy_from_slice(data);
+        }
+        self.len = end;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        match self.buf.get_mut(self.len) {
+            Some(d) => {
+                *d = data;
+                self.len += 1;
+                Ok(())
+            }
+            None => {
+                self.full = true;
+                Err(postcard::Error::SerializeBufferFull)
+            }
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// A serializer appending to `out`.
 pub(crate) fn serializer(out: &mut Vec<u8>) -> postcard::Serializer<VecSink<'_>> {
     postcard::Serializer {
@@ -254,6 +343,24 @@ mod tests {
         );
         let mut ours = vec![0xaa];
         value.serialize(&mut serializer(&mut ours)).unwrap();
-        assert_eq!(ours[1..], postcard::to_allocvec(&value).unwrap());
+        let theirs = postcard::to_allocvec(&value).unwrap();
+        assert_eq!(ours[1..], theirs);
+        // Into a slice: the same bytes when they fit, and "full" (not an error of the value)
+        // when they do not.
+        let mut buf = vec![0u8; theirs.len()];
+        let mut ser = postcard::Serializer {
+            output: SliceSink::new(&mut buf),
+        };
+        value.serialize(&mut ser).unwrap();
+        assert_eq!(ser.output.written(), theirs.len());
+        assert_eq!(buf, theirs);
+        for short in [0, 1, 9, theirs.len() - 1] {
+            let mut buf = vec![0u8; short];
+            let mut ser = postcard::Serializer {
+                output: SliceSink::new(&mut buf),
+            };
+            assert!(value.serialize(&mut ser).is_err());
+            assert!(ser.output.is_full(), "{short} bytes");
+        }
     }
 }

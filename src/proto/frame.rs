@@ -161,7 +161,10 @@ impl Buffer {
             return if self.end == self.start {
                 Ok(false)
             } else {
-                Err(bad("stream ended inside a frame"))
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame",
+                ))
             };
         }
         self.end += n;
@@ -181,6 +184,11 @@ impl<R: Read> Reader<R> {
             io,
             b: Buffer::new(max),
         }
+    }
+
+    /// Sets the largest frame accepted from now on.
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.b.max = max;
     }
 
     /// The next frame, or `None` at end of stream.
@@ -312,6 +320,7 @@ mod tests {
             &mut bytes,
             &ToWorker::Task {
                 id: 1,
+                seq: 1,
                 entry: -5,
                 count: 2,
                 arena: None,
@@ -322,6 +331,7 @@ mod tests {
             &mut bytes,
             &ToWorker::Task {
                 id: 2,
+                seq: 2,
                 entry: 7,
                 count: 0,
                 arena: None,
@@ -332,6 +342,7 @@ mod tests {
             &mut bytes,
             &ToWorker::Task {
                 id: 3,
+                seq: 3,
                 entry: 7,
                 count: 1,
                 arena: None,
@@ -345,6 +356,7 @@ mod tests {
             frames[0].0,
             ToWorker::Task {
                 id: 1,
+                seq: 1,
                 entry: -5,
                 count: 2,
                 arena: None
@@ -363,6 +375,7 @@ mod tests {
             &mut bytes,
             &ToWorker::Task {
                 id: 1,
+                seq: 1,
                 entry: 0,
                 count: 1,
                 arena: None,

@@ -13,18 +13,22 @@ pub(crate) enum ToWorker {
     /// The first message (sent without waiting for `Hello`): who the worker is and how to build
     /// its context. The worker checks `identity` against its own before it resolves any offset.
     /// When `shared` is set, the serialised shared object is in the arena at `arena`, or else
-    /// in the body.
+    /// in the body. `max_frame` bounds every frame after this one, both ways.
     Setup {
         worker_id: u32,
         setup: i64,
         shared: bool,
         arena: Option<Span>,
         identity: Identity,
+        max_frame: u64,
     },
     /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
-    /// `arena`, or else in the body.
+    /// `arena`, or else in the body. `seq` numbers the jobs of one worker in the order they are
+    /// sent (wrapping); the worker claims each in its journal before it starts it, and skips one
+    /// the pool took back.
     Task {
         id: u64,
+        seq: u8,
         entry: i64,
         count: u32,
         arena: Option<Span>,
@@ -47,24 +51,54 @@ pub(crate) enum FromWorker {
     Ready,
     /// Set-up failed; the worker leaves after sending this.
     InitFailed(Failure),
-    /// The results of task `id`; the body holds `count` serialised `Result<R, Failure>`.
-    Done { id: u64, busy_ns: u64 },
+    /// Results of some tasks of a job.
+    Done(Batch),
     /// The exit function's result; on success the body holds the serialised value.
     Exit(Option<Failure>),
     /// A task could not be decoded or named; the worker leaves after sending this.
     Fatal(String),
 }
 
+/// The results of consecutive tasks of one job: `values` results of tasks `first..`, in the
+/// worker's journal at `at` (or in the frame's body), then, if the batch ended because the next
+/// task failed, that failure.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub id: u64,
+    pub first: u32,
+    pub values: u32,
+    pub at: Option<Span>,
+    pub failure: Option<Failure>,
+    /// Time the tasks of the batch took.
+    pub busy_ns: u64,
+}
+
+impl Batch {
+    /// How many tasks the batch accounts for.
+    pub(crate) fn tasks(&self) -> u64 {
+        self.values as u64 + u64::from(self.failure.is_some())
+    }
+}
+
+/// How a task (or `worker_init`/`worker_exit`) failed, as data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Fault {
+    /// It panicked.
+    #[default]
+    Panic,
+    /// Its result could not be serialised, or is larger than a frame.
+    Codec,
+}
+
 /// A panic (or another failure) inside a worker, as data.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Failure {
+    pub fault: Fault,
     pub message: String,
     pub location: Option<String>,
     pub backtrace: Option<String>,
     /// `Debug` of the input, when the worker could still see it.
     pub input: Option<String>,
-    /// Position of the failed task inside its chunk.
-    pub index: u32,
 }
 
 impl fmt::Display for Failure {

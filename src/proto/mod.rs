@@ -16,9 +16,9 @@ pub(crate) mod message;
 
 pub(crate) use body::{Body, Span};
 pub(crate) use frame::{AsyncReader, DEFAULT_MAX_FRAME, Reader, Writer};
-pub(crate) use message::{Failure, FromWorker, ToWorker, describe};
+pub(crate) use message::{Batch, Failure, Fault, FromWorker, ToWorker, describe};
 
 /// Protocol magic, "amp" and the major version.
 pub(crate) const MAGIC: u32 = 0x616d_7001;
 /// Bumped on every incompatible change of the messages.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;

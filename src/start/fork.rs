@@ -43,20 +43,14 @@ impl Start for Fork {
                 let held = crate::worker::capture_lock()
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
-                let ChildEnds {
-                    tasks,
-                    results,
-                    arena,
-                    parents,
-                } = ends;
                 let pid = sys::fork::fork_with(held, move || {
-                    for fd in parents {
+                    for fd in ends.parents {
                         sys::fd::close_inherited(fd);
                     }
                     if !launcher::dies_with(parent) {
                         return 1;
                     }
-                    crate::worker::serve(tasks, results, arena, Some(shared))
+                    crate::worker::serve(ends.into_worker(), Some(shared))
                 })?;
                 let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
                 Ok::<_, std::io::Error>((pid, pidfd))

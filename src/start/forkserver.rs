@@ -5,8 +5,8 @@
 //! The owner and the server talk over an `AF_UNIX` `SOCK_SEQPACKET` socket pair, one message per
 //! datagram:
 //!
-//! - owner → server: `Spawn { token }` with the worker's two pipe ends and its arena descriptor
-//!   attached (`SCM_RIGHTS`);
+//! - owner → server: `Spawn { token }` with the worker's two pipe ends, its arena descriptor and
+//!   its journal attached (`SCM_RIGHTS`);
 //! - server → owner: `Spawned { token, pid }` with a pidfd of the new worker attached, opened
 //!   before the server could reap it (so the pid cannot have been reused); `Failed { token }`;
 //!   `Exited { pid, exit }` when the server reaped a worker (only a parent can collect a status).
@@ -119,12 +119,12 @@ pub(crate) fn serve(ctl: OwnedFd) -> i32 {
             let Ok(Request::Spawn { token }) = postcard::from_bytes::<Request>(&buf[..n]) else {
                 continue;
             };
-            let reply = match <[OwnedFd; 3]>::try_from(fds) {
+            let reply = match <[OwnedFd; 4]>::try_from(fds) {
                 Ok(fds) => spawn_one(&ctl, &sfd, &old, server, fds, token),
                 Err(_) => Err((
                     Reply::Failed {
                         token,
-                        error: "expected three descriptors".into(),
+                        error: "expected four descriptors".into(),
                     },
                     None,
                 )),
@@ -147,7 +147,7 @@ fn spawn_one(
     sfd: &SignalFd,
     old: &SigSet,
     server: u32,
-    [tasks_r, results_w, arena]: [OwnedFd; 3],
+    [tasks, results, arena, journal]: [OwnedFd; 4],
     token: u64,
 ) -> SpawnResult {
     let (ctl_fd, sfd_fd) = (ctl.as_raw_fd(), sfd.as_fd().as_raw_fd());
@@ -159,7 +159,13 @@ fn spawn_one(
         if !launcher::dies_with(server) {
             return 1;
         }
-        crate::worker::serve(tasks_r, results_w, arena, None)
+        let ends = crate::worker::Ends {
+            tasks,
+            results,
+            arena: Some(arena),
+            journal: Some(journal),
+        };
+        crate::worker::serve(ends, None)
     });
     let failed = |e: std::io::Error| {
         (
@@ -364,7 +370,7 @@ impl Client {
         st.live.clear();
     }
 
-    async fn spawn(&self, fds: [OwnedFd; 3]) -> SpawnReply {
+    async fn spawn(&self, ends: ChildEnds) -> SpawnReply {
         let (tx, rx) = oneshot::channel();
         let token = {
             let mut st = self.state();
@@ -377,13 +383,12 @@ impl Client {
             token
         };
         let msg = postcard::to_stdvec(&Request::Spawn { token }).map_err(|e| e.to_string())?;
-        sys::fd::send_with_fds(&self.ctl, &msg, &fds.each_ref().map(|fd| fd.as_raw_fd())).map_err(
-            |e| {
-                self.state().pending.remove(&token);
-                e.to_string()
-            },
-        )?;
-        drop(fds);
+        let fds = ends.fds().map(|fd| fd.as_raw_fd());
+        sys::fd::send_with_fds(&self.ctl, &msg, &fds).map_err(|e| {
+            self.state().pending.remove(&token);
+            e.to_string()
+        })?;
+        drop(ends);
         rx.await.map_err(|_| "the forkserver exited".to_string())?
     }
 
@@ -424,7 +429,7 @@ impl Start for Forkserver {
             let client = client().await?;
             link::local(spec, false, |ends: ChildEnds| async move {
                 let (pid, pidfd) = client
-                    .spawn([ends.tasks, ends.results, ends.arena])
+                    .spawn(ends)
                     .await
                     .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
                 let exit = client.watch(pid);

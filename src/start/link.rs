@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
@@ -12,6 +13,7 @@ use tokio::net::unix::pipe;
 use super::{Link, Process, Spec};
 use crate::error::Error;
 use crate::proto::AsyncReader;
+use crate::sys::journal::Journal;
 
 /// The stream the pool writes tasks to.
 pub(crate) type Writes = Box<dyn AsyncWrite + Send + Unpin>;
@@ -28,14 +30,43 @@ pub(crate) struct Tx {
 pub(crate) type Rx = AsyncReader<Reads>;
 
 /// What a new local worker process gets: the read end of its task pipe, the write end of its
-/// result pipe and its descriptor of the pool's arena; and the pool's own two ends, which a
-/// forked child must close.
+/// result pipe, its descriptor of the pool's arena and of its journal; and the pool's own two
+/// ends, which a forked child must close.
 pub(crate) struct ChildEnds {
     pub tasks: OwnedFd,
     pub results: OwnedFd,
     pub arena: OwnedFd,
+    pub journal: OwnedFd,
     pub parents: [RawFd; 2],
 }
+
+impl ChildEnds {
+    /// The descriptors, in the order a worker takes them (`worker::Ends`, and descriptors 3 to 6
+    /// of a re-executed worker).
+    pub(crate) fn fds(&self) -> [BorrowedFd<'_>; 4] {
+        [
+            self.tasks.as_fd(),
+            self.results.as_fd(),
+            self.arena.as_fd(),
+            self.journal.as_fd(),
+        ]
+    }
+
+    /// What the worker loop takes, once the child runs.
+    pub(crate) fn into_worker(self) -> crate::worker::Ends {
+        crate::worker::Ends {
+            tasks: self.tasks,
+            results: self.results,
+            arena: Some(self.arena),
+            journal: Some(self.journal),
+        }
+    }
+}
+
+/// The size of a worker's journal ring: the results of a batch must fit in it, larger ones go
+/// through the pipe. Reserved, not allocated: a worker touches about a megabyte of it plus its
+/// largest batch.
+const JOURNAL: usize = 64 << 20;
 
 /// Starts a worker on this machine, the part every process start method shares: makes its pipes,
 /// has `start` create the process with the child's ends, then registers the pool's ends with the
@@ -58,16 +89,18 @@ where
             Some(a) => a.fd().try_clone_to_owned()?,
             None => return Err(io::Error::other("a process pool has no arena")),
         };
+        let journal = Journal::new(JOURNAL)?;
         let parents = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
         let child = ChildEnds {
             tasks: tasks_r,
             results: results_w,
             arena,
+            journal: journal.fd().try_clone_to_owned()?,
             parents,
         };
-        Ok((tasks_w, results_r, child))
+        Ok((tasks_w, results_r, child, journal))
     };
-    let (tasks, results, child) = pipes().map_err(Error::start)?;
+    let (tasks, results, child, journal) = pipes().map_err(Error::start)?;
     let proc = start(child).await?;
     let register = || -> io::Result<(Writes, Reads)> {
         Ok((
@@ -79,6 +112,7 @@ where
     Ok(Link::Process {
         writes,
         reads,
+        journal: Some(Arc::new(journal)),
         proc,
         inherits,
     })

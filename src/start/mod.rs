@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::{Error, Exit, Kind};
 use crate::proto::handshake::{self, Refusal};
 use crate::proto::{AsyncReader, Body, ToWorker};
+use crate::sys::journal::Journal;
 use crate::sys::shm::Arena;
 use crate::task::Entry;
 use crate::worker::{LocalQueue, ThreadEnd};
@@ -112,6 +113,8 @@ pub(crate) enum Link {
     Process {
         writes: Writes,
         reads: Reads,
+        /// The worker's journal, when it shares memory with the pool.
+        journal: Option<Arc<Journal>>,
         proc: Box<dyn Process>,
         /// Whether the worker inherits the pool's memory (so the shared object is not sent).
         inherits: bool,
@@ -153,10 +156,11 @@ pub(crate) enum Connected {
     Thread {
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     },
-    /// A process worker and its two pipes.
+    /// A process worker, its link and its journal.
     Process {
         tx: Tx,
         rx: Rx,
+        journal: Option<Arc<Journal>>,
         proc: Box<dyn Process>,
     },
 }
@@ -189,6 +193,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
         Link::Process {
             writes,
             reads,
+            journal,
             mut proc,
             inherits,
         } => {
@@ -203,14 +208,15 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 arena: if inherits {
                     None
                 } else {
-                    spec.shared_body.span()
+                    spec.shared_body.span(0)
                 },
                 identity: crate::sys::image::identity(),
+                max_frame: spec.max_frame as u64,
             };
             let body: &[u8] = if inherits {
                 &[]
             } else {
-                spec.shared_body.inline()
+                spec.shared_body.inline(0)
             };
             let handshake = async {
                 handshake::offer(&mut rx, &mut tx, &setup, body)
@@ -243,6 +249,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                         buf: Vec::new(),
                     },
                     rx,
+                    journal,
                     proc,
                 }),
                 Err(e) => {

@@ -6,8 +6,6 @@
 //! starts workers as fast as a small one. The child then dies with the launcher thread like every
 //! worker (see `launcher::dies_with`), and is watched and reaped through a pidfd like a `Fork` child.
 
-use std::os::fd::AsFd;
-
 use super::child::Child;
 use super::link::{self, ChildEnds};
 use super::{BoxFuture, Link, Pool, Spec, Start, launcher};
@@ -25,8 +23,7 @@ impl Start for Spawn {
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(link::local(spec, false, |ends: ChildEnds| async move {
             let (pid, pidfd) = launcher::run(move || {
-                let fds = [ends.tasks.as_fd(), ends.results.as_fd(), ends.arena.as_fd()];
-                let pid = launcher::spawn_self(launcher::ROLE_WORKER, &fds)?;
+                let pid = launcher::spawn_self(launcher::ROLE_WORKER, &ends.fds())?;
                 // The child has its copies now; ours close when this returns, so that EOF can
                 // reach each side.
                 let pidfd = sys::fd::pidfd_open(pid)?;

@@ -66,7 +66,7 @@ pub(crate) fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> io:
 /// Receives one datagram and the descriptors attached to it (close-on-exec). An empty result
 /// with no descriptors means the peer closed the socket.
 pub(crate) fn recv_with_fds(sock: &impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; 8]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
         match recvmsg::<()>(
@@ -93,7 +93,7 @@ pub(crate) fn recv_with_fds(sock: &impl AsFd, buf: &mut [u8]) -> io::Result<(usi
     Ok((msg.bytes, fds))
 }
 
-/// Takes ownership of a descriptor number handed over by the parent (3, 4 and 5 in a spawned worker).
+/// Takes ownership of a descriptor number handed over by the parent (3 to 6 in a spawned worker).
 pub(crate) fn adopt(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: F_GETFD only inspects the descriptor table.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {

@@ -11,6 +11,7 @@
 //! - [`local`]: globals that belong to one process, never to a child forked from it;
 //! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, inherited descriptors;
 //! - [`shm`]: the shared-memory arena that carries large bodies to process workers;
+//! - [`journal`]: each process worker's journal of results and progress, which survives it;
 //! - [`spawn`]: re-executing this binary with `posix_spawn`, without copying the owner's page
 //!   tables.
 
@@ -18,6 +19,7 @@ pub(crate) mod ctor;
 pub(crate) mod fd;
 pub(crate) mod fork;
 pub(crate) mod image;
+pub(crate) mod journal;
 pub(crate) mod local;
 pub(crate) mod shm;
 pub(crate) mod spawn;

@@ -44,15 +44,7 @@ impl Arena {
             .checked_next_multiple_of(ALIGN)
             .filter(|&c| libc::off_t::try_from(c).is_ok())
             .ok_or_else(|| io::Error::other(format!("{cap} bytes is more than a file can hold")))?;
-        // SAFETY: the name is a NUL-terminated literal; a non-negative result is a new
-        // descriptor that nothing else owns.
-        let raw = unsafe { libc::memfd_create(c"ampire-arena".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` was just returned by the kernel and is owned by no one else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        nix::unistd::ftruncate(&fd, cap as libc::off_t)?;
+        let fd = memfd(c"ampire-arena", cap)?;
         let base = map(fd.as_fd(), cap, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(Arena {
             fd,
@@ -136,6 +128,14 @@ impl Block {
         unsafe { std::slice::from_raw_parts_mut(self.arena.base.as_ptr().add(self.off), self.len) }
     }
 
+    /// The block's bytes, to read (the pool reads a block of inputs again to report a task's
+    /// input, or to send part of it once more).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: as for `bytes_mut`, the range is inside the mapping and owned by this block;
+        // shared access through `&self` excludes the mutable one. Workers only read it.
+        unsafe { std::slice::from_raw_parts(self.arena.base.as_ptr().add(self.off), self.len) }
+    }
+
     pub(crate) fn offset(&self) -> u64 {
         self.off as u64
     }
@@ -194,7 +194,21 @@ impl Drop for View {
     }
 }
 
-fn map(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
+/// A new `memfd` of `len` bytes (close-on-exec), reserved and zero, no page of it allocated yet.
+pub(super) fn memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated string; a non-negative result is a new descriptor that
+    // nothing else owns.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by the kernel and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    Ok(fd)
+}
+
+pub(super) fn map(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Ok(NonNull::dangling());
     }
@@ -216,7 +230,7 @@ fn map(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int) -> io::Result<NonNull<
     NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
-fn unmap(base: NonNull<u8>, len: usize) {
+pub(super) fn unmap(base: NonNull<u8>, len: usize) {
     if len > 0 {
         // SAFETY: `base..base+len` is a mapping made by `map` and owned by the caller, which is
         // being dropped: no reference into it outlives this call.

@@ -10,18 +10,20 @@ use std::any::Any;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::proto::Failure;
-use crate::proto::{self, FromWorker, Reader, ToWorker, Writer, handshake};
+use crate::proto::frame::HEADER_ROOM;
+use crate::proto::{self, Failure, FromWorker, Reader, Span, ToWorker, Writer, handshake};
 use crate::sys::image::{self, EntryFn};
+use crate::sys::journal;
 use crate::sys::local::ProcessLocal;
 use crate::sys::shm::View;
 
 mod catch;
+mod results;
 mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
+pub(crate) use results::Results;
 pub(crate) use thread::{LocalChunk, LocalNext, LocalQueue, ThreadEnd, ThreadWorker};
 
 /// What a worker holds across its tasks.
@@ -38,22 +40,32 @@ pub(crate) fn prepare_fork() {
     let _ = image::identity();
 }
 
+/// What a process worker is given: its two streams (tasks in, results out), and the shared
+/// memory of a worker on the pool's machine (the pool's arena of large inputs, its own journal).
+pub(crate) struct Ends {
+    pub tasks: OwnedFd,
+    pub results: OwnedFd,
+    pub arena: Option<OwnedFd>,
+    pub journal: Option<OwnedFd>,
+}
+
 /// The loop of a worker process. Returns the exit code; the caller leaves through `_exit`.
 ///
 /// `inherited` is the pool's shared object when the worker was forked from the pool itself.
-pub(crate) fn serve(
-    tasks: OwnedFd,
-    results: OwnedFd,
-    arena: OwnedFd,
-    inherited: Option<Arc<dyn Any + Send + Sync>>,
-) -> i32 {
+pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -> i32 {
     install_panic_hook();
-    let Ok(arena) = View::open(arena) else {
-        return 2;
+    let arena = match ends.arena.map(View::open).transpose() {
+        Ok(arena) => arena,
+        Err(_) => return 2,
     };
-    let _ = RESULT_PIPE.get_or_try_init(|| results.try_clone().map(File::from));
-    let mut rd = Reader::new(File::from(tasks), proto::DEFAULT_MAX_FRAME);
-    let mut wr = Writer::new(File::from(results));
+    let ring = match ends.journal.map(journal::Writer::open).transpose() {
+        Ok(ring) => ring,
+        Err(_) => return 2,
+    };
+    let in_arena = |span: Span| arena.as_ref().and_then(|a| a.get(span.offset, span.len));
+    let _ = RESULT_PIPE.get_or_try_init(|| ends.results.try_clone().map(File::from));
+    let mut rd = Reader::new(File::from(ends.tasks), proto::DEFAULT_MAX_FRAME);
+    let mut wr = Writer::new(File::from(ends.results));
     if handshake::greet(&mut wr).is_err() {
         return 2;
     }
@@ -72,52 +84,60 @@ pub(crate) fn serve(
         Err(None) => return 0,
         Err(Some(msg)) => return fatal(&mut wr, msg),
     };
-    if let ToWorker::Setup {
+    let ToWorker::Setup {
         worker_id,
         setup,
         shared,
         arena: span,
         identity: _,
+        max_frame,
     } = frame.header
-    {
-        cx.id = worker_id as usize;
-        let Some(entry) = image::entry(setup) else {
-            return fatal(&mut wr, "set-up entry is outside this binary".into());
-        };
-        let bytes = match (shared, span) {
-            (false, _) => &[][..],
-            (true, None) => rd.body(frame.body.clone()),
-            (true, Some(span)) => match arena.get(span.offset, span.len) {
-                Some(b) => b,
-                None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
-            },
-        };
-        let mut call = SetupCall::new(shared);
-        entry(&mut cx, bytes, &mut call);
-        let reply = match call.result {
-            Ok(()) => FromWorker::Ready,
-            Err(f) => FromWorker::InitFailed(f),
-        };
-        let failed = matches!(reply, FromWorker::InitFailed(_));
-        if wr.send(&reply, &[]).and_then(|()| wr.flush()).is_err() || failed {
-            return 0;
-        }
+    else {
+        return fatal(&mut wr, "expected set-up".into());
+    };
+    cx.id = worker_id as usize;
+    let max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
+    let Some(entry) = image::entry(setup) else {
+        return fatal(&mut wr, "set-up entry is outside this binary".into());
+    };
+    let bytes = match (shared, span) {
+        (false, _) => &[][..],
+        (true, None) => rd.body(frame.body.clone()),
+        (true, Some(span)) => match in_arena(span) {
+            Some(b) => b,
+            None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
+        },
+    };
+    let mut call = SetupCall::new(shared);
+    entry(&mut cx, bytes, &mut call);
+    let (reply, failed) = match call.result {
+        Ok(()) => (FromWorker::Ready, false),
+        Err(f) => (FromWorker::InitFailed(f), true),
+    };
+    if wr.send(&reply, &[]).and_then(|()| wr.flush()).is_err() || failed {
+        return 0;
     }
-    let mut call = ChunkCall::new();
+    rd.set_max(max_frame);
+    let budget = max_frame.saturating_sub(HEADER_ROOM);
+    let mut call = ChunkCall::new(Results::new(wr, ring, budget));
     let mut last: Option<(i64, EntryFn)> = None;
     loop {
         let frame = match rd.next::<ToWorker>() {
             Ok(Some(frame)) => frame,
             Ok(None) => return 0,
-            Err(e) => return fatal(&mut wr, e.to_string()),
+            Err(e) => return fatal(call.results.writer(), e.to_string()),
         };
         match frame.header {
             ToWorker::Task {
                 id,
+                seq,
                 entry,
                 count,
                 arena: span,
             } => {
+                if !call.results.claim(seq) {
+                    continue; // the pool took this job back
+                }
                 let run = match last {
                     Some((off, f)) if off == entry => f,
                     _ => match image::entry(entry) {
@@ -125,40 +145,39 @@ pub(crate) fn serve(
                             last = Some((entry, f));
                             f
                         }
-                        None => return fatal(&mut wr, "task entry is outside this binary".into()),
+                        None => {
+                            let msg = "task entry is outside this binary".into();
+                            return fatal(call.results.writer(), msg);
+                        }
                     },
                 };
-                call.prepare(count);
-                let t0 = Instant::now();
                 let body = match span {
                     None => rd.body(frame.body),
-                    Some(span) => match arena.get(span.offset, span.len) {
+                    Some(span) => match in_arena(span) {
                         Some(b) => b,
-                        None => return fatal(&mut wr, format!("{span:?} is outside the arena")),
+                        None => {
+                            let msg = format!("{span:?} is outside the arena");
+                            return fatal(call.results.writer(), msg);
+                        }
                     },
                 };
+                call.prepare(id, count);
                 run(&mut cx, body, &mut call);
                 if let Err(msg) = &call.result {
-                    return fatal(&mut wr, msg.clone());
+                    let msg = msg.clone();
+                    return fatal(call.results.writer(), msg);
                 }
-                let busy_ns = t0.elapsed().as_nanos() as u64;
-                if wr
-                    .send(&FromWorker::Done { id, busy_ns }, &call.out)
-                    .is_err()
-                {
-                    return 2;
-                }
-                // Results leave before the next task starts: if that task kills the process,
-                // everything finished before it has already reached the pool.
-                if wr.flush().is_err() {
+                call.results.finish_job();
+                if call.results.is_broken() {
                     return 2;
                 }
             }
             ToWorker::Shutdown { exit } => {
+                let wr = call.results.writer();
                 let (reply, body) = match exit.map(image::entry) {
                     None => (FromWorker::Exit(None), Vec::new()),
                     Some(None) => {
-                        return fatal(&mut wr, "exit entry is outside this binary".into());
+                        return fatal(wr, "exit entry is outside this binary".into());
                     }
                     Some(Some(f)) => match run_exit(f, &mut cx) {
                         Ok(bytes) => (FromWorker::Exit(None), bytes),
@@ -173,7 +192,9 @@ pub(crate) fn serve(
                 std::mem::forget(cx);
                 return 0;
             }
-            ToWorker::Setup { .. } => return fatal(&mut wr, "set-up sent twice".into()),
+            ToWorker::Setup { .. } => {
+                return fatal(call.results.writer(), "set-up sent twice".into());
+            }
         }
     }
 }
@@ -197,28 +218,28 @@ impl SetupCall {
     }
 }
 
-/// What a chunk entry point is called with and answers: it runs `count` tasks whose inputs are
-/// its bytes, and writes their results to `out` (`proto::body` has the layout). An `Err` means
-/// the chunk could not run at all.
+/// What a chunk entry point is called with and answers: it runs `count` tasks of job `id`, whose
+/// inputs are its bytes, and hands each result (or failure) to `results`. An `Err` means the
+/// chunk could not run at all.
 pub(crate) struct ChunkCall {
     pub count: u32,
-    pub out: Vec<u8>,
+    pub results: Results,
     pub result: Result<(), String>,
 }
 
 impl ChunkCall {
-    pub(crate) fn new() -> ChunkCall {
+    fn new(results: Results) -> ChunkCall {
         ChunkCall {
             count: 0,
-            out: Vec::new(),
+            results,
             result: Ok(()),
         }
     }
 
-    /// Readies the call for a chunk of `count` tasks, reusing its output buffer.
-    fn prepare(&mut self, count: u32) {
+    /// Readies the call for a chunk of `count` tasks of job `id`.
+    fn prepare(&mut self, id: u64, count: u32) {
         self.count = count;
-        self.out.clear();
+        self.results.start_job(id);
         self.result = Err("the task entry point is of another kind".into());
     }
 }

@@ -1,0 +1,211 @@
+//! Where a process worker's results go: straight into its journal as each task finishes, so that
+//! they survive the worker; the pool hears of them in `Done` frames, one per batch.
+//!
+//! A batch is the results of consecutive tasks of one job. It ends with its job, when the next
+//! result would not fit (in the ring, or in a frame: `max_frame_len` bounds a batch too), or when
+//! a task fails: a failure ends its batch, and the `Done` frame carries it. Every `Done` is
+//! flushed at once: what the pool has not heard of it learns from the journal's header.
+//!
+//! Without a journal (a link that is not shared memory), or for a result larger than the ring,
+//! results travel in the frame's body, one task each, flushed at once.
+
+use std::fs::File;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::proto::body::{SliceSink, serialized_size, serializer};
+use crate::proto::{Batch, Failure, Fault, FromWorker, Span, Writer};
+use crate::sys::journal;
+
+/// Where the results of a worker's tasks go.
+pub(crate) struct Results {
+    wr: Writer<File>,
+    ring: Option<journal::Writer>,
+    /// The most a batch's results may take (what a frame holds besides its header).
+    budget: usize,
+    /// The job whose tasks run.
+    job: u64,
+    /// Index in the job of the open batch's first task.
+    first: u32,
+    /// Results in the open batch.
+    values: u32,
+    /// Ring position of the open batch's results.
+    start: u64,
+    t0: Instant,
+    inline: Vec<u8>,
+    /// The link to the pool broke: nothing more can be sent.
+    broken: bool,
+}
+
+impl Results {
+    pub(crate) fn new(wr: Writer<File>, ring: Option<journal::Writer>, budget: usize) -> Results {
+        Results {
+            wr,
+            ring,
+            budget,
+            job: 0,
+            first: 0,
+            values: 0,
+            start: 0,
+            t0: Instant::now(),
+            inline: Vec::new(),
+            broken: false,
+        }
+    }
+
+    /// The frame writer, for messages other than results.
+    pub(crate) fn writer(&mut self) -> &mut Writer<File> {
+        &mut self.wr
+    }
+
+    /// Whether the link to the pool broke.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Claims job `seq` in the journal before it starts: `false` if the pool took it back. A
+    /// worker without a journal runs every job it is sent.
+    pub(crate) fn claim(&mut self, seq: u8) -> bool {
+        self.ring.as_ref().is_none_or(|ring| ring.claim(seq))
+    }
+
+    /// Tasks of job `id` run next, from its first.
+    pub(crate) fn start_job(&mut self, id: u64) {
+        self.job = id;
+        self.first = 0;
+        self.begin();
+    }
+
+    fn begin(&mut self) {
+        self.values = 0;
+        self.t0 = Instant::now();
+        if let Some(ring) = &mut self.ring {
+            self.start = ring.begin(self.job, self.first);
+        }
+    }
+
+    /// The next task's result. `Err` when it cannot be sent: it fails to serialise, or takes
+    /// more than a frame; the task then fails with that, through [`Results::fail`].
+    #[inline]
+    pub(crate) fn push<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
+        if let Some(ring) = &mut self.ring {
+            let used = (ring.head() - self.start) as usize;
+            let mut ser = postcard::Serializer {
+                output: SliceSink::new(ring.space(self.budget - used)),
+            };
+            match r.serialize(&mut ser) {
+                Ok(()) => {
+                    let n = ser.output.written();
+                    ring.advance(n);
+                    self.values += 1;
+                    ring.commit(self.values);
+                    return Ok(());
+                }
+                Err(e) if !ser.output.is_full() => return Err(codec(e)),
+                Err(_) => {}
+            }
+        }
+        self.push_slow(r)
+    }
+
+    /// A result that does not fit at the head of the ring in the open batch.
+    #[cold]
+    fn push_slow<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
+        let need = serialized_size(r).map_err(codec)?;
+        if need > self.budget {
+            return Err(Failure {
+                fault: Fault::Codec,
+                message: format!(
+                    "a result of {need} bytes is more than max_frame_len allows ({} for results)",
+                    self.budget
+                ),
+                ..Failure::default()
+            });
+        }
+        if self.values > 0 {
+            self.end_batch(None);
+        }
+        if let Some(ring) = &mut self.ring {
+            if ring.make_room(need) {
+                self.start = ring.begin(self.job, self.first);
+                let mut ser = postcard::Serializer {
+                    output: SliceSink::new(ring.space(need)),
+                };
+                r.serialize(&mut ser).map_err(codec)?;
+                let n = ser.output.written();
+                ring.advance(n);
+                self.values = 1;
+                ring.commit(1);
+                return Ok(());
+            }
+        }
+        // Through the frame: for a result larger than the ring, or a link without one.
+        self.inline.clear();
+        r.serialize(&mut serializer(&mut self.inline))
+            .map_err(codec)?;
+        let batch = Batch {
+            id: self.job,
+            first: self.first,
+            values: 1,
+            at: None,
+            failure: None,
+            busy_ns: self.t0.elapsed().as_nanos() as u64,
+        };
+        let sent = self.wr.send(&FromWorker::Done(batch), &self.inline);
+        self.sent(sent);
+        self.first += 1;
+        self.begin();
+        Ok(())
+    }
+
+    /// The next task failed: its batch ends with the failure.
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        self.end_batch(Some(failure));
+    }
+
+    /// The job's last task is done: the open batch ends.
+    pub(crate) fn finish_job(&mut self) {
+        if self.values > 0 {
+            self.end_batch(None);
+        }
+    }
+
+    /// Sends the open batch (and the failure that ends it) and opens the next.
+    fn end_batch(&mut self, failure: Option<Failure>) {
+        let at = match &self.ring {
+            Some(ring) if self.values > 0 => Some(Span {
+                offset: self.start,
+                len: ring.head() - self.start,
+            }),
+            _ => None,
+        };
+        let batch = Batch {
+            id: self.job,
+            first: self.first,
+            values: self.values,
+            at,
+            failure,
+            busy_ns: self.t0.elapsed().as_nanos() as u64,
+        };
+        self.first += batch.tasks() as u32;
+        let sent = self.wr.send(&FromWorker::Done(batch), &[]);
+        self.sent(sent);
+        self.begin();
+    }
+
+    /// Flushes after a send: the pool hears of a batch at once.
+    fn sent(&mut self, sent: std::io::Result<()>) {
+        if sent.and_then(|()| self.wr.flush()).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+fn codec(e: postcard::Error) -> Failure {
+    Failure {
+        fault: Fault::Codec,
+        message: format!("could not serialise the result: {e}"),
+        ..Failure::default()
+    }
+}
