@@ -40,8 +40,9 @@ enum Why {
 }
 
 enum Event {
-    /// Results of some tasks; inline ones are `rx.body(body)`, until the next read.
-    Done(Batch, Range<usize>),
+    /// Results of some tasks, and the failure of the task after them if that ended the batch;
+    /// results in the frame are `rx.body(body)`, until the next read.
+    Done(Batch, Option<Box<Failure>>, Range<usize>),
     Exit(Result<Vec<u8>, Failure>),
     /// The worker's stream ended (between frames, or inside one: it died while writing).
     Eof,
@@ -52,9 +53,10 @@ enum Event {
 async fn event(rx: &mut Rx) -> Event {
     match rx.next::<FromWorker>().await {
         Ok(Some(frame)) => match frame.header {
-            FromWorker::Done(batch) => Event::Done(batch, frame.body),
+            FromWorker::Done(batch) => Event::Done(batch, None, frame.body),
+            FromWorker::Failed(batch, failure) => Event::Done(batch, Some(failure), frame.body),
             FromWorker::Exit(None) => Event::Exit(Ok(rx.body(frame.body).to_vec())),
-            FromWorker::Exit(Some(fail)) => Event::Exit(Err(fail)),
+            FromWorker::Exit(Some(fail)) => Event::Exit(Err(*fail)),
             FromWorker::Fatal(m) => Event::Broken(m),
             other => Event::Broken(format!("unexpected message {other:?}")),
         },
@@ -200,8 +202,8 @@ async fn serve_process(
                 biased;
                 _ = stop => break 'events Why::Stopped,
                 ev = event(&mut rx) => match ev {
-                    Event::Done(batch, body) => {
-                        if let Err(m) = core.take_batch(slot, journal, batch, rx.body(body)) {
+                    Event::Done(batch, failure, body) => {
+                        if let Err(m) = core.take_batch(slot, journal, batch, failure, rx.body(body)) {
                             break 'events Why::Broken(m);
                         }
                     }
@@ -220,8 +222,8 @@ async fn serve_process(
                     // the end of the stream for long.)
                     loop {
                         match tokio::time::timeout(Duration::from_millis(200), event(&mut rx)).await {
-                            Ok(Event::Done(batch, body)) => {
-                                if let Err(m) = core.take_batch(slot, journal, batch, rx.body(body)) {
+                            Ok(Event::Done(batch, failure, body)) => {
+                                if let Err(m) = core.take_batch(slot, journal, batch, failure, rx.body(body)) {
                                     break 'events Why::Broken(m);
                                 }
                             }
@@ -325,21 +327,22 @@ impl Core {
         slot: usize,
         journal: Option<&Journal>,
         b: Batch,
+        failure: Option<Box<Failure>>,
         inline: &[u8],
     ) -> Result<(), String> {
         // The results, checked before anything changes: they are in the journal's ring (in one
         // piece, within a frame's size) or in the frame.
         let held = match b.at {
-            None => None,
-            Some(span) => Some(
+            span if span.len == 0 => None,
+            span => Some(
                 journal
                     .filter(|_| span.len <= self.spec.max_frame as u64)
                     .and_then(|j| j.batch(span.offset, span.len))
                     .ok_or_else(|| format!("results at {span:?} are not in its journal"))?,
             ),
         };
-        let tasks = b.tasks() as usize;
-        let (call, first, landed) = {
+        let tasks = b.values as usize + usize::from(failure.is_some());
+        let (first, landed) = {
             let mut st = self.state();
             let Some(job) = st.queue.running_mut(slot, b.id) else {
                 return Err(format!("results for job {}, which it is not running", b.id));
@@ -354,20 +357,23 @@ impl Core {
                 ));
             }
             job.delivered += tasks;
-            let call = job.call.clone();
             let first = job.first + b.first as usize;
-            let landed = match job.delivered == job.len {
-                true => st.queue.land(slot, b.id),
-                false => None,
-            };
-            (call, first, landed)
+            match job.delivered == job.len {
+                true => (first, st.queue.land(slot, b.id).map(Ok)),
+                false => (first, Some(Err(job.call.clone()))),
+            }
         };
-        if landed.is_some() {
-            // A writer's window has room again (or, when closing, it may now send the shutdown).
-            self.wake[slot].notify_one();
-        }
-        // The inputs go first: a caller that sees the last result finds their arena block free.
-        drop(landed);
+        let call = match landed {
+            Some(Ok(job)) => {
+                // A writer's window has room again (or, when closing, it may now send the
+                // shutdown). The inputs go first: a caller that sees the last result finds
+                // their arena block free.
+                self.wake[slot].notify_one();
+                job.into_call()
+            }
+            Some(Err(call)) => call,
+            None => return Err("the job is gone".into()),
+        };
         let values = b.values as usize;
         let busy = Duration::from_nanos(b.busy_ns);
         if values > 0 {
@@ -375,8 +381,8 @@ impl Core {
             deliver_values(&call, first, values, bytes, slot, busy);
         }
         drop(held);
-        if let Some(failure) = b.failure {
-            let e = Error::failed(failure, Stage::Task).with_worker(slot);
+        if let Some(failure) = failure {
+            let e = Error::failed(*failure, Stage::Task).with_worker(slot);
             call.deliver(first + values, 1, Some(slot), || Outcome::Failed(e), busy);
         }
         Ok(())

@@ -81,6 +81,11 @@ impl Job {
         })
     }
 
+    /// The job's call, once the job is done: its inputs are dropped first.
+    pub(super) fn into_call(self) -> Arc<CallLink> {
+        self.call
+    }
+
     /// A process job's serialised inputs.
     pub(super) fn inputs(&self) -> Option<&[u8]> {
         match &self.payload {

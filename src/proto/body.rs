@@ -15,7 +15,7 @@ pub(crate) const ARENA_MIN: usize = 64 * 1024;
 const LARGE_ITEM: usize = 4 * 1024;
 
 /// A range of the pool's shared-memory arena (see `sys::shm`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Span {
     pub offset: u64,
     pub len: u64,

@@ -54,7 +54,7 @@ where
     match rx.next::<FromWorker>().await {
         Ok(Some(frame)) => match frame.header {
             FromWorker::Ready => Ok(()),
-            FromWorker::InitFailed(failure) => Err(Refusal::InitFailed(failure)),
+            FromWorker::InitFailed(failure) => Err(Refusal::InitFailed(*failure)),
             FromWorker::Fatal(m) => Err(Refusal::Protocol(m)),
             other => Err(Refusal::Protocol(format!("expected ready, got {other:?}"))),
         },

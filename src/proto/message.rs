@@ -50,34 +50,28 @@ pub(crate) enum FromWorker {
     /// Set-up (shared object, `worker_init`) is done; tasks may come.
     Ready,
     /// Set-up failed; the worker leaves after sending this.
-    InitFailed(Failure),
+    InitFailed(Box<Failure>),
     /// Results of some tasks of a job.
     Done(Batch),
+    /// Results of some tasks of a job, then the failure of the task after them.
+    Failed(Batch, Box<Failure>),
     /// The exit function's result; on success the body holds the serialised value.
-    Exit(Option<Failure>),
+    Exit(Option<Box<Failure>>),
     /// A task could not be decoded or named; the worker leaves after sending this.
     Fatal(String),
 }
 
 /// The results of consecutive tasks of one job: `values` results of tasks `first..`, in the
-/// worker's journal at `at` (or in the frame's body), then, if the batch ended because the next
-/// task failed, that failure.
+/// worker's journal at `at`, or in the frame's body when `at` is empty (small batches, and a
+/// worker without a journal).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Batch {
     pub id: u64,
     pub first: u32,
     pub values: u32,
-    pub at: Option<Span>,
-    pub failure: Option<Failure>,
+    pub at: Span,
     /// Time the tasks of the batch took.
     pub busy_ns: u64,
-}
-
-impl Batch {
-    /// How many tasks the batch accounts for.
-    pub(crate) fn tasks(&self) -> u64 {
-        self.values as u64 + u64::from(self.failure.is_some())
-    }
 }
 
 /// How a task (or `worker_init`/`worker_exit`) failed, as data.

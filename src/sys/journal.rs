@@ -165,7 +165,7 @@ impl Journal {
     /// it lies inside the ring in one piece. The ring bytes are released when the batch drops.
     pub(crate) fn batch(&self, at: u64, len: u64) -> Option<Batch<'_>> {
         let cap = self.map.cap as u64;
-        let off = at % cap;
+        let off = at & (cap - 1);
         let end = at.checked_add(len)?;
         if off + len > cap {
             return None;
@@ -194,8 +194,9 @@ impl Journal {
     fn release(&self, upto: u64) {
         let h = self.map.header();
         // SeqCst on both sides: the worker sets `waiting`, then reads `tail`; we set `tail`, then
-        // read `waiting`. One of us sees the other's store.
-        h.tail.fetch_max(upto, Ordering::SeqCst);
+        // read `waiting`. One of us sees the other's store. Batches are released in the order
+        // they were written, so `tail` only grows.
+        h.tail.store(upto, Ordering::SeqCst);
         if h.waiting.load(Ordering::SeqCst) != 0 {
             h.wake.fetch_add(1, Ordering::SeqCst);
             futex_wake(&h.wake);
@@ -247,8 +248,12 @@ impl Drop for Batch<'_> {
 /// The worker's side of its journal.
 pub(crate) struct Writer {
     map: Mapping,
+    /// `cap - 1`: the ring's size is a power of two.
+    mask: u64,
     /// Where the next result byte goes.
     head: u64,
+    /// How far the head may go in one piece: the lap's end, or what the pool has released.
+    limit: u64,
     /// `tail` as last read.
     tail: u64,
     /// The ring was empty when the head moved here: nothing before it is in use.
@@ -262,12 +267,19 @@ impl Writer {
         let map = Mapping::new(fd.as_fd(), len)?;
         let h = map.header();
         let tail = h.tail.load(Ordering::Acquire);
-        Ok(Writer {
+        if !map.cap.is_power_of_two() {
+            return Err(io::Error::other("a journal's ring is a power of two"));
+        }
+        let mut w = Writer {
+            mask: map.cap as u64 - 1,
             head: tail,
+            limit: tail,
             tail,
             base: tail,
             map,
-        })
+        };
+        w.bound();
+        Ok(w)
     }
 
     /// Claims job `seq` (per-worker sequence numbers, in the order the jobs arrive): `false` if
@@ -294,14 +306,14 @@ impl Writer {
     /// Starts a batch: task `first` of `job` onwards, with results from the head. Returns where
     /// its results start.
     pub(crate) fn begin(&mut self, job: u64, first: u32) -> u64 {
-        let cap = self.map.cap as u64;
-        if self.head % cap >= COMPACT_AT {
+        if self.head & self.mask >= COMPACT_AT {
             // Far into the lap: back to the ring's start if at least half as much is free there.
             self.refresh();
-            let lap = self.head.next_multiple_of(cap);
-            if self.free_from() + cap >= lap + COMPACT_AT / 2 {
+            let lap = self.lap_end();
+            if self.free_from() + self.mask + 1 >= lap + COMPACT_AT / 2 {
                 self.head = lap;
             }
+            self.bound();
         }
         let h = self.map.header();
         h.done.store(BETWEEN, Ordering::Relaxed);
@@ -313,13 +325,13 @@ impl Writer {
     }
 
     /// Records that `done` tasks of the current batch have their results in the ring.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&self, done: u32) {
         self.map.header().done.store(done as u64, Ordering::Release);
     }
 
     /// Where the next result byte goes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn head(&self) -> u64 {
         self.head
     }
@@ -328,29 +340,51 @@ impl Writer {
         self.tail.max(self.base)
     }
 
-    /// How many bytes may be written at the head in one piece: up to the ring's end, and up to
-    /// what the pool has released.
-    #[inline]
+    /// Where the head's lap ends (the next lap starts).
+    fn lap_end(&self) -> u64 {
+        (self.head | self.mask) + 1
+    }
+
+    /// Sets how far the head may go in one piece, after the head or `tail` moved.
+    fn bound(&mut self) {
+        self.limit = self.lap_end().min(self.free_from() + self.mask + 1);
+    }
+
+    /// How many bytes may be written at the head in one piece.
     fn room(&self) -> usize {
-        let cap = self.map.cap as u64;
-        let to_end = cap - self.head % cap;
-        let released = self.free_from() + cap - self.head;
-        to_end.min(released) as usize
+        (self.limit - self.head) as usize
     }
 
     /// The bytes that may be written at the head, at most `max` of them.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn space(&mut self, max: usize) -> &mut [u8] {
         let len = self.room().min(max);
-        let off = (self.head % self.map.cap as u64) as usize;
-        // SAFETY: `room` keeps the range inside the ring and between the head and what the pool
-        // released: bytes the pool no longer reads. The borrow of `self` keeps it the only
-        // reference.
+        let off = (self.head & self.mask) as usize;
+        // SAFETY: `limit` keeps the range inside the ring (the lap's end) and before what the
+        // pool has not released (`tail + cap`): bytes the pool no longer reads. The borrow of
+        // `self` keeps it the only reference.
         unsafe { self.map.bytes_mut(off, len) }
     }
 
+    /// The bytes written since ring position `start` (which the head has not passed by a lap).
+    pub(crate) fn written(&self, start: u64) -> &[u8] {
+        let off = (start & self.mask) as usize;
+        let len = (self.head - start) as usize;
+        // SAFETY: the worker wrote these bytes itself, between `start` and the head, inside one
+        // lap (a batch never crosses the ring's end); the pool reads them only once named in a
+        // `Done` frame, and only reads.
+        unsafe { self.map.bytes(off, len) }
+    }
+
+    /// Moves the head back to `start`, a batch's start: its results reached the pool another
+    /// way, and the bytes are the worker's again.
+    pub(crate) fn rewind(&mut self, start: u64) {
+        debug_assert!(start <= self.head);
+        self.head = start;
+    }
+
     /// `n` bytes were written at the head.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn advance(&mut self, n: usize) {
         self.head += n as u64;
     }
@@ -364,6 +398,7 @@ impl Writer {
 
     fn refresh(&mut self) {
         self.tail = self.map.header().tail.load(Ordering::SeqCst);
+        self.bound();
     }
 
     /// Between batches: makes room for `need` bytes in one piece at the head (see [`Room`]),
@@ -383,22 +418,25 @@ impl Writer {
     /// waiting. The head moves to the ring's start (a new lap) when the ring is empty, or when the
     /// rest of this lap is too short and the start is free.
     pub(crate) fn try_room(&mut self, need: usize) -> Room {
-        let cap = self.map.cap as u64;
+        let cap = self.mask + 1;
         if need as u64 > cap {
             return Room::Never;
         }
         self.refresh();
-        let lap = self.head.next_multiple_of(cap);
-        if self.free_from() == self.head && self.head % cap != 0 {
+        let lap = self.lap_end();
+        let in_lap = self.head & self.mask != 0;
+        if self.free_from() == self.head && in_lap {
             // Empty: start the next lap, whose first pages are those already in use.
             self.head = lap;
             self.base = lap;
+            self.bound();
         }
         if self.room() >= need {
             return Room::Ready;
         }
-        if self.head % cap != 0 && self.free_from() + cap >= lap + need as u64 {
+        if in_lap && self.free_from() + cap >= lap + need as u64 {
             self.head = lap;
+            self.bound();
             return Room::Ready;
         }
         Room::Wait
@@ -414,6 +452,7 @@ impl Writer {
             if tail != self.tail {
                 h.waiting.store(0, Ordering::SeqCst);
                 self.tail = tail;
+                self.bound();
                 return;
             }
             futex_wait(&h.wake, ticket);

@@ -112,7 +112,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     entry(&mut cx, bytes, &mut call);
     let (reply, failed) = match call.result {
         Ok(()) => (FromWorker::Ready, false),
-        Err(f) => (FromWorker::InitFailed(f), true),
+        Err(f) => (FromWorker::InitFailed(Box::new(f)), true),
     };
     if wr.send(&reply, &[]).and_then(|()| wr.flush()).is_err() || failed {
         return 0;
@@ -181,7 +181,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     }
                     Some(Some(f)) => match run_exit(f, &mut cx) {
                         Ok(bytes) => (FromWorker::Exit(None), bytes),
-                        Err(fail) => (FromWorker::Exit(Some(fail)), Vec::new()),
+                        Err(fail) => (FromWorker::Exit(Some(Box::new(fail))), Vec::new()),
                     },
                 };
                 let _ = wr.send(&reply, &body);

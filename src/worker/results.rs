@@ -16,6 +16,10 @@ use serde::Serialize;
 
 use crate::proto::body::{SliceSink, serialized_size, serializer};
 use crate::proto::{Batch, Failure, Fault, FromWorker, Span, Writer};
+
+/// A batch of at most this many bytes of results travels in its frame: the pool need not reach
+/// into the journal for it, and the worker writes the next batch over it.
+const IN_FRAME: u64 = 256;
 use crate::sys::journal;
 
 /// Where the results of a worker's tasks go.
@@ -87,7 +91,7 @@ impl Results {
 
     /// The next task's result. `Err` when it cannot be sent: it fails to serialise, or takes
     /// more than a frame; the task then fails with that, through [`Results::fail`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
         if let Some(ring) = &mut self.ring {
             let used = (ring.head() - self.start) as usize;
@@ -125,6 +129,7 @@ impl Results {
         }
         if self.values > 0 {
             self.end_batch(None);
+            self.begin();
         }
         if let Some(ring) = &mut self.ring {
             if ring.make_room(need) {
@@ -148,8 +153,7 @@ impl Results {
             id: self.job,
             first: self.first,
             values: 1,
-            at: None,
-            failure: None,
+            at: Span::default(),
             busy_ns: self.t0.elapsed().as_nanos() as u64,
         };
         let sent = self.wr.send(&FromWorker::Done(batch), &self.inline);
@@ -161,37 +165,51 @@ impl Results {
 
     /// The next task failed: its batch ends with the failure.
     pub(crate) fn fail(&mut self, failure: Failure) {
-        self.end_batch(Some(failure));
+        self.end_batch(Some(Box::new(failure)));
+        self.begin();
     }
 
-    /// The job's last task is done: the open batch ends.
+    /// The job's last task is done: the open batch ends (the next job opens its own).
     pub(crate) fn finish_job(&mut self) {
         if self.values > 0 {
             self.end_batch(None);
         }
     }
 
-    /// Sends the open batch (and the failure that ends it) and opens the next.
-    fn end_batch(&mut self, failure: Option<Failure>) {
-        let at = match &self.ring {
-            Some(ring) if self.values > 0 => Some(Span {
-                offset: self.start,
-                len: ring.head() - self.start,
-            }),
-            _ => None,
-        };
+    /// Sends the open batch, and the failure that ends it.
+    fn end_batch(&mut self, failure: Option<Box<Failure>>) {
+        let len = self
+            .ring
+            .as_ref()
+            .map_or(0, |ring| ring.head() - self.start);
+        let in_frame = len <= IN_FRAME;
         let batch = Batch {
             id: self.job,
             first: self.first,
             values: self.values,
-            at,
-            failure,
+            at: match in_frame {
+                true => Span::default(),
+                false => Span {
+                    offset: self.start,
+                    len,
+                },
+            },
             busy_ns: self.t0.elapsed().as_nanos() as u64,
         };
-        self.first += batch.tasks() as u32;
-        let sent = self.wr.send(&FromWorker::Done(batch), &[]);
+        self.first += self.values + u32::from(failure.is_some());
+        let body = match (&self.ring, in_frame) {
+            (Some(ring), true) => ring.written(self.start),
+            _ => &[],
+        };
+        let sent = match failure {
+            None => self.wr.send(&FromWorker::Done(batch), body),
+            Some(f) => self.wr.send(&FromWorker::Failed(batch, f), body),
+        };
         self.sent(sent);
-        self.begin();
+        if let (Some(ring), true) = (&mut self.ring, in_frame) {
+            // The pool has these results from the frame: the next batch may write over them.
+            ring.rewind(self.start);
+        }
     }
 
     /// Flushes after a send: the pool hears of a batch at once.
