@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::Core;
 use super::job::{CallLink, Job, Outcome};
-use super::queue::Outgoing;
+use super::queue::{Claims, Outgoing};
 use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
@@ -142,8 +142,16 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
     {
         let mut st = core.state();
         st.pids[slot] = conn.pid();
-        st.queue.connected(slot);
+        let claims = match &conn {
+            Connected::Process {
+                journal: Some(j), ..
+            } => Some(j.clone() as Arc<dyn Claims>),
+            _ => None,
+        };
+        st.queue.connected(slot, claims);
     }
+    // A new worker is idle: it may take jobs that wait behind another's running one.
+    core.wake(Some(slot), false);
     match conn {
         Connected::Thread { ended } => serve_thread(core, slot, ended).await,
         Connected::Process {
@@ -162,8 +170,10 @@ async fn serve_thread(
     ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
 ) -> Ended {
     match ended.await {
-        Ok(true) => Ended::Done,
-        Ok(false) => Ended::Stopped,
+        Ok(done) => {
+            core.state().queue.disconnected(slot);
+            if done { Ended::Done } else { Ended::Stopped }
+        }
         Err(_) => {
             // The thread ended without saying so: something outside a task panicked. Its job's
             // inputs were moved into the thread: they are gone with it.
@@ -263,7 +273,13 @@ async fn finish(
             proc.wait().await
         }
     };
-    core.state().pids[slot] = None;
+    {
+        let mut st = core.state();
+        st.pids[slot] = None;
+        if matches!(why, Why::Exit(_) | Why::Stopped) {
+            st.queue.disconnected(slot);
+        }
+    }
     match why {
         Why::Exit(r) => core.store_exit(slot, r),
         Why::Stopped => Ended::Stopped,
@@ -307,6 +323,19 @@ impl Core {
                 let mut batch = Vec::new();
                 while let Some(job) = st.queue.take(slot) {
                     batch.push(job);
+                }
+                // Idle with nothing queued: take back what waits behind another worker's
+                // running job.
+                if batch.is_empty() && st.queue.running(slot).is_none() && st.queue.steal(slot) {
+                    while let Some(job) = st.queue.take(slot) {
+                        batch.push(job);
+                    }
+                    drop(st);
+                    self.wake(None, false);
+                    if !batch.is_empty() {
+                        return Next::Jobs(batch);
+                    }
+                    continue;
                 }
                 if !batch.is_empty() {
                     return Next::Jobs(batch);

@@ -186,7 +186,15 @@ impl Core {
                     .is_some_and(|j| Arc::ptr_eq(&j.call, call))
             })
             .collect();
+        // Its jobs waiting in a worker's pipe are taken back (and dropped when taken again),
+        // so that no worker spends time on them.
+        for s in 0..self.settings.workers {
+            if st.queue.waiting_on(s).any(|j| Arc::ptr_eq(&j.call, call)) {
+                st.queue.take_back(s);
+            }
+        }
         drop(st);
+        self.wake(None, false);
         for s in running {
             self.kill[s].notify_one();
         }

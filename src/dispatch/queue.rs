@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::job::{CallLink, Job, Payload};
 use crate::proto::{Body, Span};
+use crate::sys::journal::{Journal, MAX_QUEUED};
 use crate::worker::LocalChunk;
 
 /// A worker may hold more than `depth` chunks while they add up to at most this many tasks...
@@ -32,14 +33,49 @@ pub(crate) enum Outgoing {
     },
 }
 
+/// What the queue needs to know of a process worker's journal: which jobs it has claimed, and
+/// how to take back those it has not (see `sys::journal`). A trait so that the policy can be
+/// tested against a fake worker.
+pub(crate) trait Claims: Send + Sync {
+    /// The number of the last job the worker claimed.
+    fn claimed(&self) -> u8;
+    /// Takes back the jobs after `last_claimed` up to `upto`, unless the worker claimed another
+    /// meanwhile.
+    fn revoke(&self, last_claimed: u8, upto: u8) -> bool;
+}
+
+impl Claims for Journal {
+    fn claimed(&self) -> u8 {
+        Journal::claimed(self)
+    }
+    fn revoke(&self, last_claimed: u8, upto: u8) -> bool {
+        Journal::revoke(self, last_claimed, upto)
+    }
+}
+
+/// A worker as the queue sees it.
+#[derive(Default)]
+struct Seat {
+    /// A worker runs in this slot.
+    live: bool,
+    /// Its journal, for a process worker that has one.
+    claims: Option<Arc<dyn Claims>>,
+    /// The number of the last job sent to it.
+    sent: u8,
+}
+
 /// Jobs waiting for any worker, jobs waiting for one worker (`order_tasks`), and the jobs in
 /// flight on each worker, oldest first.
+///
+/// **The rule.** A job goes into a busy worker's pipe (behind the job it runs) only while every
+/// live worker is busy: prefetching is for throughput when nobody is idle. And when a worker
+/// becomes idle while another holds jobs it has not started, it takes them back from there
+/// (`steal`): no job waits behind a running one while a worker is idle.
 pub(crate) struct Queue {
     global: VecDeque<Job>,
     targeted: Vec<VecDeque<Job>>,
     inflight: Vec<VecDeque<Job>>,
-    /// Per worker: the number of the last job sent to it.
-    sent: Vec<u8>,
+    seats: Vec<Seat>,
     next_id: u64,
     depth: usize,
 }
@@ -50,7 +86,7 @@ impl Queue {
             global: VecDeque::new(),
             targeted: (0..workers).map(|_| VecDeque::new()).collect(),
             inflight: (0..workers).map(|_| VecDeque::new()).collect(),
-            sent: vec![0; workers],
+            seats: (0..workers).map(|_| Seat::default()).collect(),
             next_id: 0,
             depth,
         }
@@ -81,9 +117,24 @@ impl Queue {
         }
     }
 
-    /// A new worker in `slot`: its jobs are numbered afresh.
-    pub(crate) fn connected(&mut self, slot: usize) {
-        self.sent[slot] = 0;
+    /// A new worker runs in `slot`: its jobs are numbered afresh.
+    pub(crate) fn connected(&mut self, slot: usize, claims: Option<Arc<dyn Claims>>) {
+        self.seats[slot] = Seat {
+            live: true,
+            claims,
+            sent: 0,
+        };
+    }
+
+    /// The worker in `slot` ended.
+    pub(crate) fn disconnected(&mut self, slot: usize) {
+        self.seats[slot] = Seat::default();
+    }
+
+    /// Whether a live worker other than `slot` has nothing in flight.
+    fn someone_idle(&self, slot: usize) -> bool {
+        (0..self.seats.len())
+            .any(|s| s != slot && self.seats[s].live && self.inflight[s].is_empty())
     }
 
     /// Drops the queued jobs of `call`.
@@ -97,6 +148,11 @@ impl Queue {
     /// The job worker `slot` runs now, or runs next: the oldest in flight there.
     pub(crate) fn running(&self, slot: usize) -> Option<&Job> {
         self.inflight[slot].front()
+    }
+
+    /// The jobs in flight on `slot` behind the one it runs (or runs next).
+    pub(crate) fn waiting_on(&self, slot: usize) -> impl Iterator<Item = &Job> {
+        self.inflight[slot].iter().skip(1)
     }
 
     /// The job worker `slot` runs now, if its id is `id`.
@@ -120,6 +176,17 @@ impl Queue {
             } else {
                 self.global.front()
             }?;
+            let busy = !self.inflight[slot].is_empty();
+            if busy && !next.call.is_cancelled() {
+                // Behind a running job only if nobody else could start it now, and only as many
+                // as the journal can take back.
+                if !from_targeted && self.someone_idle(slot) {
+                    return None;
+                }
+                if self.seats[slot].claims.is_some() && self.inflight[slot].len() > MAX_QUEUED {
+                    return None;
+                }
+            }
             if !next.call.is_cancelled() && self.inflight[slot].len() >= self.depth {
                 // Beyond `depth` chunks only for tasks known to be tiny: at most SMALL_WINDOW
                 // tasks and SMALL_WINDOW_WORK of work queued, so that a worker never hoards work
@@ -145,8 +212,9 @@ impl Queue {
             let send = match &mut job.payload {
                 Payload::Local(chunk) => Outgoing::Local(job.id, chunk.take()?),
                 Payload::Remote { entry, body, skip } => {
-                    self.sent[slot] = self.sent[slot].wrapping_add(1);
-                    job.on_worker = self.sent[slot];
+                    let seat = &mut self.seats[slot];
+                    seat.sent = seat.sent.wrapping_add(1);
+                    job.on_worker = seat.sent;
                     Outgoing::Remote {
                         id: job.id,
                         seq: job.on_worker,
@@ -162,6 +230,50 @@ impl Queue {
         }
     }
 
+    /// For idle worker `thief`: takes back, from the busy worker holding the most jobs it has not
+    /// started, every one of them, and puts them at the front of the queue. `true` if it took
+    /// any.
+    pub(crate) fn steal(&mut self, thief: usize) -> bool {
+        let victims = (0..self.seats.len()).filter(|&s| s != thief && self.inflight[s].len() > 1);
+        victims
+            .max_by_key(|&s| self.inflight[s].len())
+            .is_some_and(|victim| self.take_back(victim))
+    }
+
+    /// Takes back every job worker `slot` holds and has not started, and puts them at the front
+    /// of the queue. `true` if it took any. Jobs for that worker alone (`order_tasks`) stay.
+    pub(crate) fn take_back(&mut self, slot: usize) -> bool {
+        let Some(claims) = self.seats[slot].claims.clone() else {
+            return false;
+        };
+        let queue = &mut self.inflight[slot];
+        let Some(last) = queue.back().map(|j| j.on_worker) else {
+            return false;
+        };
+        for _ in 0..8 {
+            let claimed = claims.claimed();
+            // Jobs after the claimed one have not started: the worker runs them in order.
+            let unstarted = queue
+                .iter()
+                .rev()
+                .take_while(|j| {
+                    let after = j.on_worker.wrapping_sub(claimed);
+                    after != 0 && after as usize <= MAX_QUEUED + 1
+                })
+                .count();
+            let from = queue.len() - unstarted;
+            if unstarted == 0 || queue.range(from..).any(|j| j.target.is_some()) {
+                return false;
+            }
+            if claims.revoke(claimed, last) {
+                let taken: Vec<Job> = queue.drain(from..).collect();
+                self.requeue(taken);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Takes job `id` out of `slot`'s flight, if it is the oldest there.
     pub(crate) fn land(&mut self, slot: usize, id: u64) -> Option<Job> {
         match self.inflight[slot].front() {
@@ -170,8 +282,9 @@ impl Queue {
         }
     }
 
-    /// Every job in flight on `slot`, oldest first (its worker ended).
+    /// Every job in flight on `slot`, oldest first: its worker ended.
     pub(crate) fn unwind(&mut self, slot: usize) -> VecDeque<Job> {
+        self.disconnected(slot);
         std::mem::take(&mut self.inflight[slot])
     }
 
@@ -198,5 +311,164 @@ impl Queue {
     pub(crate) fn load(&self) -> (usize, usize) {
         let queued = self.global.len() + self.targeted.iter().map(VecDeque::len).sum::<usize>();
         (queued, self.inflight.iter().map(VecDeque::len).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A worker that claims its jobs as the journal's would: the number of the last job it
+    /// claimed, and revocation bits for the jobs after it.
+    #[derive(Default)]
+    struct FakeWorker {
+        word: Mutex<(u8, u64)>,
+        /// Claims its next job when the pool next asks, as a worker racing the pool would.
+        races: Mutex<bool>,
+    }
+
+    impl FakeWorker {
+        /// The worker reaches job `seq`: `true` if it runs it, `false` if it skips it.
+        fn claim(&self, seq: u8) -> bool {
+            let mut w = self.word.lock().unwrap();
+            let shift = seq.wrapping_sub(w.0) as u32;
+            let revoked = (w.1 >> (shift - 1)) & 1 == 1;
+            *w = (seq, w.1.checked_shr(shift).unwrap_or(0));
+            !revoked
+        }
+    }
+
+    impl Claims for FakeWorker {
+        fn claimed(&self) -> u8 {
+            let claimed = self.word.lock().unwrap().0;
+            if std::mem::take(&mut *self.races.lock().unwrap()) {
+                self.claim(claimed.wrapping_add(1));
+            }
+            claimed
+        }
+        fn revoke(&self, last_claimed: u8, upto: u8) -> bool {
+            let mut w = self.word.lock().unwrap();
+            if w.0 != last_claimed {
+                return false;
+            }
+            w.1 |= (1u64 << upto.wrapping_sub(last_claimed)) - 1;
+            true
+        }
+    }
+
+    fn call() -> Arc<CallLink> {
+        fn decode(_: &[u8], _: usize) -> (Box<dyn std::any::Any + Send>, usize, Option<String>) {
+            (Box::new(()), 0, None)
+        }
+        fn locate(_: &[u8], _: usize) -> Option<(String, usize)> {
+            None
+        }
+        CallLink::new(decode, locate).0
+    }
+
+    fn job(call: &Arc<CallLink>, seq: u64) -> Job {
+        let body = Arc::new(Body::Inline(vec![seq as u8]));
+        let payload = Payload::Remote {
+            entry: 0,
+            body,
+            skip: 0,
+        };
+        Job::new(call.clone(), seq, seq as usize, 1, payload)
+    }
+
+    /// A queue of two process workers, both connected, and their fakes.
+    fn two_workers(depth: usize) -> (Queue, [Arc<FakeWorker>; 2]) {
+        let mut q = Queue::new(2, depth);
+        let workers = [
+            Arc::new(FakeWorker::default()),
+            Arc::new(FakeWorker::default()),
+        ];
+        for (slot, w) in workers.iter().enumerate() {
+            q.connected(slot, Some(w.clone() as Arc<dyn Claims>));
+        }
+        (q, workers)
+    }
+
+    fn sent(out: Option<Outgoing>) -> (u64, u8) {
+        match out {
+            Some(Outgoing::Remote { id, seq, .. }) => (id, seq),
+            _ => panic!("expected a job for a process worker"),
+        }
+    }
+
+    #[test]
+    fn no_job_goes_behind_a_running_one_while_a_worker_is_idle() {
+        let (mut q, _) = two_workers(2);
+        let c = call();
+        for seq in 0..4 {
+            q.push(job(&c, seq), None);
+        }
+        assert_eq!(sent(q.take(0)), (1, 1));
+        assert!(q.take(0).is_none(), "worker 1 is idle: the job is for it");
+        assert_eq!(sent(q.take(1)), (2, 1));
+        // Everyone is busy: now each may hold a second job.
+        assert_eq!(sent(q.take(0)), (3, 2));
+        assert_eq!(sent(q.take(1)), (4, 2));
+        assert!(q.take(0).is_none());
+    }
+
+    #[test]
+    fn an_idle_worker_takes_back_what_waits_behind_a_running_job() {
+        let (mut q, w) = two_workers(3);
+        let c = call();
+        for seq in 0..3 {
+            q.push(job(&c, seq), None);
+        }
+        // Worker 1 is not there yet: worker 0 gets all three, and runs the first.
+        q.disconnected(1);
+        for _ in 0..3 {
+            q.take(0).unwrap();
+        }
+        assert!(w[0].claim(1));
+        q.connected(1, Some(w[1].clone() as Arc<dyn Claims>));
+        assert!(q.steal(1));
+        assert_eq!(q.waiting_on(0).count(), 0, "only the running job stays");
+        assert_eq!(sent(q.take(1)), (2, 1));
+        // Worker 0 skips the frames of the jobs taken from it.
+        assert!(!w[0].claim(2) && !w[0].claim(3));
+        assert!(!q.steal(1), "nothing left to take");
+    }
+
+    #[test]
+    fn a_job_the_worker_claimed_meanwhile_is_not_taken_back() {
+        let (mut q, w) = two_workers(3);
+        let c = call();
+        for seq in 0..3 {
+            q.push(job(&c, seq), None);
+        }
+        q.disconnected(1);
+        for _ in 0..3 {
+            q.take(0).unwrap();
+        }
+        assert!(w[0].claim(1));
+        q.connected(1, Some(w[1].clone() as Arc<dyn Claims>));
+        // The worker finishes job 1 and claims job 2 while the pool takes back.
+        *w[0].races.lock().unwrap() = true;
+        assert!(q.steal(1));
+        assert_eq!(q.waiting_on(0).count(), 1, "job 2 stays: it runs");
+        assert_eq!(sent(q.take(1)), (3, 1));
+        assert!(!w[0].claim(3), "job 3 was taken back");
+    }
+
+    #[test]
+    fn jobs_for_one_worker_are_not_taken_by_another() {
+        let (mut q, w) = two_workers(2);
+        let c = call();
+        for seq in 0..3 {
+            q.push(job(&c, seq), Some(0));
+        }
+        for _ in 0..2 {
+            q.take(0).unwrap();
+        }
+        assert!(w[0].claim(1));
+        assert!(q.take(1).is_none());
+        assert!(!q.steal(1));
     }
 }

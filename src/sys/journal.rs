@@ -33,6 +33,10 @@ const HEADER: usize = 4096;
 /// `done` while the worker is between batches (the fields beside it are being written).
 const BETWEEN: u64 = u64::MAX;
 
+/// At most this many jobs may wait on a worker, besides the one it runs: the claim word has one
+/// revocation bit for each.
+pub(crate) const MAX_QUEUED: usize = 56;
+
 /// Once a lap is this far along, a new batch goes back to the ring's start if enough of it is
 /// free there: the pages the ring touches stay about this many, whatever its size.
 const COMPACT_AT: u64 = 1 << 20;
@@ -221,6 +225,25 @@ impl Journal {
     /// The sequence number of the last job the worker claimed (started or skipped).
     pub(crate) fn claimed(&self) -> u8 {
         self.map.header().claim.load(Ordering::Acquire) as u8
+    }
+
+    /// Takes back every job after `last_claimed` up to and including `upto` (sequence numbers), if
+    /// the worker has still claimed no job after `last_claimed`: it will skip them when they come.
+    /// `false` if the worker claimed another job meanwhile (ask again).
+    pub(crate) fn revoke(&self, last_claimed: u8, upto: u8) -> bool {
+        let h = self.map.header();
+        let w = h.claim.load(Ordering::Acquire);
+        if w as u8 != last_claimed {
+            return false;
+        }
+        let count = upto.wrapping_sub(last_claimed) as u32;
+        if count == 0 || count as usize > MAX_QUEUED {
+            return count == 0;
+        }
+        let bits = ((1u64 << count) - 1) << 8;
+        h.claim
+            .compare_exchange(w, w | bits, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -551,5 +574,27 @@ mod tests {
         let (_, mut w) = pair(4096);
         assert_eq!(w.try_room(4097), Room::Never);
         assert!(!w.make_room(4097), "more than the ring holds");
+    }
+
+    #[test]
+    fn a_revoked_job_is_skipped_and_a_claimed_one_cannot_be_revoked() {
+        let (j, w) = pair(4096);
+        assert!(w.claim(1));
+        assert_eq!(j.claimed(), 1);
+        // Jobs 2 to 4 wait; the pool takes back 3 and 4 after the worker claimed 2.
+        assert!(!j.revoke(0, 4), "the worker has claimed job 1 since");
+        assert!(w.claim(2));
+        assert!(j.revoke(2, 4));
+        assert!(!w.claim(3));
+        assert!(!w.claim(4));
+        assert!(w.claim(5), "later jobs run");
+        // Sequence numbers wrap.
+        let (j, w) = pair(4096);
+        for seq in 1..=255u8 {
+            assert!(w.claim(seq));
+        }
+        assert!(j.revoke(255, 2));
+        assert!(!w.claim(0) && !w.claim(1) && !w.claim(2));
+        assert!(w.claim(3));
     }
 }
