@@ -52,6 +52,8 @@ pub(crate) enum Kind {
 /// What a worker was doing when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
+    /// Before set-up: the worker had not said hello yet, or had no `worker_init` to run.
+    Start,
     Init,
     Task,
     Exit,
@@ -60,6 +62,7 @@ pub(crate) enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Stage::Start => "its start-up",
             Stage::Init => "worker_init",
             Stage::Task => "a task",
             Stage::Exit => "worker_exit",
@@ -135,6 +138,11 @@ impl Error {
         Error::new(Kind::Start(msg.to_string()))
     }
 
+    /// A worker could not be started because `what` failed with `e`, which stays the source.
+    pub(crate) fn start_io(what: &str, e: std::io::Error) -> Error {
+        Error::start(format!("{what}: {e}")).with_source(Arc::new(e))
+    }
+
     pub(crate) fn closed() -> Error {
         Error::new(Kind::Closed)
     }
@@ -149,6 +157,28 @@ impl Error {
 
     pub(crate) fn with_input(self, input: String) -> Error {
         self.map(|i| i.input = Some(input))
+    }
+
+    pub(crate) fn with_source(self, source: Arc<dyn std::error::Error + Send + Sync>) -> Error {
+        self.map(|i| i.source = Some(source))
+    }
+
+    /// What caused this error, for a breaker that gives up: its own source (the `io::Error` of a
+    /// start that failed), or else the error itself (a worker that died while starting).
+    pub(crate) fn cause(&self) -> Arc<dyn std::error::Error + Send + Sync> {
+        match &self.0.source {
+            Some(source) => source.clone(),
+            None => Arc::new(self.clone()),
+        }
+    }
+
+    /// Whether a worker that failed to start this way is worth starting again: not when its
+    /// `worker_init` panicked, when it runs another binary, or when the pool is misconfigured.
+    pub(crate) fn is_retryable_start(&self) -> bool {
+        !matches!(
+            self.0.kind,
+            Kind::Panic { .. } | Kind::Mismatch(_) | Kind::Config(_) | Kind::NotInitialized
+        )
     }
 
     fn map(self, f: impl FnOnce(&mut Inner)) -> Error {
@@ -311,7 +341,7 @@ impl fmt::Display for Error {
         match &self.0.kind {
             Kind::Panic { failure, during } => {
                 match during {
-                    Stage::Task => f.write_str("task panicked in ")?,
+                    Stage::Start | Stage::Task => f.write_str("task panicked in ")?,
                     Stage::Init => f.write_str("worker_init panicked in ")?,
                     Stage::Exit => f.write_str("worker_exit panicked in ")?,
                 }

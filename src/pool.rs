@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::sys::shm::Arena;
 use crate::task::{
     self, Call, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
 };
+use crate::worker::Exited;
 
 /// Carries the pool's type parameters without owning values of them.
 type Types<S, W, E> = PhantomData<fn() -> (S, W, E)>;
@@ -74,6 +75,7 @@ pub struct Builder<S = (), W = (), E = ()> {
     arena_size: usize,
     start_timeout: Duration,
     depth: usize,
+    start_faults: (usize, usize),
     _t: PhantomData<fn() -> (W, E)>,
 }
 
@@ -95,6 +97,7 @@ impl AsyncPool {
             arena_size: DEFAULT_ARENA,
             start_timeout: Duration::from_secs(60),
             depth: 2,
+            start_faults: (0, 0),
             _t: PhantomData,
         }
     }
@@ -155,6 +158,14 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
+    /// Fault injection for tests, not part of the API: after the first `starts` process workers
+    /// the pool starts, the next `fails` exit (with status 86) before they say hello.
+    #[doc(hidden)]
+    pub fn __fail_starts(mut self, starts: usize, fails: usize) -> Self {
+        self.start_faults = (starts, fails);
+        self
+    }
+
     fn retype<S2, W2, E2>(
         self,
         shared: impl FnOnce(S) -> S2,
@@ -173,6 +184,7 @@ impl<S, W, E> Builder<S, W, E> {
             arena_size: self.arena_size,
             start_timeout: self.start_timeout,
             depth: self.depth,
+            start_faults: self.start_faults,
             _t: PhantomData,
         }
     }
@@ -305,6 +317,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             init: self.init,
             max_frame: self.max_frame_len,
             start_timeout: self.start_timeout,
+            start_faults: Arc::new(Mutex::new(self.start_faults)),
             exit: self.exit,
         };
         let settings = Settings {
@@ -316,7 +329,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         let core = Core::new(settings, spec, backend(self.method));
         // Started side by side on this task: no hand-off to another thread, and dropping
         // `build()` drops (and so kills) the workers it started.
-        let starts = (0..workers).map(|slot| core.start_worker(slot)).collect();
+        let starts = (0..workers).map(|slot| core.start_slot(slot)).collect();
         let mut conns = Vec::with_capacity(workers);
         let mut first_err = None;
         for s in join_all(starts).await {
@@ -538,11 +551,12 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         let exits = self.core.shutdown().await?;
         exits
             .into_iter()
-            .map(|r| {
-                r.and_then(|bytes| {
-                    postcard::from_bytes(&bytes)
-                        .map_err(|e| Error::codec("could not deserialise an exit result", e))
-                })
+            .map(|r| match r? {
+                Exited::Bytes(bytes) => postcard::from_bytes(&bytes)
+                    .map_err(|e| Error::codec("could not deserialise an exit result", e)),
+                Exited::Value(value) => value.downcast::<E>().map(|e| *e).map_err(|_| {
+                    Error::codec("could not take an exit result", "it has another type")
+                }),
             })
             .collect()
     }

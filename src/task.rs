@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
-use crate::worker::{ChunkCall, Context, ExitCall, LocalChunk, Results, SetupCall, catch};
+use crate::worker::{ChunkCall, Context, ExitCall, Exited, LocalChunk, Results, SetupCall, catch};
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
 /// own state.
@@ -449,12 +449,12 @@ where
         cx.downcast_mut::<Context>(),
         call.downcast_mut::<ExitCall>(),
     ) {
-        call.result = finish::<X, S, W, E>(cx);
+        call.result = finish::<X, S, W, E>(cx, call.local);
     }
 }
 
-/// Runs `worker_exit` and serialises its result.
-fn finish<X, S, W, E>(cx: &mut Context) -> Result<Vec<u8>, Failure>
+/// Runs `worker_exit`, and serialises its result unless it stays in this process (`local`).
+fn finish<X, S, W, E>(cx: &mut Context, local: bool) -> Result<Exited, Failure>
 where
     X: Finish<S, W, E>,
     S: 'static,
@@ -466,10 +466,16 @@ where
         ..Failure::default()
     })?;
     let e = catch(|| X::marker().finish(&mut Worker { id, shared, state }))?;
-    postcard::to_stdvec(&e).map_err(|e| Failure {
-        message: format!("could not serialise the exit result: {e}"),
-        ..Failure::default()
-    })
+    if local {
+        return Ok(Exited::Value(Box::new(e)));
+    }
+    postcard::to_stdvec(&e)
+        .map(Exited::Bytes)
+        .map_err(|e| Failure {
+            fault: Fault::Codec,
+            message: format!("could not serialise the exit result: {e}"),
+            ..Failure::default()
+        })
 }
 
 /// An entry point together with its offset, as sent to process workers.

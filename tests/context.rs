@@ -60,7 +60,36 @@ fn touch(_: &mut Worker<'_, String, ()>, x: u32) -> u32 {
     x
 }
 
+/// An exit result that refuses to be serialised: fine where it is moved (threads), an error
+/// where it must cross a process boundary.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Unsendable(u32);
+
+impl serde::Serialize for Unsendable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value stays where it is"))
+    }
+}
+
+fn unsendable(w: &mut Worker<'_, (), ()>) -> Unsendable {
+    Unsendable(w.id() as u32)
+}
+
 each_method! {
+    async fn thread_exit_results_are_moved_process_ones_serialised(m: StartMethod) {
+        let pool = AsyncPool::builder().workers(2).start_method(m).worker_exit(unsendable).build().await.unwrap();
+        match pool.shutdown().await {
+            Ok(exits) => {
+                assert!(!m.is_process(), "a process worker cannot send it");
+                assert_eq!(exits, [Unsendable(0), Unsendable(1)]);
+            }
+            Err(e) => {
+                assert!(m.is_process(), "{e}");
+                assert!(e.is_codec() && e.to_string().contains("could not serialise the exit result"), "{e}");
+            }
+        }
+    }
+
     async fn exit_functions_have_finished_when_shutdown_returns(m: StartMethod) {
         let path = std::env::temp_dir().join(format!("ampire-exit-{}-{m:?}", std::process::id()));
         let _ = std::fs::remove_file(&path);

@@ -20,6 +20,7 @@ use crate::proto::{Batch, Failure, FromWorker, ToWorker};
 use crate::start::{Connected, Process, Rx, Tx};
 use crate::sys::journal::Journal;
 use crate::task::Entry;
+use crate::worker::Exited;
 
 /// How one worker's life ended.
 pub(super) enum Ended {
@@ -281,7 +282,7 @@ async fn finish(
         }
     }
     match why {
-        Why::Exit(r) => core.store_exit(slot, r),
+        Why::Exit(r) => core.store_exit(slot, r.map(Exited::Bytes)),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
             // It ran a job of a cancelled call: nobody reads this error.

@@ -13,12 +13,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Kind, Stage};
+use crate::error::{Error, Stage};
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
+use crate::worker::Exited;
 
 mod driver;
 mod job;
@@ -28,6 +31,9 @@ mod slot;
 
 pub(crate) use job::{CallLink, Completion, Job, Locate, Outcome, Payload};
 pub(crate) use queue::SMALL_WINDOW;
+
+/// A worker slot that fails to start this many times in a row breaks the pool.
+const START_ATTEMPTS: u32 = 5;
 
 use queue::Queue;
 use sleep::Sleep;
@@ -63,7 +69,7 @@ struct State {
     pids: Vec<Option<u32>>,
     closing: bool,
     broken: Option<Error>,
-    exits: Vec<Option<Result<Vec<u8>, Error>>>,
+    exits: Vec<Option<Result<Exited, Error>>>,
 }
 
 impl Core {
@@ -124,8 +130,35 @@ impl Core {
         self.settings.method == StartMethod::Threading
     }
 
+    /// Starts worker `slot`, and starts it again (with backoff) while it fails to start: the
+    /// process could not be made, it died before its hello or in its set-up, it was too slow.
+    /// After [`START_ATTEMPTS`] failures in a row the crash-loop breaker gives up, with an error
+    /// whose source is the last failure's cause; a `worker_init` that panics, or a worker that
+    /// runs another binary, gives up at once.
+    pub(crate) async fn start_slot(self: &Arc<Self>, slot: usize) -> Result<Connected, Error> {
+        let mut failures = 0u32;
+        loop {
+            let e = match self.start_worker(slot).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if !e.is_retryable_start() => return Err(e),
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures >= START_ATTEMPTS {
+                let msg = format!(
+                    "worker {slot} failed to start {failures} times in a row, the last time: {e}"
+                );
+                return Err(Error::start(msg).with_worker(slot).with_source(e.cause()));
+            }
+            if self.is_stopped() {
+                return Err(Error::closed());
+            }
+            tokio::time::sleep(Duration::from_millis(10 << (failures - 1))).await;
+        }
+    }
+
     /// Starts worker `slot` and performs its handshake.
-    pub(crate) async fn start_worker(self: &Arc<Self>, slot: usize) -> Result<Connected, Error> {
+    async fn start_worker(self: &Arc<Self>, slot: usize) -> Result<Connected, Error> {
         let pool: Pool = self.clone();
         let link = self
             .start
@@ -223,14 +256,8 @@ impl Core {
     }
 
     /// Records a worker's exit result (or the panic of its exit function).
-    fn store_exit(&self, slot: usize, r: Result<Vec<u8>, Failure>) -> driver::Ended {
-        let r = r.map_err(|failure| {
-            Error::new(Kind::Panic {
-                failure,
-                during: Stage::Exit,
-            })
-            .with_worker(slot)
-        });
+    fn store_exit(&self, slot: usize, r: Result<Exited, Failure>) -> driver::Ended {
+        let r = r.map_err(|failure| Error::failed(failure, Stage::Exit).with_worker(slot));
         self.state().exits[slot] = Some(r);
         self.exited.notify_waiters();
         driver::Ended::Done
@@ -247,7 +274,7 @@ impl Core {
 
     /// Stops taking jobs, lets the queued ones finish, runs the exit functions and waits for every
     /// worker to leave. Returns the exit results in worker order.
-    pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+    pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Exited, Error>>, Error> {
         self.state().closing = true;
         self.wake(None, false);
         if self.is_local() {

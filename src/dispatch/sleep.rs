@@ -15,7 +15,7 @@ use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind};
 use crate::proto::Failure;
-use crate::worker::{LocalChunk, LocalNext, LocalQueue};
+use crate::worker::{Exited, LocalChunk, LocalNext, LocalQueue};
 
 /// How long an idle thread worker watches for work before it blocks.
 const SPIN: Duration = Duration::from_micros(100);
@@ -126,7 +126,7 @@ impl LocalQueue for Core {
         next
     }
 
-    fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>) {
+    fn left(&self, slot: usize, exit: Result<Exited, Failure>) {
         self.store_exit(slot, exit);
     }
 }

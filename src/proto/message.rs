@@ -21,6 +21,8 @@ pub(crate) enum ToWorker {
         arena: Option<Span>,
         identity: Identity,
         max_frame: u64,
+        /// Fault injection for tests: the worker exits with this status before it says hello.
+        fault: Option<i32>,
     },
     /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
     /// `arena`, or else in the body. `seq` numbers the jobs of one worker in the order they are

@@ -246,13 +246,14 @@ async fn client() -> Result<Arc<Client>, Error> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| Error::start(format!("could not create the forkserver socket: {e}")))?;
+    .map_err(|e| Error::start_io("could not create the forkserver socket", e.into()))?;
     let child =
         launcher::run(move || launcher::spawn_self(launcher::ROLE_SERVER, &[theirs.as_fd()]))
             .await
             .and_then(|r| r)
-            .map_err(|e| Error::start(format!("could not start the forkserver: {e}")))?;
-    let client = Client::new(ours, Some(child)).map_err(Error::start)?;
+            .map_err(|e| Error::start_io("could not start the forkserver", e))?;
+    let client = Client::new(ours, Some(child))
+        .map_err(|e| Error::start_io("could not start the forkserver", e))?;
     *guard = Some(client.clone());
     Ok(client)
 }
@@ -433,7 +434,8 @@ impl Start for Forkserver {
                     .await
                     .map_err(|e| Error::start(format!("the forkserver could not fork: {e}")))?;
                 let exit = client.watch(pid);
-                let pidfd = Pidfd::new(pidfd).map_err(Error::start)?;
+                let pidfd = Pidfd::new(pidfd)
+                    .map_err(|e| Error::start_io("could not watch the worker", e))?;
                 Ok(Box::new(ServerChild {
                     pid,
                     pidfd,

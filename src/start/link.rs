@@ -100,7 +100,8 @@ where
         };
         Ok((tasks_w, results_r, child, journal))
     };
-    let (tasks, results, child, journal) = pipes().map_err(Error::start)?;
+    let (tasks, results, child, journal) =
+        pipes().map_err(|e| Error::start_io("could not make the worker's pipes", e))?;
     let proc = start(child).await?;
     let register = || -> io::Result<(Writes, Reads)> {
         Ok((
@@ -108,7 +109,8 @@ where
             Box::new(pipe::Receiver::from_owned_fd(results)?),
         ))
     };
-    let (writes, reads) = register().map_err(Error::start)?;
+    let (writes, reads) =
+        register().map_err(|e| Error::start_io("could not register the worker's pipes", e))?;
     Ok(Link::Process {
         writes,
         reads,

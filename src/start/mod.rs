@@ -5,9 +5,10 @@ use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::error::{Error, Exit, Kind};
+use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::handshake::{self, Refusal};
 use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::journal::Journal;
@@ -97,6 +98,8 @@ pub(crate) struct Spec {
     pub init: bool,
     pub max_frame: usize,
     pub start_timeout: Duration,
+    /// Fault injection for tests: how many more workers start, then how many fail to.
+    pub start_faults: Arc<Mutex<(usize, usize)>>,
     pub exit: Option<Entry>,
 }
 
@@ -181,14 +184,16 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
         Link::Thread {
             ready: Some(ready),
             ended,
-        } => match ready.await {
-            Ok(Ok(())) => Ok(Connected::Thread { ended }),
-            Ok(Err(failure)) => Err(Error::new(Kind::Panic {
+        } => match tokio::time::timeout(spec.start_timeout, ready).await {
+            Ok(Ok(Ok(()))) => Ok(Connected::Thread { ended }),
+            Ok(Ok(Err(failure))) => Err(Error::new(Kind::Panic {
                 failure,
-                during: crate::error::Stage::Init,
+                during: Stage::Init,
             })
             .with_worker(id)),
-            Err(_) => Err(Error::start("worker thread ended during set-up").with_worker(id)),
+            Ok(Err(_)) => Err(Error::start("worker thread ended during set-up").with_worker(id)),
+            // A thread cannot be killed: it is left to finish its `worker_init`, then leaves.
+            Err(_) => Err(late(spec).with_worker(id)),
         },
         Link::Process {
             writes,
@@ -212,6 +217,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 },
                 identity: crate::sys::image::identity(),
                 max_frame: spec.max_frame as u64,
+                fault: fault(spec),
             };
             let body: &[u8] = if inherits {
                 &[]
@@ -222,25 +228,27 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 handshake::offer(&mut rx, &mut tx, &setup, body)
                     .await
                     .map_err(|refusal| match refusal {
-                        Refusal::Vanished | Refusal::DiedInSetup => Error::new(Kind::WorkerDied {
+                        Refusal::Vanished => Error::new(Kind::WorkerDied {
                             exit: Exit::Unknown,
-                            during: crate::error::Stage::Init,
+                            during: Stage::Start,
+                        }),
+                        Refusal::DiedInSetup => Error::new(Kind::WorkerDied {
+                            exit: Exit::Unknown,
+                            during: if spec.init { Stage::Init } else { Stage::Start },
                         }),
                         Refusal::InitFailed(failure) => Error::new(Kind::Panic {
                             failure,
-                            during: crate::error::Stage::Init,
+                            during: Stage::Init,
                         }),
                         Refusal::Mismatch(m) => Error::new(Kind::Mismatch(m)),
                         Refusal::Protocol(m) => Error::new(Kind::Protocol(m)),
-                        Refusal::Send(e) => Error::start(format!("could not send set-up: {e}")),
+                        Refusal::Send(e) => Error::start(format!("could not send set-up: {e}"))
+                            .with_source(Arc::new(e)),
                     })
             };
             let result = match tokio::time::timeout(spec.start_timeout, handshake).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::start(format!(
-                    "worker did not finish its start-up within {:?}",
-                    spec.start_timeout
-                ))),
+                Err(_) => Err(late(spec)),
             };
             match result {
                 Ok(()) => Ok(Connected::Process {
@@ -268,4 +276,31 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             }
         }
     }
+}
+
+/// Whether the worker being started is to fail (tests only), and with which exit status.
+fn fault(spec: &Spec) -> Option<i32> {
+    let mut f = spec
+        .start_faults
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match *f {
+        (0, 0) => None,
+        (0, ref mut fail) => {
+            *fail -= 1;
+            Some(86)
+        }
+        (ref mut start, _) => {
+            *start -= 1;
+            None
+        }
+    }
+}
+
+/// A worker that did not start within `worker_start_timeout`.
+fn late(spec: &Spec) -> Error {
+    Error::start(format!(
+        "worker did not finish its start-up within {:?}",
+        spec.start_timeout
+    ))
 }

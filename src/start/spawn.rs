@@ -31,8 +31,10 @@ impl Start for Spawn {
             })
             .await
             .and_then(|r| r)
-            .map_err(|e| Error::start(format!("could not spawn /proc/self/exe: {e}")))?;
-            Ok(Box::new(Child::new(pid, pidfd).map_err(Error::start)?) as _)
+            .map_err(|e| Error::start_io("could not spawn /proc/self/exe", e))?;
+            let child = Child::new(pid, pidfd)
+                .map_err(|e| Error::start_io("could not watch the worker", e))?;
+            Ok(Box::new(child) as _)
         }))
     }
 }

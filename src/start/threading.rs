@@ -40,7 +40,7 @@ impl Start for Threading {
             std::thread::Builder::new()
                 .name(format!("ampire-worker-{id}"))
                 .spawn(move || worker.run())
-                .map_err(Error::start)?;
+                .map_err(|e| Error::start_io("could not start a thread", e))?;
             Ok(Link::Thread { ready, ended })
         })
     }

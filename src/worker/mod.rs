@@ -66,6 +66,17 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     let _ = RESULT_PIPE.get_or_try_init(|| ends.results.try_clone().map(File::from));
     let mut rd = Reader::new(File::from(ends.tasks), proto::DEFAULT_MAX_FRAME);
     let mut wr = Writer::new(File::from(ends.results));
+    // The set-up was sent at once; it is read before the hello only so that a test can make a
+    // worker fail to start.
+    let setup = handshake::accept(&mut rd);
+    if let Ok(frame) = &setup {
+        if let ToWorker::Setup {
+            fault: Some(code), ..
+        } = frame.header
+        {
+            return code;
+        }
+    }
     if handshake::greet(&mut wr).is_err() {
         return 2;
     }
@@ -79,7 +90,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         shared: inherited,
         state: None,
     };
-    let frame = match handshake::accept(&mut rd) {
+    let frame = match setup {
         Ok(frame) => frame,
         Err(None) => return 0,
         Err(Some(msg)) => return fatal(&mut wr, msg),
@@ -91,6 +102,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         arena: span,
         identity: _,
         max_frame,
+        fault: _,
     } = frame.header
     else {
         return fatal(&mut wr, "expected set-up".into());
@@ -179,8 +191,9 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     Some(None) => {
                         return fatal(wr, "exit entry is outside this binary".into());
                     }
-                    Some(Some(f)) => match run_exit(f, &mut cx) {
-                        Ok(bytes) => (FromWorker::Exit(None), bytes),
+                    Some(Some(f)) => match run_exit(f, &mut cx, false) {
+                        Ok(Exited::Bytes(bytes)) => (FromWorker::Exit(None), bytes),
+                        Ok(Exited::Value(_)) => (FromWorker::Exit(None), Vec::new()),
                         Err(fail) => (FromWorker::Exit(Some(Box::new(fail))), Vec::new()),
                     },
                 };
@@ -246,12 +259,21 @@ impl ChunkCall {
 
 /// What the exit entry point answers: the serialised exit result.
 pub(crate) struct ExitCall {
-    pub result: Result<Vec<u8>, Failure>,
+    /// Whether the result stays in this process (a thread worker's): moved, not serialised.
+    pub local: bool,
+    pub result: Result<Exited, Failure>,
+}
+
+/// An exit result: serialised (a process worker's), or the value itself (a thread worker's).
+pub(crate) enum Exited {
+    Bytes(Vec<u8>),
+    Value(Box<dyn Any + Send>),
 }
 
 impl ExitCall {
-    pub(crate) fn new() -> ExitCall {
+    pub(crate) fn new(local: bool) -> ExitCall {
         ExitCall {
+            local,
             result: Err(Failure {
                 message: "the exit entry point is of another kind".into(),
                 ..Failure::default()
@@ -261,8 +283,8 @@ impl ExitCall {
 }
 
 /// Runs the exit entry point `f`.
-pub(crate) fn run_exit(f: EntryFn, cx: &mut Context) -> Result<Vec<u8>, Failure> {
-    let mut call = ExitCall::new();
+pub(crate) fn run_exit(f: EntryFn, cx: &mut Context, local: bool) -> Result<Exited, Failure> {
+    let mut call = ExitCall::new(local);
     f(cx, &[], &mut call);
     call.result
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::catch::install_panic_hook;
-use super::{Context, SetupCall, run_exit};
+use super::{Context, Exited, SetupCall, run_exit};
 use crate::proto::Failure;
 use crate::sys::image::EntryFn;
 
@@ -39,7 +39,7 @@ pub(crate) trait LocalQueue: Send + Sync {
         busy: Duration,
     ) -> Option<(u64, LocalChunk)>;
     /// The worker ran its exit function and dropped its state; this is its exit result.
-    fn left(&self, slot: usize, exit: Result<Vec<u8>, Failure>);
+    fn left(&self, slot: usize, exit: Result<Exited, Failure>);
 }
 
 /// How a thread worker ended: `true` after shutdown (its exit result went to
@@ -89,7 +89,8 @@ impl ThreadWorker {
                     ready = self.queue.done(self.id, job, out, t0.elapsed());
                 }
                 LocalNext::Shutdown => {
-                    let result = self.exit.map_or(Ok(Vec::new()), |f| run_exit(f, &mut cx));
+                    let none = || Ok(Exited::Bytes(Vec::new()));
+                    let result = self.exit.map_or_else(none, |f| run_exit(f, &mut cx, true));
                     self.queue.left(self.id, result);
                     let _ = self.ended.send(true);
                     // The state is dropped here, on this thread, after `shutdown()` was told.
