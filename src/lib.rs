@@ -146,6 +146,8 @@ pub use crate::task::{Input, Output, Shared, Worker};
 
 #[doc(hidden)]
 pub use crate::worker::inject_raw_result_bytes as __inject_raw_result_bytes;
+#[doc(hidden)]
+pub use crate::worker::send_events as __send_events;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

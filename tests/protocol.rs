@@ -52,7 +52,24 @@ fn even_only(x: u64) -> EvenOnly {
     EvenOnly(x)
 }
 
+/// Sends events to the pool from the middle of a chunk.
+fn chatty(x: u64) -> u64 {
+    if x % 10 == 3 {
+        assert!(ampire::__send_events());
+    }
+    x
+}
+
 each_method! {
+    processes async fn events_may_come_at_any_time(m: StartMethod) {
+        let pool = pool(m, 2).await;
+        let pids = pool.worker_pids();
+        assert_eq!(pool.map(chatty, 0..1000u64).chunk_size(50).await.unwrap(), (0..1000).collect::<Vec<_>>());
+        assert_eq!(pool.apply(chatty, 3).await.unwrap(), 3);
+        assert_eq!(pool.worker_pids(), pids, "no worker was replaced");
+        pool.shutdown().await.unwrap();
+    }
+
     processes async fn a_result_that_does_not_deserialise_fails_its_chunk_only(m: StartMethod) {
         use futures_util::StreamExt;
         let pool = pool(m, 2).await;

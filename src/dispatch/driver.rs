@@ -16,7 +16,7 @@ use super::queue::{Claims, Outgoing};
 use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
-use crate::proto::{Batch, Failure, FromWorker, ToWorker};
+use crate::proto::{Batch, Event, Failure, FromWorker, ToWorker};
 use crate::start::{Connected, Process, Rx, Tx};
 use crate::sys::journal::Journal;
 use crate::task::Entry;
@@ -40,30 +40,33 @@ enum Why {
     Stopped,
 }
 
-enum Event {
+enum Heard {
     /// Results of some tasks, and the failure of the task after them if that ended the batch;
     /// results in the frame are `rx.body(body)`, until the next read.
     Done(Batch, Option<Box<Failure>>, Range<usize>),
     Exit(Result<Vec<u8>, Failure>),
     /// The worker's stream ended (between frames, or inside one: it died while writing).
     Eof,
+    /// News from the worker.
+    Event(Event),
     Broken(String),
 }
 
 /// The next event of a process worker. Cancel-safe: each await is one read.
-async fn event(rx: &mut Rx) -> Event {
+async fn event(rx: &mut Rx) -> Heard {
     match rx.next::<FromWorker>().await {
         Ok(Some(frame)) => match frame.header {
-            FromWorker::Done(batch) => Event::Done(batch, None, frame.body),
-            FromWorker::Failed(batch, failure) => Event::Done(batch, Some(failure), frame.body),
-            FromWorker::Exit(None) => Event::Exit(Ok(rx.body(frame.body).to_vec())),
-            FromWorker::Exit(Some(fail)) => Event::Exit(Err(*fail)),
-            FromWorker::Fatal(m) => Event::Broken(m),
-            other => Event::Broken(format!("unexpected message {other:?}")),
+            FromWorker::Done(batch) => Heard::Done(batch, None, frame.body),
+            FromWorker::Failed(batch, failure) => Heard::Done(batch, Some(failure), frame.body),
+            FromWorker::Exit(None) => Heard::Exit(Ok(rx.body(frame.body).to_vec())),
+            FromWorker::Exit(Some(fail)) => Heard::Exit(Err(*fail)),
+            FromWorker::Fatal(m) => Heard::Broken(m),
+            FromWorker::Event(event) => Heard::Event(event),
+            other => Heard::Broken(format!("unexpected message {other:?}")),
         },
-        Ok(None) => Event::Eof,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Event::Eof,
-        Err(e) => Event::Broken(e.to_string()),
+        Ok(None) => Heard::Eof,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Heard::Eof,
+        Err(e) => Heard::Broken(e.to_string()),
     }
 }
 
@@ -213,14 +216,15 @@ async fn serve_process(
                 biased;
                 _ = stop => break 'events Why::Stopped,
                 ev = event(&mut rx) => match ev {
-                    Event::Done(batch, failure, body) => {
+                    Heard::Done(batch, failure, body) => {
                         if let Err(m) = core.take_batch(slot, journal, batch, failure, rx.body(body)) {
                             break 'events Why::Broken(m);
                         }
                     }
-                    Event::Exit(r) => break 'events Why::Exit(r),
-                    Event::Eof => break 'events Why::Died,
-                    Event::Broken(m) => break 'events Why::Broken(m),
+                    Heard::Exit(r) => break 'events Why::Exit(r),
+                    Heard::Event(event) => core.heard(slot, event),
+                    Heard::Eof => break 'events Why::Died,
+                    Heard::Broken(m) => break 'events Why::Broken(m),
                 },
                 _ = core.kill[slot].notified() => {
                     if core.running_cancelled(slot) {
@@ -233,14 +237,15 @@ async fn serve_process(
                     // the end of the stream for long.)
                     loop {
                         match tokio::time::timeout(Duration::from_millis(200), event(&mut rx)).await {
-                            Ok(Event::Done(batch, failure, body)) => {
+                            Ok(Heard::Done(batch, failure, body)) => {
                                 if let Err(m) = core.take_batch(slot, journal, batch, failure, rx.body(body)) {
                                     break 'events Why::Broken(m);
                                 }
                             }
-                            Ok(Event::Exit(r)) => break 'events Why::Exit(r),
-                            Ok(Event::Broken(m)) => break 'events Why::Broken(m),
-                            Ok(Event::Eof) | Err(_) => break 'events Why::Died,
+                            Ok(Heard::Exit(r)) => break 'events Why::Exit(r),
+                            Ok(Heard::Event(event)) => core.heard(slot, event),
+                            Ok(Heard::Broken(m)) => break 'events Why::Broken(m),
+                            Ok(Heard::Eof) | Err(_) => break 'events Why::Died,
                         }
                     }
                 }
@@ -347,6 +352,12 @@ impl Core {
             }
             notified.await;
         }
+    }
+
+    /// News from worker `slot`. Nothing in the pool uses it yet: task starts are for task
+    /// timeouts, progress and output for progress bars (the lifecycle and observability work).
+    fn heard(&self, slot: usize, event: Event) {
+        let _ = (slot, event);
     }
 
     /// A batch of results of the job worker `slot` runs: they are delivered, decoded straight

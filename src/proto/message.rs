@@ -61,6 +61,27 @@ pub(crate) enum FromWorker {
     Exit(Option<Box<Failure>>),
     /// A task could not be decoded or named; the worker leaves after sending this.
     Fatal(String),
+    /// Something the worker tells the pool at any time, between any two other messages.
+    Event(Event),
+}
+
+/// What a worker may tell the pool at any time. The pool takes each as news and answers none;
+/// one it has no use for is dropped, never a reason to kill the worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Event {
+    /// Task `index` of job `id` started.
+    Started { id: u64, index: u32 },
+    /// Where a pool running inside the worker stands: absolute counts, so that events can be
+    /// merged or dropped on the way.
+    Progress {
+        bar: u64,
+        done: u64,
+        total: Option<u64>,
+        failed: u64,
+        closed: bool,
+    },
+    /// A line the worker printed.
+    Output { stderr: bool, line: Vec<u8> },
 }
 
 /// The results of consecutive tasks of one job: `values` results of tasks `first..`, in the

@@ -16,7 +16,7 @@ pub(crate) mod message;
 
 pub(crate) use body::{Body, Span};
 pub(crate) use frame::{AsyncReader, DEFAULT_MAX_FRAME, Reader, Writer};
-pub(crate) use message::{Batch, Failure, Fault, FromWorker, ToWorker, describe};
+pub(crate) use message::{Batch, Event, Failure, Fault, FromWorker, ToWorker, describe};
 
 /// Protocol magic, "amp" and the major version.
 pub(crate) const MAGIC: u32 = 0x616d_7001;

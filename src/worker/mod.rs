@@ -291,6 +291,32 @@ pub(crate) fn run_exit(f: EntryFn, cx: &mut Context, local: bool) -> Result<Exit
 
 static RESULT_PIPE: ProcessLocal<File> = ProcessLocal::new();
 
+/// Fault injection for tests: sends one event of each kind to the pool, from inside a task.
+/// Returns `false` outside a process worker. Not part of the API.
+#[doc(hidden)]
+pub fn send_events() -> bool {
+    use crate::proto::Event;
+    let events = [
+        Event::Started { id: 1, index: 2 },
+        Event::Progress {
+            bar: 7,
+            done: 3,
+            total: Some(10),
+            failed: 1,
+            closed: false,
+        },
+        Event::Output {
+            stderr: true,
+            line: b"a line".to_vec(),
+        },
+    ];
+    let mut bytes = Vec::new();
+    for event in events {
+        proto::frame::encode(&mut bytes, &FromWorker::Event(event), &[]);
+    }
+    inject_raw_result_bytes(&bytes)
+}
+
 /// Fault injection for tests: writes `bytes` raw (unframed) into this worker's result pipe.
 /// Returns `false` outside a process worker. Not part of the API.
 #[doc(hidden)]
