@@ -46,6 +46,14 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// streams, glibc's allocator), but not those of other libraries. The forkserver is forked from a
 /// single-threaded process before any thread exists, so its workers start clean, and it is still
 /// a fork, not an exec. Python 3.14 made the same change of default for the same reason.
+///
+/// **Statics and other globals** (MPIRE's caveat for spawn and forkserver). A task sees the
+/// globals of the process it runs in. Under `Threading` that is the owner itself; a `Fork` worker
+/// has a copy of the owner's memory as it was when the worker was forked. A `Spawn` worker is a
+/// fresh run of the program: its statics have their initial values. A `Forkserver` worker is a
+/// copy of the server, which `init()` forked at the top of `main` (or re-executed, when threads
+/// already existed): it sees what was set before `init()`, and nothing set after. Pass what tasks
+/// need through the shared object or their inputs, not through globals set at run time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StartMethod {
