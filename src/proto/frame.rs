@@ -103,7 +103,9 @@ impl Buffer {
             self.start = 0;
         }
         if self.buf.len() - self.end < want {
-            let new_len = (self.end + want).max(self.buf.len() * 2);
+            // Doubling, but never past what the largest frame and one read beyond it need.
+            let most = (4 + self.max).saturating_add(MIN_READ);
+            let new_len = (self.end + want).max((self.buf.len() * 2).min(most));
             self.buf.resize(new_len, 0);
         }
     }

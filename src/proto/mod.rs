@@ -11,6 +11,8 @@
 
 pub(crate) mod body;
 pub(crate) mod frame;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod handshake;
 pub(crate) mod message;
 

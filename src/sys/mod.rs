@@ -21,5 +21,7 @@ pub(crate) mod fork;
 pub(crate) mod image;
 pub(crate) mod journal;
 pub(crate) mod local;
+#[cfg(test)]
+pub(crate) mod probe;
 pub(crate) mod shm;
 pub(crate) mod spawn;
