@@ -122,6 +122,14 @@ fn storm_inputs(n: u64, log: &RunLog) -> impl Iterator<Item = (u64, String)> + u
     (0..n).map(move |x| (x, path.clone()))
 }
 
+/// A tiny task that kills its worker every 250 inputs.
+fn tiny_or_kill(x: u64) -> u64 {
+    if x % 250 == 125 {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    x + 1
+}
+
 fn kill_self_at_5(x: u64) -> u64 {
     if x == 5 {
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -179,7 +187,7 @@ each_method! {
             check_storm(m, if ordered { "map_stream" } else { "map_stream_unordered" }, N, &indexed, &log);
         }
         // Fixed chunks, and an input of unknown length (adaptive chunks).
-        for chunk in [Some(7), None] {
+        for chunk in [Some(1), Some(7), None] {
             let log = RunLog::new(&format!("{m}-chunk-{chunk:?}"));
             let inputs = stream::iter(storm_inputs(N as u64, &log).filter(|_| true));
             let call = pool.map_stream(storm_task, inputs);
@@ -216,6 +224,24 @@ each_method! {
         }
         // The pool serves on.
         assert_eq!(pool.map(square, 0..1_000u64).await.unwrap(), (0..1_000).map(square).collect::<Vec<_>>());
+        pool.shutdown().await.unwrap();
+    }
+
+    processes async fn crashes_among_tiny_tasks_whose_results_the_worker_holds(m: StartMethod) {
+        // Tiny tasks one per job: a worker holds their results a little to send many in one
+        // write, and dies with some of them unsent; its journal has them.
+        let pool = pool(m, 2).await;
+        for _ in 0..3 {
+            let out: Vec<Result<u64, Error>> =
+                pool.map_stream(tiny_or_kill, stream::iter(0..5_000u64)).chunk_size(1).collect().await;
+            assert_eq!(out.len(), 5_000);
+            for (i, r) in out.iter().enumerate() {
+                match i % 250 {
+                    125 => assert_eq!(r.as_ref().unwrap_err().signal(), Some(9), "task {i}"),
+                    _ => assert_eq!(*r.as_ref().unwrap(), i as u64 + 1, "task {i}"),
+                }
+            }
+        }
         pool.shutdown().await.unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! separate tasks so a worker blocked on writing a large result never deadlocks against us
 //! writing a large input.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -78,6 +79,7 @@ impl Tx {
             let Outgoing::Remote {
                 id,
                 seq,
+                hold,
                 entry,
                 count,
                 span,
@@ -89,6 +91,7 @@ impl Tx {
             let header = ToWorker::Task {
                 id,
                 seq,
+                hold,
                 entry,
                 count,
                 arena: span,
@@ -436,82 +439,116 @@ impl Core {
     /// takes the blame.
     fn settle(&self, slot: usize, journal: Option<&Journal>, cause: Error, trusted: bool) {
         let mut jobs = self.state().queue.unwind(slot);
-        let mut again = Vec::new();
-        if let Some(mut job) = jobs.pop_front() {
-            // Whether it had started: it claims each job in its journal first. Without a journal
-            // it may have, and the job is treated as started.
-            let started = journal.is_none_or(|j| j.claimed() == job.on_worker) || !trusted;
-            if started {
-                if let (Some(j), true) = (journal, trusted) {
-                    recover(&mut job, j, slot);
+        // What finished that the pool had not heard of: the batches the worker ended (their
+        // frames may not have been flushed), then the one it was writing.
+        if let (Some(j), true) = (journal, trusted) {
+            let snap = j.snapshot();
+            for r in &snap.ended {
+                if let Some(bytes) = j.recorded(r) {
+                    recover(&mut jobs, r.job, r.first, r.values, bytes, slot);
                 }
-                let k = job.delivered;
-                if k < job.len {
-                    // Task `k` was running.
-                    let found = job.inputs().and_then(|inputs| {
-                        catch_unwind(AssertUnwindSafe(|| (job.call.locate)(inputs, k)))
-                            .ok()
-                            .flatten()
-                    });
-                    let mut e = cause.with_worker(slot).with_task(job.first + k);
-                    if let Some((input, _)) = &found {
-                        e = e.with_input(input.clone());
-                    }
-                    job.call.deliver(
-                        job.first + k,
-                        1,
-                        Some(slot),
-                        || Outcome::Failed(e),
-                        Duration::ZERO,
-                    );
-                    job.delivered += 1;
-                    match found.and_then(|(_, next)| job.rest(k + 1, next)) {
-                        Some(rest) => again.push(rest),
-                        None if job.delivered < job.len => {
-                            let lost = Error::codec(
-                                "could not send a task again",
-                                "the inputs of its chunk no longer decode",
-                            );
-                            super::job::fail(job, Some(slot), lost);
-                        }
-                        None => {}
-                    }
-                }
-            } else {
-                again.push(job);
+            }
+            if let Some((id, first, start, done)) = snap.batch {
+                recover(&mut jobs, id, first, done, j.after_death(start), slot);
             }
         }
-        // The others had not started: the worker runs its jobs in order.
-        again.extend(jobs);
+        // The job it was running is the last it claimed (it claims each before it starts it,
+        // and runs them in order); without a journal, or untrusted, the oldest unfinished one.
+        let claimed = journal.filter(|_| trusted).map(Journal::claimed);
+        let ran = |job: &Job| match claimed {
+            Some(c) => c.wrapping_sub(job.on_worker) < 128,
+            None => true,
+        };
+        let mut again = Vec::new();
+        let mut blamed = false;
+        for mut job in jobs {
+            if job.delivered == job.len {
+                continue;
+            }
+            let from = job.delivered;
+            if blamed || !ran(&job) {
+                match remainder(job, from) {
+                    Ok(job) => again.push(job),
+                    Err(job) => fail_lost(job, slot),
+                }
+                continue;
+            }
+            blamed = true;
+            let found = locate(&job, from);
+            let mut e = cause.clone().with_worker(slot).with_task(job.first + from);
+            if let Some((input, _)) = &found {
+                e = e.with_input(input.clone());
+            }
+            job.call.deliver(
+                job.first + from,
+                1,
+                Some(slot),
+                || Outcome::Failed(e),
+                Duration::ZERO,
+            );
+            job.delivered += 1;
+            if job.delivered < job.len {
+                match found.and_then(|(_, next)| job.rest(from + 1, next)) {
+                    Some(rest) => again.push(rest),
+                    None => fail_lost(job, slot),
+                }
+            }
+        }
         again.retain(|j| !j.call.is_cancelled());
         self.state().queue.requeue(again);
         self.wake(None, false);
     }
 }
 
-/// Delivers the results that `job`'s dead worker had finished in the batch its journal names.
-fn recover(job: &mut Job, journal: &Journal, slot: usize) {
-    let Some((id, first, start, done)) = journal.snapshot().batch else {
+/// Input `index` of `job`'s inputs: its `Debug`, and where the next one starts. A user's
+/// `Deserialize` runs here: a panic in it means the input is not found.
+fn locate(job: &Job, index: usize) -> Option<(String, usize)> {
+    let inputs = job.inputs()?;
+    catch_unwind(AssertUnwindSafe(|| (job.call.locate)(inputs, index)))
+        .ok()
+        .flatten()
+}
+
+/// What is left of `job` from task `from` on, to run again; the job back when its inputs there
+/// cannot be found.
+fn remainder(job: Job, from: usize) -> Result<Job, Job> {
+    if from == 0 {
+        return Ok(job);
+    }
+    match locate(&job, from - 1).and_then(|(_, next)| job.rest(from, next)) {
+        Some(rest) => Ok(rest),
+        None => Err(job),
+    }
+}
+
+/// Fails what is left of a job whose inputs cannot be sent again.
+fn fail_lost(job: Job, slot: usize) {
+    let lost = Error::codec(
+        "could not send a task again",
+        "the inputs of its chunk no longer decode",
+    );
+    super::job::fail(job, Some(slot), lost);
+}
+
+/// Delivers `values` results of tasks `first..` of job `id`, which a dead worker left in its
+/// journal, if they are the next the job is waiting for.
+fn recover(jobs: &mut VecDeque<Job>, id: u64, first: u32, values: u32, bytes: &[u8], slot: usize) {
+    let Some(job) = jobs.iter_mut().find(|j| j.id == id) else {
         return;
     };
-    let done = done as usize;
-    if id != job.id
-        || first as usize != job.delivered
-        || done == 0
-        || job.len - job.delivered < done
-    {
+    let values = values as usize;
+    if first as usize != job.delivered || values == 0 || job.len - job.delivered < values {
         return;
     }
-    let bytes = journal.after_death(start);
     deliver_values(
         &job.call,
         job.first + job.delivered,
-        done,
+        values,
         bytes,
         slot,
         Duration::ZERO,
     );
-    job.delivered += done;
+    job.delivered += values;
 }
 
 /// Decodes `count` results of tasks `first..` (indices in the call) from `bytes`, with the

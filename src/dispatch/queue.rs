@@ -23,6 +23,9 @@ pub(crate) enum Outgoing {
         id: u64,
         /// Its number on the worker.
         seq: u8,
+        /// Its tasks are known to be tiny: the worker may hold their results a little, to send
+        /// them with others.
+        hold: bool,
         entry: i64,
         count: u32,
         /// Where the inputs are in the arena; the writer holds no reference to the block, so it
@@ -68,9 +71,9 @@ struct Seat {
 /// flight on each worker, oldest first.
 ///
 /// **The rule.** A job goes into a busy worker's pipe (behind the job it runs) only while every
-/// live worker is busy: prefetching is for throughput when nobody is idle. And when a worker
-/// becomes idle while another holds jobs it has not started, it takes them back from there
-/// (`steal`): no job waits behind a running one while a worker is idle.
+/// live worker is busy (or for tasks known to be tiny): prefetching is for throughput when nobody
+/// is idle. And when a worker becomes idle while another holds jobs it has not started, it takes
+/// them back from there (`steal`): no job waits behind a running one while a worker is idle.
 pub(crate) struct Queue {
     global: VecDeque<Job>,
     targeted: Vec<VecDeque<Job>>,
@@ -176,31 +179,11 @@ impl Queue {
             } else {
                 self.global.front()
             }?;
-            let busy = !self.inflight[slot].is_empty();
-            if busy && !next.call.is_cancelled() {
-                // Behind a running job only if nobody else could start it now, and only as many
-                // as the journal can take back.
-                if !from_targeted && self.someone_idle(slot) {
-                    return None;
-                }
-                if self.seats[slot].claims.is_some() && self.inflight[slot].len() > MAX_QUEUED {
-                    return None;
-                }
-            }
-            if !next.call.is_cancelled() && self.inflight[slot].len() >= self.depth {
-                // Beyond `depth` chunks only for tasks known to be tiny: at most SMALL_WINDOW
-                // tasks and SMALL_WINDOW_WORK of work queued, so that a worker never hoards work
-                // another one could be doing.
-                let tasks: usize =
-                    self.inflight[slot].iter().map(|j| j.len).sum::<usize>() + next.len;
-                let ns = next.call.ns_per_task();
-                if ns == 0
-                    || tasks > SMALL_WINDOW
-                    || tasks as u64 * ns > SMALL_WINDOW_WORK.as_nanos() as u64
-                {
-                    return None;
-                }
-            }
+            let tiny = match self.may_hold(slot, next, from_targeted) {
+                Some(tiny) => tiny,
+                None if next.call.is_cancelled() => false,
+                None => return None,
+            };
             let mut job = if from_targeted {
                 self.targeted[slot].pop_front()
             } else {
@@ -218,6 +201,7 @@ impl Queue {
                     Outgoing::Remote {
                         id: job.id,
                         seq: job.on_worker,
+                        hold: tiny,
                         entry: *entry,
                         count: job.len as u32,
                         span: body.span(*skip),
@@ -272,6 +256,31 @@ impl Queue {
             }
         }
         false
+    }
+
+    /// Whether worker `slot` may take `next` now. An idle worker may. A busy one holds it behind
+    /// the job it runs only while nobody else is idle (or `next` is for it alone), and up to
+    /// `depth` jobs; more, or even while another worker is idle, only for tasks known to be
+    /// tiny: at most [`SMALL_WINDOW`] tasks and `SMALL_WINDOW_WORK` of work in its pipe, which
+    /// wait little, and which an idle worker takes back in any case. Never more than its journal
+    /// can take back.
+    ///
+    /// `Some(tiny)` if it may, where `tiny` says its tasks are known to be tiny.
+    fn may_hold(&self, slot: usize, next: &Job, targeted: bool) -> Option<bool> {
+        let held = &self.inflight[slot];
+        let tasks: usize = held.iter().map(|j| j.len).sum::<usize>() + next.len;
+        let ns = next.call.ns_per_task();
+        let tiny = ns != 0
+            && tasks <= SMALL_WINDOW
+            && tasks as u64 * ns <= SMALL_WINDOW_WORK.as_nanos() as u64;
+        if held.is_empty() {
+            return Some(tiny);
+        }
+        if self.seats[slot].claims.is_some() && held.len() > MAX_QUEUED {
+            return None;
+        }
+        let ok = tiny || (held.len() < self.depth && (targeted || !self.someone_idle(slot)));
+        ok.then_some(tiny)
     }
 
     /// Takes job `id` out of `slot`'s flight, if it is the oldest there.

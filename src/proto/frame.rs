@@ -188,6 +188,11 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// Whether a whole frame is already buffered (the next `next` does not read).
+    pub(crate) fn has_frame(&self) -> bool {
+        !matches!(self.b.complete(), Ok(None))
+    }
+
     /// Sets the largest frame accepted from now on.
     pub(crate) fn set_max(&mut self, max: usize) {
         self.b.max = max;
@@ -323,6 +328,7 @@ mod tests {
             &ToWorker::Task {
                 id: 1,
                 seq: 1,
+                hold: false,
                 entry: -5,
                 count: 2,
                 arena: None,
@@ -334,6 +340,7 @@ mod tests {
             &ToWorker::Task {
                 id: 2,
                 seq: 2,
+                hold: false,
                 entry: 7,
                 count: 0,
                 arena: None,
@@ -345,6 +352,7 @@ mod tests {
             &ToWorker::Task {
                 id: 3,
                 seq: 3,
+                hold: false,
                 entry: 7,
                 count: 1,
                 arena: None,
@@ -359,6 +367,7 @@ mod tests {
             ToWorker::Task {
                 id: 1,
                 seq: 1,
+                hold: false,
                 entry: -5,
                 count: 2,
                 arena: None
@@ -378,6 +387,7 @@ mod tests {
             &ToWorker::Task {
                 id: 1,
                 seq: 1,
+                hold: false,
                 entry: 0,
                 count: 1,
                 arena: None,

@@ -98,6 +98,7 @@ fn to_worker(r: &mut Rng) -> ToWorker {
         1 => ToWorker::Task {
             id: r.next(),
             seq: r.next() as u8,
+            hold: r.below(2) == 0,
             entry: r.next() as i64,
             count: r.next() as u32,
             arena: r.maybe(span),

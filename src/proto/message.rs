@@ -27,10 +27,13 @@ pub(crate) enum ToWorker {
     /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
     /// `arena`, or else in the body. `seq` numbers the jobs of one worker in the order they are
     /// sent (wrapping); the worker claims each in its journal before it starts it, and skips one
-    /// the pool took back.
+    /// the pool took back. `hold`: the tasks are known to be tiny, and their results may wait
+    /// (about 50 µs) to travel with the next ones; otherwise the worker sends what it holds
+    /// before it starts the job.
     Task {
         id: u64,
         seq: u8,
+        hold: bool,
         entry: i64,
         count: u32,
         arena: Option<Span>,

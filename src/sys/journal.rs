@@ -62,7 +62,17 @@ struct Header {
     // The worker's wait for room.
     waiting: AtomicU32,
     wake: AtomicU32,
+    _wait: [u32; 14],
+    /// Batches the worker ended whose `Done` frames it may not have flushed yet: how many, then
+    /// for each its job, first task and results (`first | values << 32`), ring position and
+    /// length. A worker flushes its frames when it would wait for input, not after every batch.
+    pending: AtomicU64,
+    _pending: [u64; 7],
+    records: [[AtomicU64; 4]; RECORDS],
 }
+
+/// How many ended batches the header records; a worker flushes before it would need more.
+pub(crate) const RECORDS: usize = 64;
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER);
 
@@ -132,9 +142,22 @@ impl Drop for Mapping {
     }
 }
 
+/// A batch of results in the ring: its job, the index of its first task in the job, how many
+/// results, and where they lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub job: u64,
+    pub first: u32,
+    pub values: u32,
+    pub at: u64,
+    pub len: u64,
+}
+
 /// What a dead worker's header says.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
+    /// The batches it ended, oldest first, whose frames it may not have flushed.
+    pub ended: Vec<Record>,
     /// The batch it was writing, if it was in one: its job, the index of its first task in the
     /// job, where its results start in the ring, and how many of its tasks were done.
     pub batch: Option<(u64, u32, u64, u32)>,
@@ -219,7 +242,31 @@ impl Journal {
                 done as u32,
             )
         });
-        Snapshot { batch }
+        let pending = (h.pending.load(Ordering::Acquire) as usize).min(RECORDS);
+        let ended = h.records[..pending]
+            .iter()
+            .map(|r| {
+                let counts = r[1].load(Ordering::Relaxed);
+                Record {
+                    job: r[0].load(Ordering::Relaxed),
+                    first: counts as u32,
+                    values: (counts >> 32) as u32,
+                    at: r[2].load(Ordering::Relaxed),
+                    len: r[3].load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        Snapshot { ended, batch }
+    }
+
+    /// The results of a batch a dead worker recorded, if they lie inside the ring in one piece.
+    pub(crate) fn recorded(&self, r: &Record) -> Option<&[u8]> {
+        let cap = self.map.cap as u64;
+        let off = r.at & (cap - 1);
+        (off.checked_add(r.len)? <= cap).then(|| {
+            // SAFETY: as for `after_death`: the worker is dead, nothing writes the ring.
+            unsafe { self.map.bytes(off as usize, r.len as usize) }
+        })
     }
 
     /// The sequence number of the last job the worker claimed (started or skipped).
@@ -345,6 +392,23 @@ impl Writer {
         h.start.store(self.head, Ordering::Relaxed);
         h.done.store(0, Ordering::Release);
         self.head
+    }
+
+    /// Records ended batch number `n` since the last flush (`n < RECORDS`): its frame may not
+    /// reach the pool if the worker dies before it flushes.
+    pub(crate) fn record(&self, n: usize, r: Record) {
+        let h = self.map.header();
+        let slot = &h.records[n];
+        slot[0].store(r.job, Ordering::Relaxed);
+        slot[1].store(r.first as u64 | (r.values as u64) << 32, Ordering::Relaxed);
+        slot[2].store(r.at, Ordering::Relaxed);
+        slot[3].store(r.len, Ordering::Relaxed);
+        h.pending.store(n as u64 + 1, Ordering::Release);
+    }
+
+    /// Every batch's frame has been written to the pool.
+    pub(crate) fn flushed(&self) {
+        self.map.header().pending.store(0, Ordering::Release);
     }
 
     /// Records that `done` tasks of the current batch have their results in the ring.
@@ -544,6 +608,30 @@ mod tests {
             "a batch crossing the ring's end is refused"
         );
         assert!(w.is_empty(), "dropping the batch released it");
+    }
+
+    #[test]
+    fn ended_batches_are_recorded_until_the_frames_are_flushed() {
+        let (j, mut w) = pair(4096);
+        let at = w.begin(7, 0);
+        w.space(10)[..3].copy_from_slice(b"abc");
+        w.advance(3);
+        w.commit(2);
+        let r = Record {
+            job: 7,
+            first: 0,
+            values: 2,
+            at,
+            len: 3,
+        };
+        w.record(0, r);
+        w.begin(7, 2);
+        let snap = j.snapshot();
+        assert_eq!(snap.ended, [r]);
+        assert_eq!(j.recorded(&snap.ended[0]), Some(&b"abc"[..]));
+        assert_eq!(snap.batch, Some((7, 2, at + 3, 0)));
+        w.flushed();
+        assert!(j.snapshot().ended.is_empty());
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     let mut call = ChunkCall::new(Results::new(wr, ring, budget));
     let mut last: Option<(i64, EntryFn)> = None;
     loop {
+        if !rd.has_frame() {
+            // About to wait for the next job: everything done so far goes to the pool first.
+            call.results.flush();
+        }
         let frame = match rd.next::<ToWorker>() {
             Ok(Some(frame)) => frame,
             Ok(None) => return 0,
@@ -143,12 +147,18 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
             ToWorker::Task {
                 id,
                 seq,
+                hold,
                 entry,
                 count,
                 arena: span,
             } => {
                 if !call.results.claim(seq) {
                     continue; // the pool took this job back
+                }
+                // Results held for tiny tasks go before a job that may take long, or once they
+                // have waited long enough.
+                if !hold || call.results.stale() {
+                    call.results.flush();
                 }
                 let run = match last {
                     Some((off, f)) if off == entry => f,

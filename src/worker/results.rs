@@ -3,24 +3,32 @@
 //!
 //! A batch is the results of consecutive tasks of one job. It ends with its job, when the next
 //! result would not fit (in the ring, or in a frame: `max_frame_len` bounds a batch too), or when
-//! a task fails: a failure ends its batch, and the `Done` frame carries it. Every `Done` is
-//! flushed at once: what the pool has not heard of it learns from the journal's header.
+//! a task fails: a failure ends its batch, and the `Done` frame carries it.
+//!
+//! `Done` frames are flushed before a job starts, or, for jobs of tasks the pool measured to be
+//! tiny, when the worker would wait for its next job or once the oldest has waited
+//! [`FLUSH_AFTER`]: a stream of tiny tasks costs one write for many results, not one each. Until then the journal's header records each ended batch, so a
+//! worker that dies with frames unflushed loses no result. A failure is flushed at once.
 //!
 //! Without a journal (a link that is not shared memory), or for a result larger than the ring,
 //! results travel in the frame's body, one task each, flushed at once.
 
 use std::fs::File;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::proto::body::{SliceSink, serialized_size, serializer};
 use crate::proto::{Batch, Failure, Fault, FromWorker, Span, Writer};
 
+use crate::sys::journal::{self, RECORDS, Record};
+
 /// A batch of at most this many bytes of results travels in its frame: the pool need not reach
-/// into the journal for it, and the worker writes the next batch over it.
+/// into the journal for it, and once flushed the worker writes later batches over it.
 const IN_FRAME: u64 = 256;
-use crate::sys::journal;
+
+/// Results wait at most about this long for their frames to be flushed.
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_micros(50);
 
 /// Where the results of a worker's tasks go.
 pub(crate) struct Results {
@@ -38,6 +46,13 @@ pub(crate) struct Results {
     start: u64,
     t0: Instant,
     inline: Vec<u8>,
+    /// Batches ended since the last flush (recorded in the journal's header), and when the
+    /// first of them ended.
+    pending: usize,
+    since: Option<Instant>,
+    /// Where the head may go back to once the frames are flushed: the start of the batches
+    /// since the last one named by its place in the ring, which all travel in their frames.
+    rewind_to: Option<u64>,
     /// The link to the pool broke: nothing more can be sent.
     broken: bool,
 }
@@ -54,6 +69,9 @@ impl Results {
             start: 0,
             t0: Instant::now(),
             inline: Vec::new(),
+            pending: 0,
+            since: None,
+            rewind_to: None,
             broken: false,
         }
     }
@@ -131,6 +149,8 @@ impl Results {
             self.end_batch(None);
             self.begin();
         }
+        // The pool can release only what it has heard of.
+        self.flush();
         if let Some(ring) = &mut self.ring {
             if ring.make_room(need) {
                 self.start = ring.begin(self.job, self.first);
@@ -158,6 +178,7 @@ impl Results {
         };
         let sent = self.wr.send(&FromWorker::Done(batch), &self.inline);
         self.sent(sent);
+        self.flush();
         self.first += 1;
         self.begin();
         Ok(())
@@ -178,6 +199,7 @@ impl Results {
 
     /// Sends the open batch, and the failure that ends it.
     fn end_batch(&mut self, failure: Option<Box<Failure>>) {
+        let now = Instant::now();
         let len = self
             .ring
             .as_ref()
@@ -194,27 +216,70 @@ impl Results {
                     len,
                 },
             },
-            busy_ns: self.t0.elapsed().as_nanos() as u64,
+            busy_ns: (now - self.t0).as_nanos() as u64,
+        };
+        let record = Record {
+            job: self.job,
+            first: self.first,
+            values: self.values,
+            at: self.start,
+            len,
         };
         self.first += self.values + u32::from(failure.is_some());
         let body = match (&self.ring, in_frame) {
             (Some(ring), true) => ring.written(self.start),
             _ => &[],
         };
+        let failed = failure.is_some();
         let sent = match failure {
             None => self.wr.send(&FromWorker::Done(batch), body),
             Some(f) => self.wr.send(&FromWorker::Failed(batch, f), body),
         };
         self.sent(sent);
-        if let (Some(ring), true) = (&mut self.ring, in_frame) {
-            // The pool has these results from the frame: the next batch may write over them.
-            ring.rewind(self.start);
+        let Some(ring) = &self.ring else {
+            // Nothing records the batch: it must reach the pool now.
+            return self.flush();
+        };
+        match in_frame {
+            true => drop(self.rewind_to.get_or_insert(self.start)),
+            false => self.rewind_to = None,
+        }
+        if failed {
+            // The failure travels only in its frame.
+            return self.flush();
+        }
+        ring.record(self.pending, record);
+        self.pending += 1;
+        let since = *self.since.get_or_insert(now);
+        if self.pending == RECORDS || now - since >= FLUSH_AFTER {
+            self.flush();
         }
     }
 
-    /// Flushes after a send: the pool hears of a batch at once.
+    /// Whether results have waited for their frames to be flushed for [`FLUSH_AFTER`].
+    pub(crate) fn stale(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+    }
+
+    /// Sends the frames written so far. Called before the worker waits for input, so the pool
+    /// hears of every result before the worker could sit idle on it.
+    pub(crate) fn flush(&mut self) {
+        if self.wr.flush().is_err() {
+            self.broken = true;
+        }
+        self.pending = 0;
+        self.since = None;
+        if let Some(ring) = &mut self.ring {
+            ring.flushed();
+            if let Some(at) = self.rewind_to.take() {
+                // The pool has those results from their frames: write over them.
+                ring.rewind(at);
+            }
+        }
+    }
+
     fn sent(&mut self, sent: std::io::Result<()>) {
-        if sent.and_then(|()| self.wr.flush()).is_err() {
+        if sent.is_err() {
             self.broken = true;
         }
     }
