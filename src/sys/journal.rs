@@ -39,7 +39,7 @@ pub(crate) const MAX_QUEUED: usize = 56;
 
 /// Once a lap is this far along, a new batch goes back to the ring's start if enough of it is
 /// free there: the pages the ring touches stay about this many, whatever its size.
-const COMPACT_AT: u64 = 1 << 20;
+const COMPACT_AT: u64 = 256 << 10;
 
 #[repr(C)]
 struct Header {
