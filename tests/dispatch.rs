@@ -29,6 +29,14 @@ fn blocked_or_quick((x, announce, gate): (u64, String, String)) -> u64 {
     }
 }
 
+fn blocked_at_150((x, announce, gate): (u64, String, String)) -> u64 {
+    if x == 150 {
+        blocked((announce, gate))
+    } else {
+        quick(x)
+    }
+}
+
 fn release(gate: &str) {
     let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
     sock.send_to(b"g", gate).unwrap();
@@ -91,6 +99,31 @@ each_method! {
             release(&gate);
             assert_eq!(results.next().await.unwrap().unwrap(), 0);
             assert!(results.next().await.is_none());
+        }
+        pool.shutdown().await.unwrap();
+    }
+
+    async fn results_before_a_blocked_task_arrive_while_it_is_blocked(m: StartMethod) {
+        // By task 150 the tasks are known to be tiny, so a worker may hold their results to
+        // send many at once; the worker that then blocks must not keep them.
+        let pool = pool(m, 2).await;
+        let sig = Signal::new();
+        let announce = sig.path.to_str().unwrap().to_owned();
+        for round in 0..5 {
+            let gate = gate_path(m, 200 + round);
+            let inputs = (0..300u64).map(|x| (x, announce.clone(), gate.clone()));
+            let mut results = pool
+                .map_stream(blocked_at_150, futures_util::stream::iter(inputs))
+                .chunk_size(1);
+            for x in 0..150u64 {
+                assert_eq!(results.next().await.unwrap().unwrap(), x + 1, "round {round}");
+            }
+            sig.recv().await;
+            release(&gate);
+            assert_eq!(results.next().await.unwrap().unwrap(), 0);
+            for x in 151..300u64 {
+                assert_eq!(results.next().await.unwrap().unwrap(), x + 1);
+            }
         }
         pool.shutdown().await.unwrap();
     }

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -126,9 +127,32 @@ impl Tx {
     }
 }
 
-async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
+/// A worker that sends nothing for this long while it holds results of tiny tasks (it runs a
+/// job that takes long) has them taken from its journal.
+const HARVEST_AFTER: Duration = Duration::from_millis(1);
+
+async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, journal: Option<Arc<Journal>>) {
+    // Armed while jobs whose results the worker may hold are in flight.
+    let mut tick = std::pin::pin!(tokio::time::sleep(HARVEST_AFTER));
+    let mut armed = false;
+    // Frames of results heard of at the last tick.
+    let mut heard = 0;
     loop {
-        let batch = match core.next_jobs(slot).await {
+        let next = tokio::select! {
+            next = core.next_jobs(slot) => next,
+            _ = &mut tick, if armed => {
+                let now = core.heard[slot].load(Ordering::Relaxed);
+                armed = match (now == heard, journal.as_deref()) {
+                    // It sent nothing for a whole tick: take what it holds.
+                    (true, Some(j)) => core.harvest(slot, j),
+                    _ => core.state().queue.running(slot).is_some(),
+                };
+                heard = now;
+                tick.as_mut().reset(tokio::time::Instant::now() + HARVEST_AFTER);
+                continue;
+            }
+        };
+        let batch = match next {
             Next::Jobs(batch) => batch,
             Next::Shutdown => {
                 let _ = tx.send_shutdown(core.spec.exit).await;
@@ -138,8 +162,16 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx) {
             }
             Next::Stop => return,
         };
+        let holds = batch
+            .iter()
+            .any(|j| matches!(j, Outgoing::Remote { hold: true, .. }));
         if tx.send_jobs(batch).await.is_err() {
             return; // the driver sees the worker's end
+        }
+        if holds && !armed && journal.is_some() {
+            armed = true;
+            tick.as_mut()
+                .reset(tokio::time::Instant::now() + HARVEST_AFTER);
         }
     }
 }
@@ -206,7 +238,7 @@ async fn serve_process(
     journal: Option<Arc<Journal>>,
     mut proc: Box<dyn Process>,
 ) -> Ended {
-    let writer = tokio::spawn(write_loop(core.clone(), slot, tx));
+    let writer = tokio::spawn(write_loop(core.clone(), slot, tx, journal.clone()));
     let journal = journal.as_deref();
     let why = {
         let mut exited = std::pin::pin!(proc.wait());
@@ -220,6 +252,8 @@ async fn serve_process(
                 _ = stop => break 'events Why::Stopped,
                 ev = event(&mut rx) => match ev {
                     Heard::Done(batch, failure, body) => {
+                        let n = core.heard[slot].load(Ordering::Relaxed);
+                        core.heard[slot].store(n + 1, Ordering::Relaxed);
                         if let Err(m) = core.take_batch(slot, journal, batch, failure, rx.body(body)) {
                             break 'events Why::Broken(m);
                         }
@@ -347,6 +381,13 @@ impl Core {
                     continue;
                 }
                 if !batch.is_empty() {
+                    // Tiny jobs may go behind a running one while another worker is idle: that
+                    // one takes them back unless it has work of its own.
+                    let idle: Vec<usize> = st.queue.idle_besides(slot).collect();
+                    drop(st);
+                    for s in idle {
+                        self.wake[s].notify_one();
+                    }
                     return Next::Jobs(batch);
                 }
                 if st.closing && st.queue.drained(slot) {
@@ -388,9 +429,16 @@ impl Core {
         let tasks = b.values as usize + usize::from(failure.is_some());
         let (first, landed) = {
             let mut st = self.state();
+            let end = b.first as usize + tasks;
+            if st.queue.was_taken(slot, b.id, end) {
+                return Ok(()); // taken from the journal already
+            }
             let Some(job) = st.queue.running_mut(slot, b.id) else {
                 return Err(format!("results for job {}, which it is not running", b.id));
             };
+            if end <= job.delivered && tasks > 0 {
+                return Ok(()); // taken from the journal already
+            }
             if b.first as usize != job.delivered || tasks == 0 || job.len - job.delivered < tasks {
                 return Err(format!(
                     "results for tasks {}..{} of a job of {} tasks, {} of them done",
@@ -430,6 +478,45 @@ impl Core {
             call.deliver(first + values, 1, Some(slot), || Outcome::Failed(e), busy);
         }
         Ok(())
+    }
+
+    /// Takes from the journal the results worker `slot` has held for [`HARVEST_AFTER`] without
+    /// sending them, and delivers them (their frames, when they come, are dropped). `true`
+    /// while jobs are in flight there, so the writer keeps watching.
+    fn harvest(&self, slot: usize, journal: &Journal) -> bool {
+        let held = journal.held().unwrap_or_default();
+        for (r, bytes) in held {
+            let values = r.values as usize;
+            let taken = {
+                let mut st = self.state();
+                // Only the oldest job's results, in order: a frame of an older one may be on its
+                // way, and the driver takes it then.
+                let Some(job) = st.queue.running_mut(slot, r.job) else {
+                    break;
+                };
+                if r.first as usize != job.delivered
+                    || values == 0
+                    || job.len - job.delivered < values
+                {
+                    break;
+                }
+                job.delivered += values;
+                let first = job.first + r.first as usize;
+                match job.delivered == job.len {
+                    true => {
+                        let len = job.len;
+                        let job = st.queue.land(slot, r.job).expect("it is the oldest");
+                        st.queue.taken_early(slot, r.job, len);
+                        (job.into_call(), first)
+                    }
+                    false => (job.call.clone(), first),
+                }
+            };
+            let (call, first) = taken;
+            self.wake[slot].notify_one();
+            deliver_values(&call, first, values, &bytes, slot, Duration::ZERO);
+        }
+        self.state().queue.running(slot).is_some()
     }
 
     /// After process worker `slot` ended (it died, was killed, or broke the protocol): what its

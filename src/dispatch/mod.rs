@@ -10,7 +10,7 @@
 //! User-facing futures only wait on their call's channel; no user future ever holds a lock, a
 //! permit or a half-written frame, so one that stops being polled cannot wedge a worker.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
@@ -62,6 +62,8 @@ pub(crate) struct Core {
     drivers: Mutex<Vec<JoinHandle<()>>>,
     /// An exit result was stored, or the pool broke.
     exited: Notify,
+    /// Per slot: how many frames of results its workers have sent.
+    heard: Vec<AtomicU64>,
 }
 
 struct State {
@@ -95,6 +97,7 @@ impl Core {
             stopped: AtomicBool::new(false),
             drivers: Mutex::new(Vec::new()),
             exited: Notify::new(),
+            heard: (0..n).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 

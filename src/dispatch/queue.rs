@@ -79,6 +79,9 @@ pub(crate) struct Queue {
     targeted: Vec<VecDeque<Job>>,
     inflight: Vec<VecDeque<Job>>,
     seats: Vec<Seat>,
+    /// Per worker: jobs whose last results the pool took from the journal before the worker
+    /// sent them, with their length; their frames are still to come.
+    taken: Vec<Vec<(u64, usize)>>,
     next_id: u64,
     depth: usize,
 }
@@ -90,6 +93,7 @@ impl Queue {
             targeted: (0..workers).map(|_| VecDeque::new()).collect(),
             inflight: (0..workers).map(|_| VecDeque::new()).collect(),
             seats: (0..workers).map(|_| Seat::default()).collect(),
+            taken: (0..workers).map(|_| Vec::new()).collect(),
             next_id: 0,
             depth,
         }
@@ -132,12 +136,37 @@ impl Queue {
     /// The worker in `slot` ended.
     pub(crate) fn disconnected(&mut self, slot: usize) {
         self.seats[slot] = Seat::default();
+        self.taken[slot].clear();
+    }
+
+    /// Job `id` of `len` tasks landed before the worker sent its last frames (their results were
+    /// taken from the journal).
+    pub(crate) fn taken_early(&mut self, slot: usize, id: u64, len: usize) {
+        self.taken[slot].push((id, len));
+    }
+
+    /// Whether the frame of tasks `..end` of job `id` brings results already taken early; the
+    /// job's last such frame forgets it.
+    pub(crate) fn was_taken(&mut self, slot: usize, id: u64, end: usize) -> bool {
+        let taken = &mut self.taken[slot];
+        let Some(i) = taken.iter().position(|&(j, _)| j == id) else {
+            return false;
+        };
+        if end >= taken[i].1 {
+            taken.remove(i);
+        }
+        true
+    }
+
+    /// The live workers other than `slot` with nothing in flight.
+    pub(crate) fn idle_besides(&self, slot: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.seats.len())
+            .filter(move |&s| s != slot && self.seats[s].live && self.inflight[s].is_empty())
     }
 
     /// Whether a live worker other than `slot` has nothing in flight.
     fn someone_idle(&self, slot: usize) -> bool {
-        (0..self.seats.len())
-            .any(|s| s != slot && self.seats[s].live && self.inflight[s].is_empty())
+        self.idle_besides(slot).next().is_some()
     }
 
     /// Drops the queued jobs of `call`.
@@ -276,7 +305,12 @@ impl Queue {
         if held.is_empty() {
             return Some(tiny);
         }
-        if self.seats[slot].claims.is_some() && held.len() > MAX_QUEUED {
+        // The claim word can take back the jobs up to MAX_QUEUED after the one the worker runs:
+        // a worker never holds jobs further than that behind the oldest it has (numbers of jobs
+        // taken back in between count too).
+        let seat = &self.seats[slot];
+        let span = seat.sent.wrapping_add(1).wrapping_sub(held[0].on_worker) as usize;
+        if seat.claims.is_some() && (held.len() > MAX_QUEUED || span >= MAX_QUEUED) {
             return None;
         }
         let ok = tiny || (held.len() < self.depth && (targeted || !self.someone_idle(slot)));

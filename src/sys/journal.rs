@@ -67,7 +67,10 @@ struct Header {
     /// for each its job, first task and results (`first | values << 32`), ring position and
     /// length. A worker flushes its frames when it would wait for input, not after every batch.
     pending: AtomicU64,
-    _pending: [u64; 7],
+    /// How many times the worker has flushed its frames: the pool, reading the records of a
+    /// live worker, knows from it whether they changed under it.
+    flushes: AtomicU64,
+    _pending: [u64; 6],
     records: [[AtomicU64; 4]; RECORDS],
 }
 
@@ -269,6 +272,45 @@ impl Journal {
         })
     }
 
+    /// Copies of the batches a *live* worker has ended and not yet sent (see `Record`), with
+    /// their results: what the pool takes itself when the worker holds them too long (it runs a
+    /// job that takes long, and sends nothing). `None` if the worker flushed while they were
+    /// read: those frames are on their way.
+    pub(crate) fn held(&self) -> Option<Vec<(Record, Vec<u8>)>> {
+        let h = self.map.header();
+        let before = h.flushes.load(Ordering::Acquire);
+        let pending = (h.pending.load(Ordering::Acquire) as usize).min(RECORDS);
+        let cap = self.map.cap as u64;
+        let mut held = Vec::with_capacity(pending);
+        for r in &h.records[..pending] {
+            let counts = r[1].load(Ordering::Relaxed);
+            let record = Record {
+                job: r[0].load(Ordering::Relaxed),
+                first: counts as u32,
+                values: (counts >> 32) as u32,
+                at: r[2].load(Ordering::Relaxed),
+                len: r[3].load(Ordering::Relaxed),
+            };
+            let off = record.at & (cap - 1);
+            if off.saturating_add(record.len) > cap {
+                return None;
+            }
+            let mut bytes = vec![0u8; record.len as usize];
+            // The worker may write these bytes again once it has flushed (which the count
+            // tells below), so they are read as a shared region another process may change:
+            // volatile reads, whose value is used only if the count did not move.
+            let src = self.map.base.as_ptr().wrapping_add(HEADER + off as usize);
+            for (i, b) in bytes.iter_mut().enumerate() {
+                // SAFETY: `src + i` lies inside the mapping (checked above) and is aligned for
+                // a byte; a volatile read of shared memory cannot tear a byte.
+                *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+            }
+            held.push((record, bytes));
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        (h.flushes.load(Ordering::Relaxed) == before).then_some(held)
+    }
+
     /// The sequence number of the last job the worker claimed (started or skipped).
     pub(crate) fn claimed(&self) -> u8 {
         self.map.header().claim.load(Ordering::Acquire) as u8
@@ -408,7 +450,9 @@ impl Writer {
 
     /// Every batch's frame has been written to the pool.
     pub(crate) fn flushed(&self) {
-        self.map.header().pending.store(0, Ordering::Release);
+        let h = self.map.header();
+        h.flushes.fetch_add(1, Ordering::Release);
+        h.pending.store(0, Ordering::Release);
     }
 
     /// Records that `done` tasks of the current batch have their results in the ring.
