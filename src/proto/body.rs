@@ -122,17 +122,29 @@ pub(crate) fn encode_body<T: Serialize>(
     arena: Option<&Arc<Arena>>,
     budget: usize,
 ) -> Encoding {
-    let per_item = match (items.first(), items.last()) {
-        (Some(a), Some(b)) => serialized_size(a)
-            .unwrap_or(0)
-            .max(serialized_size(b).unwrap_or(0)),
+    // Each item is measured at most once: the first and the last for the estimate, the others
+    // only when they go into the arena. (A large shared object is one item: one pass to measure
+    // it, one to write it.)
+    let first = items.first().map(serialized_size);
+    let last = match items.len() {
+        0 | 1 => None,
+        n => Some(serialized_size(&items[n - 1])),
+    };
+    let sized = |r: &Option<postcard::Result<usize>>| match r {
+        Some(Ok(n)) => *n,
         _ => 0,
     };
+    let per_item = sized(&first).max(sized(&last));
     let estimate = per_item.saturating_mul(items.len()).min(budget);
     if let Some(arena) = arena.filter(|_| per_item >= LARGE_ITEM && estimate >= ARENA_MIN) {
         let (mut total, mut taken, mut stop) = (0usize, 0, None);
-        for a in items {
-            match serialized_size(a) {
+        for (i, a) in items.iter().enumerate() {
+            let size = match (i, &first, &last) {
+                (0, Some(known), _) => known.clone(),
+                (i, _, Some(known)) if i == items.len() - 1 => known.clone(),
+                _ => serialized_size(a),
+            };
+            match size {
                 Ok(n) if total.saturating_add(n) <= budget => {
                     total += n;
                     taken += 1;
