@@ -15,10 +15,16 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Blocks start on cache-line boundaries, so two blocks never share a line.
 const ALIGN: usize = 64;
+
+/// An arena that ever held this many bytes is given back to the kernel on a thread of its own.
+/// Freeing the pages of a `memfd` costs about 1 ms per 4 MiB, and the pool is usually being shut
+/// down when its arena goes: the caller need not wait for that.
+const RELEASE_ASIDE: usize = 4 << 20;
 
 /// A shared-memory region and its allocator, on the pool's side.
 pub(crate) struct Arena {
@@ -27,6 +33,8 @@ pub(crate) struct Arena {
     cap: usize,
     /// Free extents: offset → length, coalesced.
     free: Mutex<BTreeMap<usize, usize>>,
+    /// The end of the highest block ever handed out: the pages that may have been touched.
+    high: AtomicUsize,
 }
 
 // SAFETY: `base` points to a `MAP_SHARED` mapping that lives as long as the arena. Its bytes are
@@ -55,6 +63,7 @@ impl Arena {
             } else {
                 BTreeMap::new()
             }),
+            high: AtomicUsize::new(0),
         })
     }
 
@@ -73,6 +82,7 @@ impl Arena {
         if have > size {
             free.insert(off + size, have - size);
         }
+        self.high.fetch_max(off + size, Ordering::Relaxed);
         Some(Block {
             arena: self.clone(),
             off,
@@ -107,7 +117,28 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        unmap(self.base, self.cap);
+        let mapping = Mapping(self.base, self.cap);
+        if *self.high.get_mut() >= RELEASE_ASIDE {
+            // Once the file is closed (below), the mapping holds the last reference to its pages:
+            // they are freed where it is unmapped. If no thread can be started, the closure and
+            // the mapping in it are dropped here.
+            let _ = std::thread::Builder::new()
+                .name("ampire-release".into())
+                .spawn(move || drop(mapping));
+        }
+    }
+}
+
+/// A mapping made by [`map`], unmapped on drop.
+struct Mapping(NonNull<u8>, usize);
+
+// SAFETY: the arena that made the mapping is being dropped, so nothing else reaches its bytes;
+// the receiving thread only unmaps it.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unmap(self.0, self.1);
     }
 }
 
