@@ -291,8 +291,8 @@ impl Queue {
     /// the job it runs only while nobody else is idle (or `next` is for it alone), and up to
     /// `depth` jobs; more, or even while another worker is idle, only for tasks known to be
     /// tiny: at most [`SMALL_WINDOW`] tasks and `SMALL_WINDOW_WORK` of work in its pipe, which
-    /// wait little, and which an idle worker takes back in any case. Never more than its journal
-    /// can take back.
+    /// wait little, and which an idle worker takes back in any case (so not on a worker without
+    /// a journal). Never more than its journal can take back.
     ///
     /// `Some(tiny)` if it may, where `tiny` says its tasks are known to be tiny.
     fn may_hold(&self, slot: usize, next: &Job, targeted: bool) -> Option<bool> {
@@ -313,7 +313,10 @@ impl Queue {
         if seat.claims.is_some() && (held.len() > MAX_QUEUED || span >= MAX_QUEUED) {
             return None;
         }
-        let ok = tiny || (held.len() < self.depth && (targeted || !self.someone_idle(slot)));
+        // Tiny jobs go in even while another worker is idle only where that worker can take
+        // them back.
+        let ok = (tiny && seat.claims.is_some())
+            || (held.len() < self.depth && (targeted || !self.someone_idle(slot)));
         ok.then_some(tiny)
     }
 
