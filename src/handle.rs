@@ -95,17 +95,20 @@ impl<A, R> fmt::Debug for ApplyFuture<A, R> {
 /// The per-call setters shared by [`Map`] and [`MapStream`].
 macro_rules! options {
     () => {
-        /// Tasks per chunk: a worker receives this many inputs at once and returns their results
-        /// together. Default: adapted to the measured task time (about 2 ms of work per chunk,
-        /// starting at 1), and never below `len / (workers * 64)` when the input's length is
-        /// known (MPIRE's rule).
+        /// Tasks per chunk: a worker receives this many inputs at once. A chunk is also cut
+        /// where its inputs would not fit in [`max_frame_len`](crate::Builder::max_frame_len).
+        /// Chunking changes how work travels, never what fails: a task that fails, or whose
+        /// worker dies, fails alone. Default: adapted to the measured task time (about 2 ms of
+        /// work per chunk, starting at 1), and never below `len / (workers * 64)` when the
+        /// input's length is known (MPIRE's rule).
         pub fn chunk_size(mut self, n: usize) -> Self {
             self.options().chunk_size = Some(n);
             self
         }
 
-        /// Split the input into this many chunks instead of giving a chunk size (needs a known
-        /// length).
+        /// Split the input into `min(n, len)` chunks whose sizes differ by at most one, instead of
+        /// giving a chunk size (MPIRE's `n_splits`). Needs a known length: the input's own, or
+        /// one given with `.len(n)`. `chunk_size` wins when both are set.
         pub fn n_splits(mut self, n: usize) -> Self {
             self.options().n_splits = Some(n);
             self

@@ -3,19 +3,33 @@
 //!
 //! `ampire` runs CPU-heavy, crash-prone or non-thread-safe work on a pool of workers — threads,
 //! or processes isolated from yours — and hands the results back as futures and backpressured
-//! streams. A panic, a segfault or a `SIGKILL` in a worker fails that task alone; the worker is
-//! replaced and the pool keeps serving.
+//! streams. A panic, a segfault or a `SIGKILL` in a worker fails that task alone, even in the
+//! middle of a chunk: the tasks of the chunk that finished deliver, the ones after it run again,
+//! the worker is replaced and the pool keeps serving.
 //!
 //! # How it works
 //!
-//! An [`AsyncPool`] owns `workers` workers, started by one of four [`StartMethod`]s. For each
-//! process worker the pool runs two tokio tasks on your runtime: a *writer* that feeds it chunks
-//! of tasks and a *driver* that reads its results, notices its death and replaces it. Process
-//! workers talk over two pipes registered with the tokio reactor, in length-prefixed postcard
-//! frames; large inputs (and the shared object) are serialised instead into a shared-memory
-//! arena that the workers map read-only, and the frame names where they are (see
-//! [`Builder::arena_size`]). Thread workers take their chunks from the pool's queue themselves and
-//! hand results straight back, with inputs and results moved, never serialised.
+//! An [`AsyncPool`] owns `workers` workers, started by one of four [`StartMethod`]s. A call cuts
+//! its inputs into chunks (see [`Map::chunk_size`]) and queues them; each worker takes the next
+//! chunk when it is free. For each process worker the pool runs two tokio tasks on your runtime:
+//! a *writer* that feeds it chunks and a *driver* that reads its results, notices its death and
+//! replaces it. Thread workers take their chunks from the queue themselves and hand results
+//! straight back, with inputs and results moved, never serialised.
+//!
+//! A process worker is linked to the pool by two byte streams (pipes registered with the tokio
+//! reactor, carrying length-prefixed postcard frames) and two pieces of shared memory:
+//!
+//! - the pool's *arena*, into which large inputs (and the shared object) are serialised instead
+//!   of being pushed through the pipe; the frame names where they are (see
+//!   [`Builder::arena_size`]);
+//! - the worker's *journal*, into which it writes each result as the task finishes. Results are
+//!   decoded by the pool from there, and the journal outlives the worker: when it dies, the pool
+//!   reads which tasks had finished and which one was running.
+//!
+//! **Dispatch rule.** A chunk goes into a busy worker's pipe, behind the one it runs, only while
+//! every worker is busy; a worker that becomes idle takes back the chunks another holds and has
+//! not started. No chunk waits behind a running one while a worker is idle (see
+//! [`Builder::pipeline_depth`]).
 //!
 //! Which processes exist, and who reaps whom:
 //!
@@ -28,8 +42,10 @@
 //!   and watches them through pidfds the server sends back.
 //!
 //! Every worker process dies with its owner (`PR_SET_PDEATHSIG`, tied to a thread that lives as
-//! long as the process). The design note `src/start/README.md` has the details: who forks whom,
-//! the frame layout and the shutdown order.
+//! long as the process). Two design notes have the details: `src/start/README.md` (who forks
+//! whom, the channels, the frame layout, the journal, the shutdown order) and
+//! `src/dispatch/README.md` (the queue, the windows, taking chunks back, what happens when a
+//! worker dies).
 //!
 //! # Quickstart
 //!
@@ -77,13 +93,38 @@
 //! | method | worker | shared object | start-up | a crash | needs `init()` |
 //! |---|---|---|---|---|---|
 //! | [`Threading`](StartMethod::Threading) | thread | same object | µs | takes the process down | no |
-//! | [`Spawn`](StartMethod::Spawn) | re-executed binary | serialised once per worker | ms | isolated | yes |
+//! | [`Spawn`](StartMethod::Spawn) | re-executed binary | a copy per worker (serialised once) | ms | isolated | yes |
 //! | [`Fork`](StartMethod::Fork) | fork of the owner | inherited copy-on-write | sub-ms | isolated | yes |
-//! | [`Forkserver`](StartMethod::Forkserver) (default) | fork of a clean server | serialised once per worker | sub-ms | isolated | yes |
+//! | [`Forkserver`](StartMethod::Forkserver) (default) | fork of a clean server | a copy per worker (serialised once) | sub-ms | isolated | yes |
 //!
 //! The default is `Forkserver`, not MPIRE's `fork`: forking a multi-threaded tokio process can
 //! leave the child holding locks no thread will ever release; the forkserver forks from a process
 //! that has one thread. See [`StartMethod`] for the whole argument, and `Fork`'s remaining hazard.
+//!
+//! # Failures
+//!
+//! Every failure is an [`Error`] on the task it belongs to, with the task's index in the call and
+//! its input's `Debug` (under process methods; a thread worker's input was moved into the task):
+//!
+//! - **A panic** ([`Error::is_panic`]): message, location, backtrace, worker id. The worker goes
+//!   on.
+//! - **A worker that dies while running a task** ([`Error::is_worker_died`]): a signal,
+//!   `abort()`, `exit()`, a `SIGKILL` from outside (as the OOM killer sends). Exactly one task
+//!   fails, the one that was running, with the signal or exit status; the tasks of its chunk that
+//!   had finished deliver their results, and the rest run on a worker again. None is lost, and
+//!   none that finished runs twice. The worker is replaced under the same id.
+//! - **An input or a result that cannot be serialised**, or alone is larger than
+//!   [`Builder::max_frame_len`] ([`Error::is_codec`]): that task fails, the worker goes on.
+//! - **A worker that cannot start** (the process cannot be made, it dies before it is ready, it
+//!   is slower than [`Builder::worker_start_timeout`]) is started again, after 10, 20, 40 and
+//!   80 ms. The fifth failure in a row breaks the pool, with an error whose
+//!   [`source()`](std::error::Error::source) is the cause: the `io::Error`, or the last worker's
+//!   exit status. A `worker_init` that panics breaks it at once ([`Error::is_init`]).
+//! - **A worker that breaks the protocol** (a malformed frame) is killed and replaced; the first
+//!   task whose result had not arrived fails ([`Error::is_protocol`]).
+//!
+//! A `map` fails fast with its first error; streams yield a per-task `Err` and go on; each `apply`
+//! stands alone.
 //!
 //! # Feature flags
 //!
@@ -104,14 +145,18 @@
 //!   is dropped.
 //! - A `map` fails fast: its first error is returned and the rest of the call is cancelled as
 //!   above. Streams yield a per-task `Err` and go on. `apply` failures are isolated.
+//! - Chunks of a dropped call that wait in a worker's pipe are taken back, so no worker spends
+//!   time on them.
 //!
 //! # Wire-format limits
 //!
 //! Inputs, results, the shared object and exit results cross process boundaries with
 //! [postcard](https://docs.rs/postcard), which is not self-describing: `#[serde(flatten)]`,
 //! `#[serde(untagged)]` enums and `#[serde(skip_serializing_if)]` do not round-trip. A frame
-//! (a chunk of inputs or of results) is limited by [`Builder::max_frame_len`] (1 GiB by default);
-//! a worker sending a larger or malformed frame is killed and replaced.
+//! (a chunk of inputs, a batch of results) is limited by [`Builder::max_frame_len`] (1 GiB by
+//! default). The pool cuts chunks in bytes as well as in tasks and a worker cuts its batches of
+//! results the same way, so only an input or a result that alone exceeds the limit fails, and
+//! that task alone. A worker sending a larger or malformed frame is killed and replaced.
 //!
 //! # Testing with process workers
 //!

@@ -123,8 +123,12 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
-    /// The largest frame (a chunk of inputs, of results, or the shared object) either side
-    /// accepts. A worker that sends a larger one is killed and replaced. Default: 1 GiB.
+    /// The largest frame (a chunk of inputs, a batch of results, the shared object) either side
+    /// accepts. The pool cuts chunks in bytes as well as in tasks so that each fits, and a worker
+    /// ends a batch of results before it would not: only an input or a result that alone is
+    /// larger fails, and that task alone ([`Error::is_codec`]). A shared object that does not fit
+    /// makes `build()` fail. A worker that sends a larger frame anyway is killed and replaced.
+    /// Default: 1 GiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
         self.max_frame_len = bytes;
         self
@@ -144,15 +148,25 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
-    /// How long a new worker may take to start and run `worker_init`. Default: 60 s.
+    /// How long a new worker may take to start and run `worker_init`, under every start method
+    /// (a thread worker still in its `worker_init` then is abandoned). A worker that takes longer
+    /// counts as a start failure: it is started again, and five failures in a row break the pool.
+    /// Default: 60 s.
     pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
     }
 
     /// How many chunks each process worker may hold at once (one running, the rest queued in its
-    /// pipe), so it never waits for the next. Chunks of tasks measured to be tiny may go beyond
-    /// it (up to 64 tasks and about 200 µs of work). Default: 2.
+    /// pipe), so that it never waits for the next. Default: 2.
+    ///
+    /// **The rule:** a chunk goes into a busy worker's pipe only while every worker is busy;
+    /// prefetching is for throughput when nobody is idle. A worker that becomes idle takes back
+    /// the chunks another holds and has not started. So no chunk waits behind a running one
+    /// while a worker is idle, whatever the depth. Chunks of tasks measured to be tiny (up to 64
+    /// tasks and about 200 µs of work in all) may go beyond the depth, and behind a busy worker
+    /// even while another is idle: they travel many to a write, and are taken back like any
+    /// other. Chunks for one worker alone ([`Builder::order_tasks`]) are never taken back.
     pub fn pipeline_depth(mut self, chunks: usize) -> Self {
         self.depth = chunks;
         self
@@ -194,7 +208,8 @@ impl Builder<(), (), ()> {
     /// The pool's shared object (MPIRE's `shared_objects`), passed to tasks as
     /// [`Worker::shared`]. Under `Threading` every worker sees this very object; under `Fork`
     /// workers inherit it copy-on-write, with no copy at all; under `Spawn` and `Forkserver` it is
-    /// serialised once per worker, not once per task.
+    /// serialised once (a large one into shared memory), and each worker decodes its own copy,
+    /// once, not once per task.
     pub fn shared<S: Shared>(self, shared: S) -> Builder<S, (), ()> {
         self.retype(|()| shared, task::setup::<NoInit, S, ()>(), None)
     }
