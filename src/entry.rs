@@ -8,6 +8,9 @@ use crate::sys;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
+// The role switch runs before `main`; `keep()` makes sure the linker keeps it.
+sys::ctor::before_main!(divert_if_child);
+
 /// Records that `init()` ran in this process (or in the process this one was forked from).
 pub(crate) fn mark_initialized() {
     INITIALIZED.store(true, Ordering::SeqCst);

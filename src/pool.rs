@@ -264,7 +264,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
     /// - [`Error::is_init`]: `worker_init` panicked (or the worker died in it);
     /// - a worker could not be started, or runs a different binary.
     pub async fn build(self) -> Result<AsyncPool<S, W, E>, Error> {
-        crate::sys::ctor::keep();
+        crate::entry::keep();
         let workers = match self.workers {
             Some(0) => return Err(Error::config("workers must be at least 1")),
             Some(n) => n,

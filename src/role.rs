@@ -25,7 +25,7 @@ use crate::{entry, sys};
 /// let runtime = tokio::runtime::Runtime::new().unwrap();
 /// ```
 pub fn init() {
-    sys::ctor::keep();
+    crate::entry::keep();
     entry::divert_if_child();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

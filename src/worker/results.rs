@@ -7,8 +7,9 @@
 //!
 //! `Done` frames are flushed before a job starts, or, for jobs of tasks the pool measured to be
 //! tiny, when the worker would wait for its next job or once the oldest has waited
-//! [`FLUSH_AFTER`]: a stream of tiny tasks costs one write for many results, not one each. Until then the journal's header records each ended batch, so a
-//! worker that dies with frames unflushed loses no result. A failure is flushed at once.
+//! [`FLUSH_AFTER`]: a stream of tiny tasks costs one write for many results, not one each. Until
+//! then the journal's header records each ended batch, so a worker that dies with frames
+//! unflushed loses no result. A failure is flushed at once.
 //!
 //! Without a journal (a link that is not shared memory), or for a result larger than the ring,
 //! results travel in the frame's body, one task each, flushed at once.
