@@ -437,6 +437,23 @@ mod tests {
         (q, workers)
     }
 
+    /// Three jobs, all on worker 0 (worker 1 was not there yet), which runs the first; then
+    /// worker 1 arrives, idle.
+    fn three_on_worker_0() -> (Queue, [Arc<FakeWorker>; 2]) {
+        let (mut q, w) = two_workers(3);
+        let c = call();
+        for seq in 0..3 {
+            q.push(job(&c, seq), None);
+        }
+        q.disconnected(1);
+        for _ in 0..3 {
+            q.take(0).unwrap();
+        }
+        assert!(w[0].claim(1));
+        q.connected(1, Some(w[1].clone() as Arc<dyn Claims>));
+        (q, w)
+    }
+
     fn sent(out: Option<Outgoing>) -> (u64, u8) {
         match out {
             Some(Outgoing::Remote { id, seq, .. }) => (id, seq),
@@ -462,18 +479,7 @@ mod tests {
 
     #[test]
     fn an_idle_worker_takes_back_what_waits_behind_a_running_job() {
-        let (mut q, w) = two_workers(3);
-        let c = call();
-        for seq in 0..3 {
-            q.push(job(&c, seq), None);
-        }
-        // Worker 1 is not there yet: worker 0 gets all three, and runs the first.
-        q.disconnected(1);
-        for _ in 0..3 {
-            q.take(0).unwrap();
-        }
-        assert!(w[0].claim(1));
-        q.connected(1, Some(w[1].clone() as Arc<dyn Claims>));
+        let (mut q, w) = three_on_worker_0();
         assert!(q.steal(1));
         assert_eq!(q.waiting_on(0).count(), 0, "only the running job stays");
         assert_eq!(sent(q.take(1)), (2, 1));
@@ -484,17 +490,7 @@ mod tests {
 
     #[test]
     fn a_job_the_worker_claimed_meanwhile_is_not_taken_back() {
-        let (mut q, w) = two_workers(3);
-        let c = call();
-        for seq in 0..3 {
-            q.push(job(&c, seq), None);
-        }
-        q.disconnected(1);
-        for _ in 0..3 {
-            q.take(0).unwrap();
-        }
-        assert!(w[0].claim(1));
-        q.connected(1, Some(w[1].clone() as Arc<dyn Claims>));
+        let (mut q, w) = three_on_worker_0();
         // The worker finishes job 1 and claims job 2 while the pool takes back.
         *w[0].races.lock().unwrap() = true;
         assert!(q.steal(1));
