@@ -145,7 +145,7 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, journal: Option<Ar
                 armed = match (now == heard, journal.as_deref()) {
                     // It sent nothing for a whole tick: take what it holds.
                     (true, Some(j)) => core.harvest(slot, j),
-                    _ => core.state().queue.running(slot).is_some(),
+                    _ => core.state().queue.holds(slot),
                 };
                 heard = now;
                 tick.as_mut().reset(tokio::time::Instant::now() + HARVEST_AFTER);
@@ -482,7 +482,7 @@ impl Core {
 
     /// Takes from the journal the results worker `slot` has held for [`HARVEST_AFTER`] without
     /// sending them, and delivers them (their frames, when they come, are dropped). `true`
-    /// while jobs are in flight there, so the writer keeps watching.
+    /// while jobs sent as `hold` are in flight there, so the writer keeps watching.
     fn harvest(&self, slot: usize, journal: &Journal) -> bool {
         let held = journal.held().unwrap_or_default();
         for (r, bytes) in held {
@@ -516,7 +516,7 @@ impl Core {
             self.wake[slot].notify_one();
             deliver_values(&call, first, values, &bytes, slot, Duration::ZERO);
         }
-        self.state().queue.running(slot).is_some()
+        self.state().queue.holds(slot)
     }
 
     /// After process worker `slot` ended (it died, was killed, or broke the protocol): what its

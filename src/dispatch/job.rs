@@ -30,6 +30,8 @@ pub(crate) struct Job {
     pub(super) target: Option<usize>,
     /// Its number on the worker it was sent to, in the order of sending (wrapping).
     pub(super) on_worker: u8,
+    /// It was sent as `hold`: the worker may hold its results a while.
+    pub(super) hold: bool,
 }
 
 impl Job {
@@ -50,6 +52,7 @@ impl Job {
             delivered: 0,
             target: None,
             on_worker: 0,
+            hold: false,
         }
     }
 
@@ -78,6 +81,7 @@ impl Job {
             delivered: 0,
             target: self.target,
             on_worker: 0,
+            hold: false,
         })
     }
 

@@ -182,6 +182,11 @@ impl Queue {
         self.inflight[slot].front()
     }
 
+    /// Whether a job in flight on `slot` was sent as `hold`: the worker may be holding results.
+    pub(crate) fn holds(&self, slot: usize) -> bool {
+        self.inflight[slot].iter().any(|j| j.hold)
+    }
+
     /// The jobs in flight on `slot` behind the one it runs (or runs next).
     pub(crate) fn waiting_on(&self, slot: usize) -> impl Iterator<Item = &Job> {
         self.inflight[slot].iter().skip(1)
@@ -227,6 +232,7 @@ impl Queue {
                     let seat = &mut self.seats[slot];
                     seat.sent = seat.sent.wrapping_add(1);
                     job.on_worker = seat.sent;
+                    job.hold = tiny;
                     Outgoing::Remote {
                         id: job.id,
                         seq: job.on_worker,
