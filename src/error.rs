@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::proto::{Failure, Fault};
 
@@ -31,8 +32,24 @@ impl fmt::Display for Exit {
 pub(crate) enum Kind {
     /// A task (or `worker_init`/`worker_exit`) panicked.
     Panic { failure: Failure, during: Stage },
-    /// The worker process ended while it ran the task.
-    WorkerDied { exit: Exit, during: Stage },
+    /// The worker process ended while it ran the task. `earlier`: the deaths this task caused
+    /// before, each on a worker of its own, when it was run again (`max_retries`).
+    WorkerDied {
+        exit: Exit,
+        during: Stage,
+        earlier: Vec<(usize, Exit)>,
+    },
+    /// A task (or `worker_init`, `worker_exit`, a shutdown) ran past its deadline, `limit`;
+    /// `elapsed` is how long it had run when it was stopped, when known.
+    Timeout {
+        during: Stage,
+        limit: Duration,
+        elapsed: Option<Duration>,
+    },
+    /// A worker slot failed to start `failures` times in a row; `last` is the last failure.
+    GaveUp { failures: u32, last: Box<Error> },
+    /// The pool's queue is full (`max_queued_tasks`) and the call would not wait.
+    Full(usize),
     /// The pool was shut down or dropped.
     Closed,
     /// A worker sent something that is not a valid frame.
@@ -57,6 +74,8 @@ pub(crate) enum Stage {
     Init,
     Task,
     Exit,
+    /// The pool's shutdown.
+    Shutdown,
 }
 
 impl fmt::Display for Stage {
@@ -66,6 +85,7 @@ impl fmt::Display for Stage {
             Stage::Init => "worker_init",
             Stage::Task => "a task",
             Stage::Exit => "worker_exit",
+            Stage::Shutdown => "shutdown",
         })
     }
 }
@@ -147,6 +167,44 @@ impl Error {
         Error::new(Kind::Closed)
     }
 
+    /// A worker died while doing `during`.
+    pub(crate) fn died(exit: Exit, during: Stage) -> Error {
+        Error::new(Kind::WorkerDied {
+            exit,
+            during,
+            earlier: Vec::new(),
+        })
+    }
+
+    /// Something in `during` ran past `limit`, having run for `elapsed`.
+    pub(crate) fn timeout(during: Stage, limit: Duration, elapsed: Option<Duration>) -> Error {
+        Error::new(Kind::Timeout {
+            during,
+            limit,
+            elapsed,
+        })
+    }
+
+    /// This error, as the death of a task that had already killed the workers in `earlier`.
+    pub(crate) fn after_deaths(self, before: &[(usize, Exit)]) -> Error {
+        if before.is_empty() {
+            return self;
+        }
+        self.map(|i| {
+            if let Kind::WorkerDied { earlier, .. } = &mut i.kind {
+                earlier.splice(0..0, before.iter().copied());
+            }
+        })
+    }
+
+    /// The death this error reports, for a task that killed its worker.
+    pub(crate) fn death(&self) -> Option<Exit> {
+        match self.0.kind {
+            Kind::WorkerDied { exit, .. } => Some(exit),
+            _ => None,
+        }
+    }
+
     pub(crate) fn with_worker(self, worker: usize) -> Error {
         self.map(|i| i.worker = Some(worker))
     }
@@ -181,6 +239,27 @@ impl Error {
         )
     }
 
+    /// The error a slot gives up with after `failures` failed starts in a row, the last being
+    /// `last`: it answers `is_init` and `is_timeout` as the last failure does, and its source is
+    /// that failure's cause.
+    pub(crate) fn gave_up(slot: usize, failures: u32, last: Error) -> Error {
+        let source = last.cause();
+        Error::new(Kind::GaveUp {
+            failures,
+            last: Box::new(last),
+        })
+        .with_worker(slot)
+        .with_source(source)
+    }
+
+    /// The last failure of a slot that gave up, or the error itself.
+    fn last(&self) -> &Error {
+        match &self.0.kind {
+            Kind::GaveUp { last, .. } => last,
+            _ => self,
+        }
+    }
+
     fn map(self, f: impl FnOnce(&mut Inner)) -> Error {
         let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Inner {
             kind: shared.kind.clone_kind(),
@@ -212,18 +291,41 @@ impl Error {
         matches!(self.0.kind, Kind::Closed)
     }
 
-    /// Whether the failure happened in `worker_init` (a panic, or the worker died in it).
+    /// Whether the failure happened in `worker_init`: it panicked, its worker died in it, or it
+    /// ran past [`worker_init_timeout`](crate::Builder::worker_init_timeout). For a pool that
+    /// gave up starting a worker, whether the last failure was one of those.
     pub fn is_init(&self) -> bool {
         matches!(
-            self.0.kind,
+            self.last().0.kind,
             Kind::Panic {
                 during: Stage::Init,
                 ..
             } | Kind::WorkerDied {
                 during: Stage::Init,
                 ..
+            } | Kind::Timeout {
+                during: Stage::Init,
+                ..
             }
         )
+    }
+
+    /// Whether something ran past its deadline: a task ([`Builder::task_timeout`], or the
+    /// call's own `task_timeout`), `worker_init` or `worker_exit` (their timeouts), or the whole
+    /// shutdown ([`AsyncPool::shutdown_timeout`]). For a pool that gave up starting a worker,
+    /// whether the last failure was a timeout.
+    ///
+    /// [`Builder::task_timeout`]: crate::Builder::task_timeout
+    /// [`AsyncPool::shutdown_timeout`]: crate::AsyncPool::shutdown_timeout
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.last().0.kind, Kind::Timeout { .. })
+    }
+
+    /// Whether the call was refused at once because the pool's queue was full
+    /// ([`Builder::max_queued_tasks`](crate::Builder::max_queued_tasks) and
+    /// [`AsyncPool::try_apply`](crate::AsyncPool::try_apply)).
+    pub fn is_full(&self) -> bool {
+        matches!(self.0.kind, Kind::Full(_))
     }
 
     /// Whether the configuration or the input was rejected before any work started.
@@ -282,23 +384,27 @@ impl Error {
 
     /// The signal that ended the worker, if it was killed by one.
     pub fn signal(&self) -> Option<i32> {
-        match self.0.kind {
-            Kind::WorkerDied {
-                exit: Exit::Signal(s),
-                ..
-            } => Some(s),
+        match self.death() {
+            Some(Exit::Signal(s)) => Some(s),
             _ => None,
         }
     }
 
     /// The exit status of the worker, if it exited by itself.
     pub fn exit_code(&self) -> Option<i32> {
-        match self.0.kind {
-            Kind::WorkerDied {
-                exit: Exit::Code(c),
-                ..
-            } => Some(c),
+        match self.death() {
+            Some(Exit::Code(c)) => Some(c),
             _ => None,
+        }
+    }
+
+    /// How many workers the task killed: 1 for a task whose worker died, more for a task that
+    /// was run again ([`max_retries`](crate::Builder::max_retries)) and killed each worker it
+    /// ran on; 0 for every other error. The message lists each death.
+    pub fn workers_killed(&self) -> usize {
+        match &self.0.kind {
+            Kind::WorkerDied { earlier, .. } => earlier.len() + 1,
+            _ => 0,
         }
     }
 
@@ -317,10 +423,29 @@ impl Kind {
                 failure: failure.clone(),
                 during: *during,
             },
-            Kind::WorkerDied { exit, during } => Kind::WorkerDied {
+            Kind::WorkerDied {
+                exit,
+                during,
+                earlier,
+            } => Kind::WorkerDied {
                 exit: *exit,
                 during: *during,
+                earlier: earlier.clone(),
             },
+            Kind::Timeout {
+                during,
+                limit,
+                elapsed,
+            } => Kind::Timeout {
+                during: *during,
+                limit: *limit,
+                elapsed: *elapsed,
+            },
+            Kind::GaveUp { failures, last } => Kind::GaveUp {
+                failures: *failures,
+                last: last.clone(),
+            },
+            Kind::Full(n) => Kind::Full(*n),
             Kind::Closed => Kind::Closed,
             Kind::Protocol(s) => Kind::Protocol(s.clone()),
             Kind::Codec(s) => Kind::Codec(s.clone()),
@@ -341,17 +466,57 @@ impl fmt::Display for Error {
         match &self.0.kind {
             Kind::Panic { failure, during } => {
                 match during {
-                    Stage::Start | Stage::Task => f.write_str("task panicked in ")?,
+                    Stage::Start | Stage::Task | Stage::Shutdown => {
+                        f.write_str("task panicked in ")?
+                    }
                     Stage::Init => f.write_str("worker_init panicked in ")?,
                     Stage::Exit => f.write_str("worker_exit panicked in ")?,
                 }
                 worker(f)?;
                 write!(f, ": {failure}")?;
             }
-            Kind::WorkerDied { exit, during } => {
+            Kind::WorkerDied {
+                exit,
+                during,
+                earlier,
+            } => {
                 worker(f)?;
                 write!(f, " {exit} while running {during}")?;
+                if !earlier.is_empty() {
+                    write!(f, "; it had killed {} workers before:", earlier.len())?;
+                    for (i, (w, exit)) in earlier.iter().enumerate() {
+                        let sep = if i == 0 { " " } else { ", " };
+                        write!(f, "{sep}worker {w} {exit}")?;
+                    }
+                }
             }
+            Kind::Timeout {
+                during,
+                limit,
+                elapsed,
+            } => {
+                match during {
+                    Stage::Shutdown => f.write_str("shutdown")?,
+                    _ => {
+                        write!(f, "{during} on ")?;
+                        worker(f)?;
+                    }
+                }
+                match elapsed {
+                    Some(t) => write!(f, " timed out after {t:.3?} (timeout {limit:?})")?,
+                    None => write!(f, " timed out (timeout {limit:?})")?,
+                }
+            }
+            Kind::GaveUp { failures, last } => {
+                worker(f)?;
+                write!(
+                    f,
+                    " failed to start {failures} times in a row, the last time: {last}"
+                )?;
+                // The last failure said which task and input, if any: not this error's.
+                return Ok(());
+            }
+            Kind::Full(n) => write!(f, "the pool's queue is full ({n} tasks queued)")?,
             Kind::Closed => f.write_str("pool is shut down")?,
             Kind::Protocol(m) => {
                 worker(f)?;

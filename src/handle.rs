@@ -24,6 +24,7 @@ use crate::task::Output;
 pub struct Apply<A, R> {
     target: Target<A>,
     arg: A,
+    timeout: Option<std::time::Duration>,
     _r: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -32,8 +33,16 @@ impl<A, R> Apply<A, R> {
         Apply {
             target,
             arg,
+            timeout: None,
             _r: std::marker::PhantomData,
         }
+    }
+
+    /// How long the task may run, from when it starts: overrides the pool's
+    /// [`task_timeout`](crate::Builder::task_timeout), which says what happens at the deadline.
+    pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
@@ -44,6 +53,7 @@ impl<A: Send + 'static, R: Output> IntoFuture for Apply<A, R> {
     fn into_future(self) -> ApplyFuture<A, R> {
         let opts = Options {
             chunk_size: Some(1),
+            task_timeout: self.timeout,
             ..Options::default()
         };
         ApplyFuture {
@@ -126,6 +136,14 @@ macro_rules! options {
         /// the default chunk size and `n_splits`; a wrong value only changes chunking.
         pub fn len(mut self, n: usize) -> Self {
             self.options().len = Some(n);
+            self
+        }
+
+        /// How long each task of this call may run, from when it starts: overrides the pool's
+        /// [`task_timeout`](crate::Builder::task_timeout), which says what happens at the
+        /// deadline.
+        pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.options().task_timeout = Some(timeout);
             self
         }
     };

@@ -169,6 +169,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod call;
+mod cpus;
 mod dispatch;
 mod entry;
 mod error;
@@ -182,6 +183,7 @@ mod sys;
 mod task;
 mod worker;
 
+pub use crate::cpus::Cpus;
 pub use crate::error::Error;
 pub use crate::handle::{Apply, ApplyFuture, Map, MapFuture, MapStream};
 pub use crate::pool::{AsyncPool, Builder};

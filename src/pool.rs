@@ -13,7 +13,7 @@ use futures_core::Stream;
 
 use crate::call::{Target, encoder};
 use crate::dispatch::{Core, Settings};
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, Stage};
 use crate::handle::{Apply, Map, MapStream};
 use crate::proto::Body;
 use crate::proto::body::{Encoding, Stop, encode_body};
@@ -76,6 +76,14 @@ pub struct Builder<S = (), W = (), E = ()> {
     start_timeout: Duration,
     depth: usize,
     start_faults: (usize, usize),
+    task_timeout: Option<Duration>,
+    init_timeout: Option<Duration>,
+    exit_timeout: Option<Duration>,
+    lifespan: Option<u64>,
+    max_memory: Option<u64>,
+    cpu_ids: Option<Vec<Vec<usize>>>,
+    max_retries: u32,
+    max_queued: Option<usize>,
     _t: PhantomData<fn() -> (W, E)>,
 }
 
@@ -98,6 +106,14 @@ impl AsyncPool {
             start_timeout: Duration::from_secs(60),
             depth: 2,
             start_faults: (0, 0),
+            task_timeout: None,
+            init_timeout: None,
+            exit_timeout: None,
+            lifespan: None,
+            max_memory: None,
+            cpu_ids: None,
+            max_retries: 0,
+            max_queued: None,
             _t: PhantomData,
         }
     }
@@ -172,6 +188,115 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
+    /// Every task of every call may run this long; the call's own
+    /// [`task_timeout`](crate::Map::task_timeout) overrides it. The clock starts when the task
+    /// starts, so time spent queued never counts.
+    ///
+    /// When a task runs past its deadline it fails with [`Error::is_timeout`], with how long it
+    /// ran, its index and its input's `Debug`:
+    ///
+    /// - under a process start method, the worker running it is killed and replaced; the tasks
+    ///   of its chunk that finished deliver their results and the ones after it run on a worker
+    ///   again, as when a worker dies;
+    /// - under `Threading`, where a thread cannot be killed, the task is abandoned: its thread
+    ///   sees [`Worker::is_cancelled`] turn true, so a task that checks it can stop, and a fresh
+    ///   thread takes its place in the pool. What the abandoned task returns is dropped. At most
+    ///   `workers` abandoned threads run at once; past that, a slot whose task timed out stays
+    ///   empty until one of them ends (its tasks still fail at their deadlines).
+    ///
+    /// A `map` fails fast with the error, as for any failure; a stream yields it and goes on.
+    /// Default: none.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long `worker_init` may run in each worker. Past it, the worker is killed (a thread is
+    /// abandoned): in [`build`](Builder::build) that fails the build with an error that is both
+    /// [`Error::is_timeout`] and [`Error::is_init`]; in a replacement worker it is a failed start,
+    /// retried with backoff, and five in a row break the pool. Default: none, beyond
+    /// [`worker_start_timeout`](Builder::worker_start_timeout).
+    pub fn worker_init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = Some(timeout);
+        self
+    }
+
+    /// How long `worker_exit` may run in each worker. Past it, the worker is killed (a thread is
+    /// abandoned) and [`AsyncPool::shutdown`] returns an error ([`Error::is_timeout`]) naming it,
+    /// once every other worker has left: no worker is left behind. Default: none.
+    pub fn worker_exit_timeout(mut self, timeout: Duration) -> Self {
+        self.exit_timeout = Some(timeout);
+        self
+    }
+
+    /// A worker is replaced after it has run this many tasks (MPIRE's `worker_lifespan`): it
+    /// finishes the task it runs, hands back the rest of its chunk (which runs on another
+    /// worker), runs `worker_exit` and leaves. Its exit result is kept, and
+    /// [`AsyncPool::shutdown`] returns it with the others. The replacement is started before the
+    /// old worker leaves, so the pool keeps its capacity; it runs `worker_init` again, so with
+    /// `n` tasks in all each slot runs it about `n / workers / lifespan` times. Default: none.
+    pub fn worker_lifespan(mut self, tasks: u64) -> Self {
+        self.lifespan = Some(tasks);
+        self
+    }
+
+    /// A process worker whose resident memory exceeds `bytes` after a task is replaced, as if its
+    /// lifespan had ended: it hands back the rest of its chunk, runs `worker_exit` and leaves.
+    /// The worker checks after each task, at most once a millisecond. Threads share one resident
+    /// set, so `build()` rejects this under `Threading`. Default: none.
+    pub fn worker_max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Pins workers to CPUs (MPIRE's `cpu_ids`). Give one entry for all workers, or one per
+    /// worker; an entry is a CPU id or a set of them:
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ampire::Error> {
+    /// use ampire::AsyncPool;
+    /// // Two workers, worker 0 on CPU 1 and worker 1 on CPU 0.
+    /// let a = AsyncPool::builder().workers(2).cpu_ids([1, 0]).build().await?;
+    /// // Every worker on CPUs 0 and 1.
+    /// let b = AsyncPool::builder().workers(4).cpu_ids([[0, 1]]).build().await?;
+    /// // One set per worker.
+    /// let c = AsyncPool::builder().workers(2).cpu_ids([vec![0], vec![0, 1]]).build().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Applies under every start method, threads included, to the worker and to every thread it
+    /// starts; a replacement worker is pinned like the one it replaces. `build()` fails when the
+    /// number of entries is neither 1 nor `workers`, an entry is empty, or a CPU is not one this
+    /// process may run on. Default: no pinning.
+    pub fn cpu_ids<I>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: crate::Cpus,
+    {
+        self.cpu_ids = Some(ids.into_iter().map(crate::Cpus::cpus).collect());
+        self
+    }
+
+    /// How many times a task whose worker died is run again, on a fresh worker, before it fails.
+    /// A task that killed `n + 1` workers fails with [`Error::is_worker_died`], and its message
+    /// lists every death ([`Error::workers_killed`]): a crashing input never loops forever. Only
+    /// deaths are retried: a panic, a timeout or a serialisation failure is the task's answer.
+    /// Default: 0.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// At most this many tasks wait in the pool's queue (queued and not yet running, across all
+    /// calls). [`AsyncPool::try_apply`] is refused at once when the queue is full
+    /// ([`Error::is_full`]); every other call waits for room, as it waits for its own
+    /// `max_tasks_active`. A chunk larger than the bound goes in when the queue is empty.
+    /// Default: no bound.
+    pub fn max_queued_tasks(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
+        self
+    }
+
     /// Fault injection for tests, not part of the API: after the first `starts` process workers
     /// the pool starts, the next `fails` exit (with status 86) before they say hello.
     #[doc(hidden)]
@@ -199,6 +324,14 @@ impl<S, W, E> Builder<S, W, E> {
             start_timeout: self.start_timeout,
             depth: self.depth,
             start_faults: self.start_faults,
+            task_timeout: self.task_timeout,
+            init_timeout: self.init_timeout,
+            exit_timeout: self.exit_timeout,
+            lifespan: self.lifespan,
+            max_memory: self.max_memory,
+            cpu_ids: self.cpu_ids,
+            max_retries: self.max_retries,
+            max_queued: self.max_queued,
             _t: PhantomData,
         }
     }
@@ -278,6 +411,35 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
                 "max_frame_len must be between 1 KiB and 4 GiB",
             ));
         }
+        for (name, t) in [
+            ("task_timeout", self.task_timeout),
+            ("worker_init_timeout", self.init_timeout),
+            ("worker_exit_timeout", self.exit_timeout),
+            ("worker_start_timeout", Some(self.start_timeout)),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(Error::config(format!("{name} must be more than zero")));
+            }
+        }
+        if self.lifespan == Some(0) {
+            return Err(Error::config("worker_lifespan must be at least 1"));
+        }
+        if self.max_queued == Some(0) {
+            return Err(Error::config("max_queued_tasks must be at least 1"));
+        }
+        match self.max_memory {
+            Some(0) => return Err(Error::config("worker_max_memory must be more than zero")),
+            Some(_) if !self.method.is_process() => {
+                return Err(Error::config(
+                    "worker_max_memory needs process workers: threads share one resident set",
+                ));
+            }
+            _ => {}
+        }
+        let cpus = match self.cpu_ids {
+            Some(ids) => crate::cpus::per_worker(ids, workers)?,
+            None => Vec::new(),
+        };
         if self.method.is_process() {
             if crate::entry::undiverted_child() {
                 return Err(Error::config(
@@ -332,19 +494,30 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             init: self.init,
             max_frame: self.max_frame_len,
             start_timeout: self.start_timeout,
+            init_timeout: self.init_timeout,
+            epoch_us: crate::proto::deadline::now_us(),
             start_faults: Arc::new(Mutex::new(self.start_faults)),
             exit: self.exit,
+            cpus,
+            lifespan: self.lifespan,
+            max_memory: self.max_memory,
         };
         let settings = Settings {
             method: self.method,
             workers,
             depth: self.depth,
             order_tasks: self.order_tasks,
+            task_timeout: self.task_timeout,
+            exit_timeout: self.exit_timeout,
+            max_retries: self.max_retries,
+            max_queued: self.max_queued,
         };
         let core = Core::new(settings, spec, backend(self.method));
         // Started side by side on this task: no hand-off to another thread, and dropping
         // `build()` drops (and so kills) the workers it started.
-        let starts = (0..workers).map(|slot| core.start_slot(slot)).collect();
+        let starts = (0..workers)
+            .map(|slot| core.start_slot(slot, true))
+            .collect();
         let mut conns = Vec::with_capacity(workers);
         let mut first_err = None;
         for s in join_all(starts).await {
@@ -556,12 +729,34 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         }
     }
 
+    /// Like [`shutdown`](Self::shutdown), bounded by `timeout` whatever the tasks and exit
+    /// functions do: at the deadline every worker is stopped as if the pool were dropped (process
+    /// workers are killed; threads are told through [`Worker::is_cancelled`] and left to end),
+    /// unfinished tasks fail with [`Error::is_closed`], and this returns an error that is
+    /// [`Error::is_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`shutdown`](Self::shutdown), and the timeout.
+    pub async fn shutdown_timeout(self, timeout: Duration) -> Result<Vec<E>, Error> {
+        let core = self.core.clone();
+        match tokio::time::timeout(timeout, self.shutdown()).await {
+            Ok(r) => r,
+            Err(_) => {
+                core.stop();
+                Err(Error::timeout(Stage::Shutdown, timeout, None))
+            }
+        }
+    }
+
     /// Finishes the queued tasks, runs `worker_exit` in every worker, waits for the workers to
     /// leave, and returns the exit results in worker order.
     ///
     /// # Errors
     ///
-    /// A panic in `worker_exit`, or a pool broken by a failing `worker_init`.
+    /// A panic in `worker_exit` or one past [`Builder::worker_exit_timeout`] (its worker is
+    /// killed, or its thread abandoned; the error names it), or a pool broken by a failing
+    /// `worker_init`.
     pub async fn shutdown(self) -> Result<Vec<E>, Error> {
         let exits = self.core.shutdown().await?;
         exits

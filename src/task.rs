@@ -9,14 +9,19 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::proto::deadline::Stamper;
 use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
-use crate::worker::{ChunkCall, Context, ExitCall, Exited, LocalChunk, Results, SetupCall, catch};
+use crate::worker::{
+    ChunkCall, Context, ExitCall, Exited, LocalChunk, LocalDone, LocalJob, Results, Salvage,
+    Salvaged, SetupCall, catch,
+};
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
 /// own state.
@@ -59,6 +64,7 @@ pub struct Worker<'a, S = (), W = ()> {
     id: usize,
     shared: &'a S,
     state: &'a mut W,
+    cancelled: &'a AtomicBool,
 }
 
 impl<S, W> Worker<'_, S, W> {
@@ -76,6 +82,14 @@ impl<S, W> Worker<'_, S, W> {
     /// This worker's state, created by `worker_init` and kept across its tasks.
     pub fn state(&mut self) -> &mut W {
         self.state
+    }
+
+    /// Whether the pool has given up on the task running: under `Threading`, once the task ran
+    /// past its [`task_timeout`](crate::Builder::task_timeout) or its call was dropped. A thread
+    /// cannot be killed, so a long task that checks this now and then can stop early; what it
+    /// returns then is dropped. A process worker is killed instead, so there it stays `false`.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 }
 
@@ -223,8 +237,9 @@ where
     }
 }
 
-/// Borrows the typed shared object and state out of a worker context.
-fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<(usize, &S, &mut W), String> {
+/// Borrows the typed shared object and state out of a worker context: what a [`Worker`] is
+/// made of.
+fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<Parts<'_, S, W>, String> {
     let id = cx.id;
     let shared = cx
         .shared
@@ -232,8 +247,33 @@ fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<(usize, &S, &mut W)
         .and_then(|s| (s as &dyn Any).downcast_ref::<S>());
     let state = cx.state.as_deref_mut().and_then(|s| s.downcast_mut::<W>());
     match (shared, state) {
-        (Some(s), Some(w)) => Ok((id, s, w)),
+        (Some(shared), Some(state)) => Ok(Parts {
+            id,
+            shared,
+            state,
+            cancelled: &cx.watch.cancelled,
+        }),
         _ => Err("worker context does not match the task's types".into()),
+    }
+}
+
+/// A worker context's typed parts.
+struct Parts<'a, S, W> {
+    id: usize,
+    shared: &'a S,
+    state: &'a mut W,
+    cancelled: &'a AtomicBool,
+}
+
+impl<S, W> Parts<'_, S, W> {
+    /// The task's view of them.
+    fn worker(&mut self) -> Worker<'_, S, W> {
+        Worker {
+            id: self.id,
+            shared: self.shared,
+            state: &mut *self.state,
+            cancelled: self.cancelled,
+        }
     }
 }
 
@@ -242,6 +282,15 @@ fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<(usize, &S, &mut W)
 pub(crate) struct ChunkOut<R> {
     pub values: Vec<R>,
     pub failures: Vec<(u32, Failure)>,
+}
+
+impl<R> Default for ChunkOut<R> {
+    fn default() -> Self {
+        ChunkOut {
+            values: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
 }
 
 /// Runs every input of a thread worker's chunk through `run`, under one `catch_unwind` per run
@@ -300,7 +349,7 @@ where
     R: Output,
 {
     let task = T::marker();
-    let (id, shared, state) = parts::<S, W>(cx)?;
+    let mut parts = parts::<S, W>(cx)?;
     let mut rest = input;
     let mut done = 0u32;
     while done < count {
@@ -315,12 +364,8 @@ where
                     ..Failure::default()
                 })?;
                 rest = tail;
-                let worker = &mut Worker {
-                    id,
-                    shared,
-                    state: &mut *state,
-                };
-                results.push(&task.call(worker, a))?;
+                results.starting();
+                results.push(&task.call(&mut parts.worker(), a))?;
                 done += 1;
             }
             Ok(())
@@ -426,11 +471,13 @@ where
         });
     };
     let id = cx.id;
+    let cancelled = &cx.watch.cancelled;
     let state = catch(|| {
         I::marker().make(&Worker {
             id,
             shared,
             state: &mut (),
+            cancelled,
         })
     })?;
     cx.state = Some(Box::new(state));
@@ -461,11 +508,11 @@ where
     W: 'static,
     E: Output,
 {
-    let (id, shared, state) = parts::<S, W>(cx).map_err(|message| Failure {
+    let mut parts = parts::<S, W>(cx).map_err(|message| Failure {
         message,
         ..Failure::default()
     })?;
-    let e = catch(|| X::marker().finish(&mut Worker { id, shared, state }))?;
+    let e = catch(|| X::marker().finish(&mut parts.worker()))?;
     if local {
         return Ok(Exited::Value(Box::new(e)));
     }
@@ -524,7 +571,8 @@ where
     Entry::of(exit_entry::<X, S, W, E>)
 }
 
-pub(crate) fn local_chunk<T, S, W, A, R>(items: Vec<A>) -> LocalChunk
+/// A thread worker's job of `items`, whose tasks may run for `timeout_us` each (0: no limit).
+pub(crate) fn local_job<T, S, W, A, R>(items: Vec<A>, timeout_us: u64) -> LocalJob
 where
     T: Call<S, W, A, R>,
     S: 'static,
@@ -532,27 +580,193 @@ where
     A: Send + 'static,
     R: Send + 'static,
 {
-    Box::new(move |cx: &mut Context| {
+    match timeout_us {
+        0 => LocalJob {
+            chunk: local_chunk::<T, S, W, A, R>(items),
+            salvage: None,
+        },
+        _ => timed_chunk::<T, S, W, A, R>(items, timeout_us),
+    }
+}
+
+/// A chunk without deadlines: the inputs move into the closure and run in one go, under one
+/// `catch_unwind` per run of successes; those beyond the worker's budget are handed back.
+fn local_chunk<T, S, W, A, R>(items: Vec<A>) -> LocalChunk
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    Box::new(move |cx: &mut Context, budget: u64| {
         let task = T::marker();
-        let (id, shared, state) = parts::<S, W>(cx)?;
+        let mut parts = match parts::<S, W>(cx) {
+            Ok(parts) => parts,
+            Err(e) => return LocalDone::failed(e),
+        };
+        let ran = budget.min(items.len() as u64) as usize;
         let mut out = ChunkOut {
-            values: Vec::with_capacity(items.len()),
+            values: Vec::with_capacity(ran),
             failures: Vec::new(),
         };
+        let mut inputs = items.into_iter();
         run_chunk(
-            items.into_iter(),
-            |a| {
-                task.call(
-                    &mut Worker {
-                        id,
-                        shared,
-                        state: &mut *state,
-                    },
-                    a,
-                )
-            },
+            inputs.by_ref().take(ran),
+            |a| task.call(&mut parts.worker(), a),
             &mut out,
         );
-        Ok(Box::new(out) as Box<dyn Any + Send>)
+        let rest: Vec<A> = inputs.collect();
+        LocalDone {
+            out: Ok(Box::new(out)),
+            ran,
+            rest: (!rest.is_empty()).then(|| LocalJob {
+                chunk: local_chunk::<T, S, W, A, R>(rest),
+                salvage: None,
+            }),
+            abandoned: false,
+        }
     })
+}
+
+/// A chunk whose tasks have deadlines: its inputs and results stay in a state the pool can reach
+/// (`Salvage`), and each task publishes its deadline as it starts.
+struct Timed<T, S, W, A, R> {
+    inner: Mutex<TimedInner<A, R>>,
+    timeout_us: u64,
+    _t: PhantomData<fn() -> (T, S, W)>,
+}
+
+struct TimedInner<A, R> {
+    /// The inputs not started yet.
+    inputs: std::vec::IntoIter<A>,
+    /// The results of the tasks that finished.
+    out: ChunkOut<R>,
+    /// How many tasks started.
+    started: usize,
+    /// The deadline word of the task that runs, 0 when none does.
+    word: u64,
+    /// The pool took the chunk over.
+    abandoned: bool,
+}
+
+impl<A, R> TimedInner<A, R> {
+    /// The result of the last task that started.
+    fn record(&mut self, r: Result<R, Failure>) {
+        match r {
+            Ok(v) => self.out.values.push(v),
+            Err(f) => self.out.failures.push((self.started as u32 - 1, f)),
+        }
+    }
+}
+
+fn timed_chunk<T, S, W, A, R>(items: Vec<A>, timeout_us: u64) -> LocalJob
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    let len = items.len();
+    let state = Arc::new(Timed::<T, S, W, A, R> {
+        inner: Mutex::new(TimedInner {
+            inputs: items.into_iter(),
+            out: ChunkOut {
+                values: Vec::with_capacity(len),
+                failures: Vec::new(),
+            },
+            started: 0,
+            word: 0,
+            abandoned: false,
+        }),
+        timeout_us,
+        _t: PhantomData,
+    });
+    let salvage = state.clone();
+    let chunk: LocalChunk = Box::new(move |cx: &mut Context, budget: u64| {
+        let lock = || state.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let task = T::marker();
+        let watch = cx.watch.clone();
+        let mut stamper = std::mem::replace(&mut cx.stamper, Stamper::new(0));
+        let mut parts = match parts::<S, W>(cx) {
+            Ok(parts) => parts,
+            Err(e) => return LocalDone::failed(e),
+        };
+        let mut pending = None;
+        let mut ran = 0u64;
+        let abandoned = loop {
+            let next = {
+                let mut g = lock();
+                if g.abandoned {
+                    break true;
+                }
+                if let Some(r) = pending.take() {
+                    g.record(r);
+                }
+                let next = (ran < budget).then(|| g.inputs.next()).flatten();
+                g.word = match next {
+                    Some(_) => {
+                        g.started += 1;
+                        stamper.start(timeout_us)
+                    }
+                    None => 0,
+                };
+                watch.deadline.store(g.word, Ordering::Release);
+                next
+            };
+            let Some(a) = next else {
+                break false;
+            };
+            ran += 1;
+            pending = Some(catch(|| task.call(&mut parts.worker(), a)));
+        };
+        drop(parts);
+        cx.stamper = stamper;
+        if abandoned {
+            return LocalDone {
+                out: Ok(Box::new(())),
+                ran: 0,
+                rest: None,
+                abandoned: true,
+            };
+        }
+        let mut g = lock();
+        let out = std::mem::replace(&mut g.out, ChunkOut::default());
+        let rest: Vec<A> = g.inputs.by_ref().collect();
+        LocalDone {
+            out: Ok(Box::new(out)),
+            ran: ran as usize,
+            rest: (!rest.is_empty()).then(|| timed_chunk::<T, S, W, A, R>(rest, timeout_us)),
+            abandoned: false,
+        }
+    });
+    LocalJob {
+        chunk,
+        salvage: Some(salvage),
+    }
+}
+
+impl<T, S, W, A, R> Salvage for Timed<T, S, W, A, R>
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    fn salvage(&self, word: u64) -> Option<Salvaged> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.abandoned || word == 0 || g.word != word {
+            return None;
+        }
+        g.abandoned = true;
+        let out = std::mem::replace(&mut g.out, ChunkOut::default());
+        let rest: Vec<A> = g.inputs.by_ref().collect();
+        Some(Salvaged {
+            out: Box::new(out),
+            finished: g.started - 1,
+            rest: (!rest.is_empty()).then(|| timed_chunk::<T, S, W, A, R>(rest, self.timeout_us)),
+        })
+    }
 }

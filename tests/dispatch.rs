@@ -5,18 +5,6 @@ use std::future::IntoFuture;
 use common::*;
 use futures_util::StreamExt;
 
-/// A task that tells the test it started (through `announce`), then blocks until the test sends
-/// a datagram to `gate`.
-fn blocked((announce, gate): (String, String)) -> u64 {
-    let _ = std::fs::remove_file(&gate);
-    let sock = std::os::unix::net::UnixDatagram::bind(&gate).unwrap();
-    signal(&announce);
-    let mut buf = [0u8; 1];
-    sock.recv(&mut buf).unwrap();
-    let _ = std::fs::remove_file(&gate);
-    0
-}
-
 fn quick(x: u64) -> u64 {
     x + 1
 }
@@ -35,20 +23,6 @@ fn blocked_at_150((x, announce, gate): (u64, String, String)) -> u64 {
     } else {
         quick(x)
     }
-}
-
-fn release(gate: &str) {
-    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    sock.send_to(b"g", gate).unwrap();
-}
-
-/// A path for the gate of round `i` of a test under method `m` (tests run side by side).
-fn gate_path(m: StartMethod, i: usize) -> String {
-    let dir = std::env::temp_dir();
-    dir.join(format!("ampire-gate-{}-{m}-{i}", std::process::id()))
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 each_method! {

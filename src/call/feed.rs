@@ -12,15 +12,18 @@ use crate::error::Error;
 use crate::proto::body::{Encoding, Stop, encode_body};
 use crate::proto::describe;
 use crate::sys::shm::Arena;
-use crate::task::{Call, Input, Output, local_chunk};
+use crate::task::{Call, Input, Output, local_job};
 
 /// What a call needs to know to encode its chunks: the pool's arena (process pools), whether its
-/// workers are threads (inputs are moved, not serialised), and how many bytes a chunk's inputs
-/// may take (what a frame holds besides its header).
+/// workers are threads (inputs are moved, not serialised), how many bytes a chunk's inputs may
+/// take (what a frame holds besides its header), and its tasks' timeout.
 pub(crate) struct Feed<'a> {
     pub arena: Option<&'a Arc<Arena>>,
     pub local: bool,
     pub budget: usize,
+    /// How long each task may run, in microseconds (0: no limit): a thread worker's chunk with
+    /// deadlines is built so that the pool can take it back.
+    pub timeout_us: u64,
 }
 
 /// What encoding the front of a call's pulled inputs gave.
@@ -48,7 +51,7 @@ where
         if feed.local {
             let items = std::mem::take(items);
             let taken = items.len();
-            let payload = Payload::Local(Some(local_chunk::<T, S, W, A, R>(items)));
+            let payload = Payload::local(local_job::<T, S, W, A, R>(items, feed.timeout_us));
             return Encoded::Job { payload, taken };
         }
         let Encoding { body, taken, stop } = encode_body(items, feed.arena, feed.budget);
@@ -86,6 +89,7 @@ pub(crate) struct Options {
     pub max_tasks_active: Option<usize>,
     pub reorder_window: Option<usize>,
     pub len: Option<usize>,
+    pub task_timeout: Option<Duration>,
 }
 
 /// Where a call's inputs come from.

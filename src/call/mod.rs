@@ -114,6 +114,9 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         if o.reorder_window == Some(0) {
             return Err(Error::config("reorder_window must be at least 1"));
         }
+        if o.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("task_timeout must be more than zero"));
+        }
         self.chunker.fixed = match (o.chunk_size, o.n_splits, known) {
             (Some(c), _, _) => Some(Fixed::Size(c)),
             (None, Some(s), Some(n)) => Some(Fixed::splits(n, s)),
@@ -129,6 +132,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             self.chunker.floor = known.map(|n| n.div_ceil(workers * 64).max(1));
         }
         self.limit = o.max_tasks_active;
+        self.link
+            .set_timeout(o.task_timeout.or(self.core.settings.task_timeout));
         Ok(())
     }
 
@@ -188,6 +193,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             arena: self.core.spec.arena.as_ref(),
             local: self.core.is_local(),
             budget: self.core.spec.max_frame.saturating_sub(HEADER_ROOM),
+            timeout_us: self.link.timeout_us(),
         };
         let first = self.next_index;
         match (self.encode)(&feed, &mut self.buf) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::Core;
-use super::job::{CallLink, Job, Outcome};
+use super::job::{CallLink, Job, Outcome, Payload};
 use super::queue::{Claims, Outgoing};
 use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::body::ARENA_MIN;
@@ -22,7 +22,7 @@ use crate::proto::{Batch, Event, Failure, FromWorker, ToWorker};
 use crate::start::{Connected, Process, Rx, Tx};
 use crate::sys::journal::Journal;
 use crate::task::Entry;
-use crate::worker::Exited;
+use crate::worker::{Exited, Salvaged, Watch};
 
 /// How one worker's life ended.
 pub(super) enum Ended {
@@ -40,6 +40,20 @@ enum Why {
     Broken(String),
     Cancelled,
     Stopped,
+    /// The task whose deadline word this is ran past it.
+    TimedOut(u64),
+    /// Its exit function ran past `worker_exit_timeout`.
+    ExitTimedOut,
+}
+
+/// Who a worker's end is blamed on, by `settle`.
+pub(super) enum Cause {
+    /// The task it was running, with this error (its death, a broken protocol, a cancellation).
+    Task(Error),
+    /// The task it was running, which ran past its deadline (`now_us` time) and was killed.
+    TimedOut { deadline_us: u64 },
+    /// Nobody: it was killed for a task that had finished meanwhile; the one it ran runs again.
+    Innocent,
 }
 
 enum Heard {
@@ -85,6 +99,7 @@ impl Tx {
                 count,
                 span,
                 inline,
+                timeout_us,
             } = job
             else {
                 continue;
@@ -96,6 +111,7 @@ impl Tx {
                 entry,
                 count,
                 arena: span,
+                timeout_us,
             };
             let inline = inline
                 .as_ref()
@@ -131,7 +147,13 @@ impl Tx {
 /// job that takes long) has them taken from its journal.
 const HARVEST_AFTER: Duration = Duration::from_millis(1);
 
-async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, journal: Option<Arc<Journal>>) {
+async fn write_loop(
+    core: Arc<Core>,
+    slot: usize,
+    mut tx: Tx,
+    journal: Option<Arc<Journal>>,
+    exiting: tokio::sync::oneshot::Sender<()>,
+) {
     // Armed while jobs whose results the worker may hold are in flight.
     let mut tick = std::pin::pin!(tokio::time::sleep(HARVEST_AFTER));
     let mut armed = false;
@@ -156,6 +178,7 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, journal: Option<Ar
             Next::Jobs(batch) => batch,
             Next::Shutdown => {
                 let _ = tx.send_shutdown(core.spec.exit).await;
+                let _ = exiting.send(());
                 // Keep the channel open until the worker has answered.
                 std::future::pending::<()>().await;
                 return;
@@ -165,6 +188,12 @@ async fn write_loop(core: Arc<Core>, slot: usize, mut tx: Tx, journal: Option<Ar
         let holds = batch
             .iter()
             .any(|j| matches!(j, Outgoing::Remote { hold: true, .. }));
+        if batch
+            .iter()
+            .any(|j| matches!(j, Outgoing::Remote { timeout_us, .. } if *timeout_us != 0))
+        {
+            core.timed[slot].notify_one();
+        }
         if tx.send_jobs(batch).await.is_err() {
             return; // the driver sees the worker's end
         }
@@ -192,7 +221,7 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
     // A new worker is idle: it may take jobs that wait behind another's running one.
     core.wake(Some(slot), false);
     match conn {
-        Connected::Thread { ended } => serve_thread(core, slot, ended).await,
+        Connected::Thread { ended, watch } => serve_thread(core, slot, ended, watch).await,
         Connected::Process {
             tx,
             rx,
@@ -202,25 +231,43 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
     }
 }
 
-/// A thread worker runs by itself (see `ThreadWorker`); wait for it to leave.
+/// A thread worker runs by itself (see `ThreadWorker`); wait for it to leave, or for one of its
+/// tasks to run past its deadline (then it is abandoned, and the slot gets another thread).
 async fn serve_thread(
     core: &Arc<Core>,
     slot: usize,
     ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
+    watch: Arc<Watch>,
 ) -> Ended {
-    match ended.await {
+    core.state().watches[slot] = Some(watch.clone());
+    let mut ended = std::pin::pin!(ended);
+    let result = loop {
+        tokio::select! {
+            r = &mut ended => break r,
+            word = core.expired(slot, || watch.deadline()) => {
+                if core.abandon(slot, &watch, word) {
+                    return Ended::Died;
+                }
+            }
+        }
+    };
+    match result {
         Ok(done) => {
-            core.state().queue.disconnected(slot);
+            let mut st = core.state();
+            st.queue.disconnected(slot);
+            st.watches[slot] = None;
+            drop(st);
             if done { Ended::Done } else { Ended::Stopped }
         }
         Err(_) => {
             // The thread ended without saying so: something outside a task panicked. Its job's
             // inputs were moved into the thread: they are gone with it.
-            let died = Error::new(Kind::WorkerDied {
-                exit: Exit::Unknown,
-                during: Stage::Task,
-            });
-            let jobs = core.state().queue.unwind(slot);
+            let died = Error::died(Exit::Unknown, Stage::Task);
+            let jobs = {
+                let mut st = core.state();
+                st.watches[slot] = None;
+                st.queue.unwind(slot)
+            };
             for job in jobs {
                 super::job::fail(job, Some(slot), died.clone());
             }
@@ -238,10 +285,22 @@ async fn serve_process(
     journal: Option<Arc<Journal>>,
     mut proc: Box<dyn Process>,
 ) -> Ended {
-    let writer = tokio::spawn(write_loop(core.clone(), slot, tx, journal.clone()));
+    let (exiting, exit_started) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(write_loop(core.clone(), slot, tx, journal.clone(), exiting));
     let journal = journal.as_deref();
     let why = {
         let mut exited = std::pin::pin!(proc.wait());
+        // Armed once the worker was told to run its exit function.
+        let mut exit_late = std::pin::pin!(async {
+            match (exit_started.await, core.settings.exit_timeout) {
+                (Ok(()), Some(limit)) => tokio::time::sleep(limit).await,
+                _ => std::future::pending().await,
+            }
+        });
+        let mut expired = std::pin::pin!(core.expired(slot, || match journal {
+            Some(j) => j.deadline(),
+            None => (0, 0),
+        }));
         'events: loop {
             let stop = core.stop.notified();
             if core.is_stopped() {
@@ -268,6 +327,8 @@ async fn serve_process(
                         break 'events Why::Cancelled;
                     }
                 }
+                word = &mut expired => break 'events Why::TimedOut(word),
+                _ = &mut exit_late => break 'events Why::ExitTimedOut,
                 _ = &mut exited => {
                     // Read what the worker wrote before it ended, then treat it as dead. (A
                     // process it started may hold its end of the stream open: do not wait for
@@ -319,28 +380,40 @@ async fn finish(
     {
         let mut st = core.state();
         st.pids[slot] = None;
-        if matches!(why, Why::Exit(_) | Why::Stopped) {
+        if matches!(why, Why::Exit(_) | Why::ExitTimedOut | Why::Stopped) {
             st.queue.disconnected(slot);
         }
     }
     match why {
         Why::Exit(r) => core.store_exit(slot, r.map(Exited::Bytes)),
+        Why::ExitTimedOut => core.exit_timed_out(slot),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
             // It ran a job of a cancelled call: nobody reads this error.
-            core.settle(slot, journal, Error::closed(), true);
+            core.settle(slot, journal, Cause::Task(Error::closed()), true);
             Ended::Died
         }
         Why::Broken(m) => {
-            core.settle(slot, journal, Error::new(Kind::Protocol(m)), false);
+            let e = Error::new(Kind::Protocol(m));
+            core.settle(slot, journal, Cause::Task(e), false);
             Ended::Died
         }
         Why::Died => {
-            let died = Error::new(Kind::WorkerDied {
-                exit,
-                during: Stage::Task,
-            });
-            core.settle(slot, journal, died, true);
+            let died = Error::died(exit, Stage::Task);
+            core.settle(slot, journal, Cause::Task(died), true);
+            Ended::Died
+        }
+        Why::TimedOut(word) => {
+            // The task is blamed only if it still ran when the worker died: one that finished
+            // between the watchdog's look and the kill is not, and the one after it runs again.
+            let (now, epoch) = journal.map_or((0, 0), Journal::deadline);
+            let cause = match now == word {
+                true => Cause::TimedOut {
+                    deadline_us: crate::proto::deadline::deadline_us(word, epoch),
+                },
+                false => Cause::Innocent,
+            };
+            core.settle(slot, journal, cause, true);
             Ended::Died
         }
     }
@@ -396,6 +469,104 @@ impl Core {
             }
             notified.await;
         }
+    }
+
+    /// Resolves with the deadline word of a task that ran past its deadline on worker `slot`;
+    /// `deadline` reads the worker's word and the epoch it counts from. A word read after its
+    /// deadline names a task that was still running then. It wakes at the deadline of the task
+    /// that runs, and no later than the shortest timeout of the jobs in flight there (one not
+    /// started yet cannot expire sooner), and looks again when another job with a timeout is
+    /// sent there.
+    pub(super) async fn expired(&self, slot: usize, deadline: impl Fn() -> (u64, u64)) -> u64 {
+        use crate::proto::deadline::{deadline_us, now_us, remaining};
+        loop {
+            let sent = self.timed[slot].notified();
+            let (word, epoch) = deadline();
+            if word != 0 && now_us() >= deadline_us(word, epoch) {
+                return word;
+            }
+            let running = (word != 0).then(|| remaining(word, epoch));
+            let waiting = self.state().queue.shortest_timeout(slot);
+            match running.into_iter().chain(waiting).min() {
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = sent => {}
+                    }
+                }
+                None => sent.await,
+            }
+        }
+    }
+
+    /// Thread worker `slot`'s task whose deadline word is `word` ran past its deadline: the
+    /// thread is abandoned (it sees `is_cancelled`, and leaves once its task returns), the
+    /// task fails, the results its chunk finished are delivered and the inputs it did not start
+    /// go back to the front of the queue. `false` if the task finished meanwhile.
+    fn abandon(&self, slot: usize, watch: &Watch, word: u64) -> bool {
+        let (job, salvaged) = {
+            let mut st = self.state();
+            let Some(mut salvaged) = st.queue.running(slot).and_then(|job| match &job.payload {
+                Payload::Local {
+                    salvage: Some(s), ..
+                } => s.salvage(word),
+                _ => None,
+            }) else {
+                return false;
+            };
+            watch.abandon(&self.abandoned);
+            let mut jobs = st.queue.unwind(slot);
+            st.watches[slot] = None;
+            let job = jobs.pop_front().expect("the job it ran");
+            // A thread holds one job at a time; anything else goes back as it was.
+            let mut again: Vec<Job> = jobs.into_iter().collect();
+            if let Some(rest) = salvaged.rest.take() {
+                let done = salvaged.finished + 1;
+                let mut rest = Job::new(
+                    job.call.clone(),
+                    job.seq,
+                    job.first + done,
+                    job.len - done,
+                    Payload::local(rest),
+                );
+                rest.target = job.target;
+                again.insert(0, rest);
+            }
+            st.queue.requeue(again);
+            (job, salvaged)
+        };
+        self.wake(None, false);
+        let Salvaged { out, finished, .. } = salvaged;
+        let (call, first) = (job.call.clone(), job.first);
+        let limit = call.timeout().unwrap_or_default();
+        let (_, epoch) = watch.deadline();
+        let late = crate::proto::deadline::now_us()
+            .saturating_sub(crate::proto::deadline::deadline_us(word, epoch));
+        drop(job);
+        if finished > 0 {
+            call.deliver(
+                first,
+                finished,
+                Some(slot),
+                || Outcome::Local(out),
+                Duration::ZERO,
+            );
+        }
+        let e = Error::timeout(
+            Stage::Task,
+            limit,
+            Some(limit + Duration::from_micros(late)),
+        )
+        .with_worker(slot)
+        .with_task(first + finished);
+        call.deliver(
+            first + finished,
+            1,
+            Some(slot),
+            || Outcome::Failed(e),
+            Duration::ZERO,
+        );
+        true
     }
 
     /// News from worker `slot`. Nothing in the pool uses it yet: task starts are for task
@@ -520,23 +691,35 @@ impl Core {
     }
 
     /// After process worker `slot` ended (it died, was killed, or broke the protocol): what its
-    /// journal says had finished is delivered, the task it was running fails with `cause`, and
-    /// the rest of its jobs go back to the front of the queue. A worker that broke the protocol
-    /// is not `trusted`: its journal is not read, and the first task whose result did not arrive
-    /// takes the blame.
-    fn settle(&self, slot: usize, journal: Option<&Journal>, cause: Error, trusted: bool) {
+    /// journal says had finished is delivered, the task it was running fails as `cause` says
+    /// (or, when its worker died and `max_retries` allows, runs again), and the rest of its jobs
+    /// go back to the front of the queue. A worker that broke the protocol is not `trusted`: its
+    /// journal is not read, and the first task whose result did not arrive takes the blame.
+    pub(super) fn settle(
+        &self,
+        slot: usize,
+        journal: Option<&Journal>,
+        cause: Cause,
+        trusted: bool,
+    ) {
         let mut jobs = self.state().queue.unwind(slot);
+        let mut later = Vec::new();
         // What finished that the pool had not heard of: the batches the worker ended (their
         // frames may not have been flushed), then the one it was writing.
         if let (Some(j), true) = (journal, trusted) {
             let snap = j.snapshot();
             for r in &snap.ended {
                 if let Some(bytes) = j.recorded(r) {
-                    recover(&mut jobs, r.job, r.first, r.values, bytes, slot);
+                    recover(&mut jobs, &mut later, (r.job, r.first, r.values), bytes);
                 }
             }
             if let Some((id, first, start, done)) = snap.batch {
-                recover(&mut jobs, id, first, done, j.after_death(start), slot);
+                recover(
+                    &mut jobs,
+                    &mut later,
+                    (id, first, done),
+                    j.after_death(start),
+                );
             }
         }
         // The job it was running is the last it claimed (it claims each before it starts it,
@@ -547,7 +730,8 @@ impl Core {
             None => true,
         };
         let mut again = Vec::new();
-        let mut blamed = false;
+        let mut lost = Vec::new();
+        let mut blamed = matches!(cause, Cause::Innocent);
         for mut job in jobs {
             if job.delivered == job.len {
                 continue;
@@ -556,33 +740,71 @@ impl Core {
             if blamed || !ran(&job) {
                 match remainder(job, from) {
                     Ok(job) => again.push(job),
-                    Err(job) => fail_lost(job, slot),
+                    Err(job) => lost.push(job),
                 }
                 continue;
             }
             blamed = true;
+            let e = match &cause {
+                Cause::Task(e) => e.clone(),
+                Cause::TimedOut { deadline_us } => {
+                    let limit = job.call.timeout().unwrap_or_default();
+                    let late = crate::proto::deadline::now_us().saturating_sub(*deadline_us);
+                    let elapsed = limit + Duration::from_micros(late);
+                    Error::timeout(Stage::Task, limit, Some(elapsed))
+                }
+                Cause::Innocent => unreachable!("nobody is blamed"),
+            };
+            // The deaths this very task caused before, when it runs again after one.
+            let earlier = match from {
+                0 => std::mem::take(&mut job.deaths),
+                _ => Vec::new(),
+            };
+            if let Some(exit) = e.death() {
+                if earlier.len() < self.settings.max_retries as usize && !job.call.is_cancelled() {
+                    match remainder(job, from) {
+                        Ok(mut rest) => {
+                            rest.deaths = earlier;
+                            rest.deaths.push((slot, exit));
+                            again.push(rest);
+                        }
+                        Err(job) => lost.push(job),
+                    }
+                    continue;
+                }
+            }
             let found = locate(&job, from);
-            let mut e = cause.clone().with_worker(slot).with_task(job.first + from);
+            let mut e = e
+                .after_deaths(&earlier)
+                .with_worker(slot)
+                .with_task(job.first + from);
             if let Some((input, _)) = &found {
                 e = e.with_input(input.clone());
             }
-            job.call.deliver(
-                job.first + from,
-                1,
-                Some(slot),
-                || Outcome::Failed(e),
-                Duration::ZERO,
-            );
+            later.push(Later::Failed(job.call.clone(), job.first + from, e));
             job.delivered += 1;
             if job.delivered < job.len {
                 match found.and_then(|(_, next)| job.rest(from + 1, next)) {
                     Some(rest) => again.push(rest),
-                    None => fail_lost(job, slot),
+                    None => lost.push(job),
                 }
             }
         }
         again.retain(|j| !j.call.is_cancelled());
         self.state().queue.requeue(again);
+        for job in lost {
+            fail_lost(job, slot);
+        }
+        for l in later {
+            match l {
+                Later::Values(call, first, count, bytes) => {
+                    deliver_values(&call, first, count, bytes, slot, Duration::ZERO)
+                }
+                Later::Failed(call, index, e) => {
+                    call.deliver(index, 1, Some(slot), || Outcome::Failed(e), Duration::ZERO)
+                }
+            }
+        }
         self.wake(None, false);
     }
 }
@@ -619,7 +841,12 @@ fn fail_lost(job: Job, slot: usize) {
 
 /// Delivers `values` results of tasks `first..` of job `id`, which a dead worker left in its
 /// journal, if they are the next the job is waiting for.
-fn recover(jobs: &mut VecDeque<Job>, id: u64, first: u32, values: u32, bytes: &[u8], slot: usize) {
+fn recover<'a>(
+    jobs: &mut VecDeque<Job>,
+    later: &mut Vec<Later<'a>>,
+    (id, first, values): (u64, u32, u32),
+    bytes: &'a [u8],
+) {
     let Some(job) = jobs.iter_mut().find(|j| j.id == id) else {
         return;
     };
@@ -627,15 +854,23 @@ fn recover(jobs: &mut VecDeque<Job>, id: u64, first: u32, values: u32, bytes: &[
     if first as usize != job.delivered || values == 0 || job.len - job.delivered < values {
         return;
     }
-    deliver_values(
-        &job.call,
+    later.push(Later::Values(
+        job.call.clone(),
         job.first + job.delivered,
         values,
         bytes,
-        slot,
-        Duration::ZERO,
-    );
+    ));
     job.delivered += values;
+}
+
+/// What `settle` delivers once the dead worker's jobs are dropped or queued again: a caller
+/// that sees its last result finds the arena blocks of those jobs free.
+enum Later<'a> {
+    /// Results a dead worker left in its journal: the call, the index of the first, how many,
+    /// and their bytes.
+    Values(Arc<CallLink>, usize, usize, &'a [u8]),
+    /// The failure of one task.
+    Failed(Arc<CallLink>, usize, Error),
 }
 
 /// Decodes `count` results of tasks `first..` (indices in the call) from `bytes`, with the

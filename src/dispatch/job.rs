@@ -10,7 +10,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::Error;
 use crate::proto::Body;
-use crate::worker::LocalChunk;
+use crate::worker::{LocalChunk, LocalJob, Salvage};
 
 /// One chunk of one call.
 pub(crate) struct Job {
@@ -32,6 +32,8 @@ pub(crate) struct Job {
     pub(super) on_worker: u8,
     /// It was sent as `hold`: the worker may hold its results a while.
     pub(super) hold: bool,
+    /// The workers its first task killed before (`max_retries`), and how each died.
+    pub(super) deaths: Vec<(usize, crate::error::Exit)>,
 }
 
 impl Job {
@@ -53,6 +55,7 @@ impl Job {
             target: None,
             on_worker: 0,
             hold: false,
+            deaths: Vec::new(),
         }
     }
 
@@ -82,6 +85,7 @@ impl Job {
             target: self.target,
             on_worker: 0,
             hold: false,
+            deaths: Vec::new(),
         })
     }
 
@@ -94,14 +98,18 @@ impl Job {
     pub(super) fn inputs(&self) -> Option<&[u8]> {
         match &self.payload {
             Payload::Remote { body, skip, .. } => body.bytes().get(*skip..),
-            Payload::Local(_) => None,
+            Payload::Local { .. } => None,
         }
     }
 }
 
 pub(crate) enum Payload {
-    /// For thread workers; taken when sent.
-    Local(Option<LocalChunk>),
+    /// For thread workers: the chunk is taken when sent; a chunk with deadlines keeps a handle
+    /// through which the pool takes back what it has not finished.
+    Local {
+        chunk: Option<LocalChunk>,
+        salvage: Option<Arc<dyn Salvage>>,
+    },
     /// For process workers; kept until the results arrive, so what has not run can be sent
     /// again if the worker dies. The job's inputs are `body` from byte `skip` on.
     Remote {
@@ -109,6 +117,15 @@ pub(crate) enum Payload {
         body: Arc<Body>,
         skip: usize,
     },
+}
+
+impl Payload {
+    pub(crate) fn local(job: LocalJob) -> Payload {
+        Payload::Local {
+            chunk: Some(job.chunk),
+            salvage: job.salvage,
+        }
+    }
 }
 
 /// Decodes `count` results of a process worker's batch into the boxed `ChunkOut<R>` a thread
@@ -124,6 +141,9 @@ pub(crate) type Locate = fn(inputs: &[u8], index: usize) -> Option<(String, usiz
 /// them and find its inputs, and how long its tasks take.
 pub(crate) struct CallLink {
     cancelled: AtomicBool,
+    /// How long each of its tasks may run, in microseconds (0: no limit); set before its first
+    /// job is submitted.
+    timeout_us: AtomicU64,
     /// Measured nanoseconds per task (moving average); 0 until a chunk has finished.
     ns_per_task: AtomicU64,
     pub(super) decode: Decode,
@@ -140,6 +160,7 @@ impl CallLink {
         (
             Arc::new(CallLink {
                 cancelled: AtomicBool::new(false),
+                timeout_us: AtomicU64::new(0),
                 decode,
                 locate,
                 ns_per_task: AtomicU64::new(0),
@@ -147,6 +168,24 @@ impl CallLink {
             }),
             rx,
         )
+    }
+
+    /// Sets the deadline of every task of the call, before its first job is submitted.
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) {
+        let us = crate::proto::deadline::timeout_us(timeout);
+        self.timeout_us.store(us, Ordering::Relaxed);
+    }
+
+    /// How long each task may run, in microseconds; 0: no limit.
+    pub(crate) fn timeout_us(&self) -> u64 {
+        self.timeout_us.load(Ordering::Relaxed)
+    }
+
+    /// How long each task may run.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        Some(self.timeout_us())
+            .filter(|&t| t != 0)
+            .map(Duration::from_micros)
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

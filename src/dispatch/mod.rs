@@ -10,7 +10,7 @@
 //! User-facing futures only wait on their call's channel; no user future ever holds a lock, a
 //! permit or a half-written frame, so one that stops being polled cannot wedge a worker.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Stage};
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
-use crate::worker::Exited;
+use crate::worker::{Exited, Watch};
 
 mod driver;
 mod job;
@@ -44,6 +44,13 @@ pub(crate) struct Settings {
     pub workers: usize,
     pub depth: usize,
     pub order_tasks: bool,
+    /// Every task's deadline, unless its call sets its own.
+    pub task_timeout: Option<Duration>,
+    pub exit_timeout: Option<Duration>,
+    /// How many times a task whose worker died runs again.
+    pub max_retries: u32,
+    /// At most this many tasks wait in the queue.
+    pub max_queued: Option<usize>,
 }
 
 pub(crate) struct Core {
@@ -55,6 +62,8 @@ pub(crate) struct Core {
     wake: Vec<Notify>,
     /// Per process slot: a job in flight there was cancelled; kill the worker.
     kill: Vec<Notify>,
+    /// Per slot: a job whose tasks have a deadline was sent there; its watchdog looks.
+    timed: Vec<Notify>,
     /// Where thread workers wait for jobs.
     sleep: Sleep,
     stop: Notify,
@@ -64,6 +73,10 @@ pub(crate) struct Core {
     exited: Notify,
     /// Per slot: how many frames of results its workers have sent.
     heard: Vec<AtomicU64>,
+    /// Thread workers abandoned after a timeout that have not ended yet...
+    abandoned: AtomicUsize,
+    /// ...and where a slot waits for one of them to end, when there are `workers` of them.
+    thread_room: Notify,
 }
 
 struct State {
@@ -72,6 +85,10 @@ struct State {
     closing: bool,
     broken: Option<Error>,
     exits: Vec<Option<Result<Exited, Error>>>,
+    /// What each thread worker shares with the pool about the task it runs.
+    watches: Vec<Option<Arc<Watch>>>,
+    /// When each thread worker started its exit function.
+    exiting: Vec<Option<std::time::Instant>>,
 }
 
 impl Core {
@@ -86,9 +103,12 @@ impl Core {
                 closing: false,
                 broken: None,
                 exits: (0..n).map(|_| None).collect(),
+                watches: vec![None; n],
+                exiting: vec![None; n],
             }),
             wake: (0..if local { 0 } else { n }).map(per_writer).collect(),
             kill: (0..if local { 0 } else { n }).map(per_writer).collect(),
+            timed: (0..n).map(per_writer).collect(),
             sleep: Sleep::default(),
             settings,
             spec,
@@ -98,6 +118,8 @@ impl Core {
             drivers: Mutex::new(Vec::new()),
             exited: Notify::new(),
             heard: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            abandoned: AtomicUsize::new(0),
+            thread_room: Notify::new(),
         })
     }
 
@@ -138,20 +160,25 @@ impl Core {
     /// After [`START_ATTEMPTS`] failures in a row the crash-loop breaker gives up, with an error
     /// whose source is the last failure's cause; a `worker_init` that panics, or a worker that
     /// runs another binary, gives up at once.
-    pub(crate) async fn start_slot(self: &Arc<Self>, slot: usize) -> Result<Connected, Error> {
+    ///
+    /// A `worker_init` past its `worker_init_timeout` fails `build()` at once (`building`),
+    /// and in a replacement counts toward the breaker like any failed start.
+    pub(crate) async fn start_slot(
+        self: &Arc<Self>,
+        slot: usize,
+        building: bool,
+    ) -> Result<Connected, Error> {
         let mut failures = 0u32;
         loop {
             let e = match self.start_worker(slot).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) if !e.is_retryable_start() => return Err(e),
+                Err(e) if building && e.is_timeout() && e.is_init() => return Err(e),
                 Err(e) => e,
             };
             failures += 1;
             if failures >= START_ATTEMPTS {
-                let msg = format!(
-                    "worker {slot} failed to start {failures} times in a row, the last time: {e}"
-                );
-                return Err(Error::start(msg).with_worker(slot).with_source(e.cause()));
+                return Err(Error::gave_up(slot, failures, e));
             }
             if self.is_stopped() {
                 return Err(Error::closed());
@@ -169,6 +196,19 @@ impl Core {
             .await
             .map_err(|e| e.with_worker(slot))?;
         crate::start::connect(link, slot, &self.spec).await
+    }
+
+    /// Waits, before a thread worker is replaced, until fewer than `workers` abandoned threads
+    /// run (see [`Builder::task_timeout`](crate::Builder::task_timeout)). Process workers never
+    /// wait here: a killed process is gone.
+    async fn room_for_a_thread(&self) {
+        loop {
+            let room = self.thread_room.notified();
+            if self.abandoned.load(Ordering::Acquire) < self.settings.workers || self.is_stopped() {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Starts the driver tasks for connected workers.
@@ -213,6 +253,18 @@ impl Core {
         let mut st = self.state();
         st.queue.remove_call(call);
         if self.is_local() {
+            // A thread cannot be killed: its task is told, and its result dropped.
+            for slot in 0..self.settings.workers {
+                if st
+                    .queue
+                    .running(slot)
+                    .is_some_and(|j| Arc::ptr_eq(&j.call, call))
+                {
+                    if let Some(w) = &st.watches[slot] {
+                        w.cancelled.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             return;
         }
         let running: Vec<usize> = (0..self.settings.workers)
@@ -266,6 +318,16 @@ impl Core {
         driver::Ended::Done
     }
 
+    /// Worker `slot`'s exit function ran past `worker_exit_timeout` (the worker was killed, or
+    /// the thread abandoned): that is its exit result.
+    fn exit_timed_out(&self, slot: usize) -> driver::Ended {
+        let limit = self.settings.exit_timeout.unwrap_or_default();
+        let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
+        self.state().exits[slot] = Some(Err(e));
+        self.exited.notify_waiters();
+        driver::Ended::Done
+    }
+
     /// Chunks waiting in the queue, and chunks in flight on workers.
     pub(crate) fn load(&self) -> (usize, usize) {
         self.state().queue.load()
@@ -286,13 +348,17 @@ impl Core {
             // after this returned.
             loop {
                 let exited = self.exited.notified();
-                {
-                    let st = self.state();
+                let next = {
+                    let mut st = self.state();
                     if st.broken.is_some() || st.exits.iter().all(Option::is_some) {
                         break;
                     }
+                    self.abandon_late_exits(&mut st)
+                };
+                match next {
+                    Some(at) => drop(tokio::time::timeout_at(at.into(), exited).await),
+                    None => exited.await,
                 }
-                exited.await;
             }
         } else {
             let drivers: Vec<JoinHandle<()>> =
@@ -316,16 +382,49 @@ impl Core {
             .collect())
     }
 
+    /// Thread workers whose exit function ran past `worker_exit_timeout` are abandoned, and
+    /// that is their exit result; returns when the next one's runs out, if one runs.
+    fn abandon_late_exits(&self, st: &mut State) -> Option<std::time::Instant> {
+        let limit = self.settings.exit_timeout?;
+        let now = std::time::Instant::now();
+        let mut next = None;
+        for slot in 0..self.settings.workers {
+            let Some(started) = st.exiting[slot].filter(|_| st.exits[slot].is_none()) else {
+                continue;
+            };
+            if now < started + limit {
+                next = Some(next.map_or(started + limit, |n: std::time::Instant| {
+                    n.min(started + limit)
+                }));
+                continue;
+            }
+            if let Some(w) = &st.watches[slot] {
+                w.abandon(&self.abandoned);
+            }
+            let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
+            st.exits[slot] = Some(Err(e));
+        }
+        next
+    }
+
     /// Kills every worker and fails every job (the pool was dropped).
     pub(crate) fn stop(&self) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
-        let jobs = self.state().queue.drain_all();
+        let jobs = {
+            let mut st = self.state();
+            // A thread cannot be killed: its task is told to stop.
+            for w in st.watches.iter().flatten() {
+                w.cancelled.store(true, Ordering::Relaxed);
+            }
+            st.queue.drain_all()
+        };
         for (slot, job) in jobs {
             job::fail(job, slot, Error::closed());
         }
         self.stop.notify_waiters();
+        self.thread_room.notify_waiters();
         self.wake(None, false);
         for d in self
             .drivers

@@ -17,8 +17,8 @@ const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
 
 /// A job on its way to a worker.
 pub(crate) enum Outgoing {
-    /// A thread worker's job, with its id.
-    Local(u64, LocalChunk),
+    /// A thread worker's job, with its id and whether its tasks have deadlines.
+    Local(u64, LocalChunk, bool),
     Remote {
         id: u64,
         /// Its number on the worker.
@@ -33,6 +33,8 @@ pub(crate) enum Outgoing {
         span: Option<Span>,
         /// Inputs that travel in the frame: the body, from this byte on.
         inline: Option<(Arc<Body>, usize)>,
+        /// How long each task may run (microseconds, 0: no limit).
+        timeout_us: u64,
     },
 }
 
@@ -182,6 +184,14 @@ impl Queue {
         self.inflight[slot].front()
     }
 
+    /// The shortest task timeout of the jobs in flight on `slot`, if any has one.
+    pub(crate) fn shortest_timeout(&self, slot: usize) -> Option<Duration> {
+        self.inflight[slot]
+            .iter()
+            .filter_map(|j| j.call.timeout())
+            .min()
+    }
+
     /// Whether a job in flight on `slot` was sent as `hold`: the worker may be holding results.
     pub(crate) fn holds(&self, slot: usize) -> bool {
         self.inflight[slot].iter().any(|j| j.hold)
@@ -227,7 +237,9 @@ impl Queue {
                 continue;
             }
             let send = match &mut job.payload {
-                Payload::Local(chunk) => Outgoing::Local(job.id, chunk.take()?),
+                Payload::Local { chunk, salvage } => {
+                    Outgoing::Local(job.id, chunk.take()?, salvage.is_some())
+                }
                 Payload::Remote { entry, body, skip } => {
                     let seat = &mut self.seats[slot];
                     seat.sent = seat.sent.wrapping_add(1);
@@ -241,6 +253,7 @@ impl Queue {
                         count: job.len as u32,
                         span: body.span(*skip),
                         inline: body.span(*skip).is_none().then(|| (body.clone(), *skip)),
+                        timeout_us: job.call.timeout_us(),
                     }
                 }
             };

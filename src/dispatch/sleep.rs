@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::Outcome;
+use super::job::{Job, Outcome, Payload};
 use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind};
 use crate::proto::Failure;
-use crate::worker::{Exited, LocalChunk, LocalNext, LocalQueue};
+use crate::worker::{Exited, LocalChunk, LocalDone, LocalNext, LocalQueue, Watch};
 
 /// How long an idle thread worker watches for work before it blocks.
 const SPIN: Duration = Duration::from_micros(100);
@@ -75,19 +75,22 @@ impl Sleep {
 }
 
 impl LocalQueue for Core {
-    fn next(&self, slot: usize) -> LocalNext {
+    fn next(&self, slot: usize, watch: &Watch) -> LocalNext {
         let sleep = self.sleep();
         let mut st = self.state();
         let mut spin = true;
         loop {
-            if self.is_stopped() {
+            if self.is_stopped() || watch.is_abandoned() {
                 return LocalNext::Stop;
             }
             if let Some(job) = st.queue.take(slot) {
-                if let Outgoing::Local(id, chunk) = job {
+                if let Some((id, chunk)) = self.started(slot, watch, job) {
                     return LocalNext::Job(id, chunk);
                 }
             } else if st.closing && st.queue.drained(slot) {
+                // `shutdown()` watches the exit function's deadline from now.
+                st.exiting[slot] = Some(std::time::Instant::now());
+                self.exited.notify_waiters();
                 return LocalNext::Shutdown;
             }
             st = sleep.park(self, st, spin);
@@ -98,35 +101,79 @@ impl LocalQueue for Core {
     fn done(
         &self,
         slot: usize,
+        watch: &Watch,
         id: u64,
-        out: Result<Box<dyn std::any::Any + Send>, String>,
+        done: LocalDone,
         busy: Duration,
     ) -> Option<(u64, LocalChunk)> {
+        let LocalDone {
+            out,
+            ran,
+            rest,
+            abandoned,
+        } = done;
         let outcome = match out {
             Ok(b) => Outcome::Local(b),
             Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
         };
         let (job, next) = {
             let mut st = self.state();
+            // The pool took an abandoned thread's job over; it hands nothing over and leaves.
+            if abandoned || watch.is_abandoned() {
+                return None;
+            }
             let job = st.queue.land(slot, id);
+            if let (Some(job), Some(rest)) = (&job, rest) {
+                // The worker's budget ran out: what it did not run goes back to the front.
+                let mut again = Job::new(
+                    job.call.clone(),
+                    job.seq,
+                    job.first + ran,
+                    job.len - ran,
+                    Payload::local(rest),
+                );
+                again.target = job.target;
+                st.queue.requeue(vec![again]);
+            }
             let next = match self.is_stopped() {
                 true => None,
-                false => match st.queue.take(slot) {
-                    Some(Outgoing::Local(id, chunk)) => Some((id, chunk)),
-                    _ => None,
-                },
+                false => st.queue.take(slot),
             };
-            (job, next)
+            (job, next.and_then(|job| self.started(slot, watch, job)))
         };
         if let Some(job) = job {
-            let (call, first, len) = (job.call.clone(), job.first, job.len);
+            let (call, first) = (job.call.clone(), job.first);
             drop(job);
-            call.deliver(first, len, Some(slot), || outcome, busy);
+            call.deliver(first, ran, Some(slot), || outcome, busy);
         }
         next
     }
 
-    fn left(&self, slot: usize, exit: Result<Exited, Failure>) {
-        self.store_exit(slot, exit);
+    fn left(&self, slot: usize, watch: &Watch, exit: Result<Exited, Failure>) {
+        if !watch.is_abandoned() {
+            self.store_exit(slot, exit);
+        }
+    }
+
+    fn abandoned_left(&self, watch: &Watch) {
+        if watch.counted.load(Ordering::Acquire) {
+            self.abandoned.fetch_sub(1, Ordering::AcqRel);
+            self.thread_room.notify_waiters();
+        }
+    }
+}
+
+impl Core {
+    /// Thread worker `slot` takes `job` (under the state lock): its task is not cancelled, and
+    /// a job whose tasks have deadlines wakes the slot's watchdog.
+    fn started(&self, slot: usize, watch: &Watch, job: Outgoing) -> Option<(u64, LocalChunk)> {
+        let Outgoing::Local(id, chunk, timed) = job else {
+            return None;
+        };
+        watch.cancelled.store(false, Ordering::Relaxed);
+        if timed {
+            self.timed[slot].notify_one();
+        }
+        Some((id, chunk))
     }
 }

@@ -18,7 +18,7 @@ pub(super) async fn drive(core: Arc<Core>, slot: usize, first: Connected) {
             Some(c) => c,
             // A replacement that cannot start breaks the pool, rather than leaving its callers
             // waiting forever.
-            None => match core.start_slot(slot).await {
+            None => match core.start_slot(slot, false).await {
                 Ok(c) => c,
                 Err(e) => {
                     core.break_pool(e);
@@ -28,7 +28,7 @@ pub(super) async fn drive(core: Arc<Core>, slot: usize, first: Connected) {
         };
         match serve(&core, slot, c).await {
             Ended::Done | Ended::Stopped => return,
-            Ended::Died => {}
+            Ended::Died => core.room_for_a_thread().await,
         }
     }
 }

@@ -332,6 +332,7 @@ mod tests {
                 entry: -5,
                 count: 2,
                 arena: None,
+                timeout_us: 0,
             },
             b"ab",
         );
@@ -344,6 +345,7 @@ mod tests {
                 entry: 7,
                 count: 0,
                 arena: None,
+                timeout_us: 0,
             },
             &[],
         );
@@ -356,6 +358,7 @@ mod tests {
                 entry: 7,
                 count: 1,
                 arena: None,
+                timeout_us: 0,
             },
             &big,
         );
@@ -370,7 +373,8 @@ mod tests {
                 hold: false,
                 entry: -5,
                 count: 2,
-                arena: None
+                arena: None,
+                ..
             }
         ));
         assert_eq!(frames[0].1, b"ab");
@@ -391,6 +395,7 @@ mod tests {
                 entry: 0,
                 count: 1,
                 arena: None,
+                timeout_us: 0,
             },
             &[0; 4096],
         );

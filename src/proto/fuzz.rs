@@ -102,6 +102,7 @@ fn to_worker(r: &mut Rng) -> ToWorker {
             entry: r.next() as i64,
             count: r.next() as u32,
             arena: r.maybe(span),
+            timeout_us: r.next(),
         },
         _ => ToWorker::Shutdown {
             exit: r.maybe(|r| r.next() as i64),

@@ -23,6 +23,8 @@ pub(crate) enum Refusal {
     DiedInSetup,
     /// The worker's set-up (`worker_init`) panicked.
     InitFailed(Failure),
+    /// The worker's set-up ran past its deadline.
+    InitLate,
     /// The worker runs another binary or another protocol version.
     Mismatch(String),
     /// The worker sent something that is not part of the handshake.
@@ -31,12 +33,14 @@ pub(crate) enum Refusal {
     Send(io::Error),
 }
 
-/// The pool's side: sends `setup` with `body` after it, then waits for the worker to be ready.
+/// The pool's side: sends `setup` with `body` after it, then waits for the worker to be ready,
+/// its set-up taking at most `init_timeout` from its hello.
 pub(crate) async fn offer<R, W>(
     rx: &mut AsyncReader<R>,
     tx: &mut W,
     setup: &ToWorker,
     body: &[u8],
+    init_timeout: Option<std::time::Duration>,
 ) -> Result<(), Refusal>
 where
     R: AsyncRead + Unpin,
@@ -51,7 +55,13 @@ where
         Err(e) => return Err(Refusal::Protocol(format!("bad hello: {e}"))),
     }
     sent.map_err(Refusal::Send)?;
-    match rx.next::<FromWorker>().await {
+    let ready = match init_timeout {
+        Some(t) => tokio::time::timeout(t, rx.next::<FromWorker>())
+            .await
+            .map_err(|_| Refusal::InitLate)?,
+        None => rx.next::<FromWorker>().await,
+    };
+    match ready {
         Ok(Some(frame)) => match frame.header {
             FromWorker::Ready => Ok(()),
             FromWorker::InitFailed(failure) => Err(Refusal::InitFailed(*failure)),

@@ -37,6 +37,9 @@ pub(crate) enum ToWorker {
         entry: i64,
         count: u32,
         arena: Option<Span>,
+        /// How long each task may run, in microseconds; 0: no limit. The worker publishes each
+        /// task's deadline in its journal (`proto::deadline`) as the task starts.
+        timeout_us: u64,
     },
     /// Run the exit function (if any), send `Exit`, and leave.
     Shutdown { exit: Option<i64> },

@@ -4,12 +4,14 @@
 //! - [`message`]: what the frames say: the headers each side sends, failures as data, events;
 //! - [`body`]: how bulk data (inputs, results, the shared object) is laid out in a frame's body or
 //!   in shared memory;
-//! - [`handshake`]: the first exchange, both sides of it.
+//! - [`handshake`]: the first exchange, both sides of it;
+//! - [`deadline`]: how a worker publishes the deadline of the task it runs.
 //!
 //! This module and the worker loop import nothing of the pool's side, so a worker could be built
 //! from them alone.
 
 pub(crate) mod body;
+pub(crate) mod deadline;
 pub(crate) mod frame;
 #[cfg(test)]
 mod fuzz;
@@ -23,4 +25,4 @@ pub(crate) use message::{Batch, Event, Failure, Fault, FromWorker, ToWorker, des
 /// Protocol magic, "amp" and the major version.
 pub(crate) const MAGIC: u32 = 0x616d_7001;
 /// Bumped on every incompatible change of the messages.
-pub(crate) const VERSION: u16 = 3;
+pub(crate) const VERSION: u16 = 4;

@@ -89,7 +89,7 @@ where
             Some(a) => a.fd().try_clone_to_owned()?,
             None => return Err(io::Error::other("a process pool has no arena")),
         };
-        let journal = Journal::new(JOURNAL)?;
+        let journal = Journal::new(JOURNAL, crate::proto::deadline::now_us())?;
         let parents = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
         let child = ChildEnds {
             tasks: tasks_r,

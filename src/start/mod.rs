@@ -14,7 +14,7 @@ use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::journal::Journal;
 use crate::sys::shm::Arena;
 use crate::task::Entry;
-use crate::worker::{LocalQueue, ThreadEnd};
+use crate::worker::{LocalQueue, ThreadEnd, Watch};
 pub(crate) use link::{Reads, Rx, Tx, Writes};
 
 pub(crate) mod child;
@@ -106,9 +106,19 @@ pub(crate) struct Spec {
     pub init: bool,
     pub max_frame: usize,
     pub start_timeout: Duration,
+    /// How long `worker_init` may take, from the worker's hello.
+    pub init_timeout: Option<Duration>,
     /// Fault injection for tests: how many more workers start, then how many fail to.
     pub start_faults: Arc<Mutex<(usize, usize)>>,
     pub exit: Option<Entry>,
+    /// The time deadlines count from (`proto::deadline::now_us` when the pool was built).
+    pub epoch_us: u64,
+    /// The CPUs of each worker slot; empty: no pinning.
+    pub cpus: Vec<Vec<usize>>,
+    /// A worker leaves after this many tasks.
+    pub lifespan: Option<u64>,
+    /// A process worker leaves after a task that left it with more resident memory than this.
+    pub max_memory: Option<u64>,
 }
 
 /// The pool's queue, for workers that take their jobs themselves (threads).
@@ -120,6 +130,7 @@ pub(crate) enum Link {
         /// `None` when set-up cannot fail (no `worker_init`): nothing to wait for.
         ready: Option<tokio::sync::oneshot::Receiver<Result<(), crate::proto::Failure>>>,
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
+        watch: Arc<Watch>,
     },
     Process {
         writes: Writes,
@@ -166,6 +177,7 @@ pub(crate) enum Connected {
     /// A thread worker, running; `ended` fires when it leaves.
     Thread {
         ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
+        watch: Arc<Watch>,
     },
     /// A process worker, its link and its journal.
     Process {
@@ -188,21 +200,36 @@ impl Connected {
 /// Performs the handshake: `Hello` (identity and protocol checks), `Setup`, then `Ready`.
 pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connected, Error> {
     match link {
-        Link::Thread { ready: None, ended } => Ok(Connected::Thread { ended }),
+        Link::Thread {
+            ready: None,
+            ended,
+            watch,
+        } => Ok(Connected::Thread { ended, watch }),
         Link::Thread {
             ready: Some(ready),
             ended,
-        } => match tokio::time::timeout(spec.start_timeout, ready).await {
-            Ok(Ok(Ok(()))) => Ok(Connected::Thread { ended }),
-            Ok(Ok(Err(failure))) => Err(Error::new(Kind::Panic {
-                failure,
-                during: Stage::Init,
-            })
-            .with_worker(id)),
-            Ok(Err(_)) => Err(Error::start("worker thread ended during set-up").with_worker(id)),
-            // A thread cannot be killed: it is left to finish its `worker_init`, then leaves.
-            Err(_) => Err(late(spec).with_worker(id)),
-        },
+            watch,
+        } => {
+            let (limit, late) = deadline(spec);
+            match tokio::time::timeout(limit, ready).await {
+                Ok(Ok(Ok(()))) => Ok(Connected::Thread { ended, watch }),
+                Ok(Ok(Err(failure))) => Err(Error::new(Kind::Panic {
+                    failure,
+                    during: Stage::Init,
+                })
+                .with_worker(id)),
+                Ok(Err(_)) => {
+                    Err(Error::start("worker thread ended during set-up").with_worker(id))
+                }
+                // A thread cannot be killed: it is left to finish its `worker_init`, then leaves.
+                Err(_) => {
+                    watch
+                        .abandoned
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    Err(late.with_worker(id))
+                }
+            }
+        }
         Link::Process {
             writes,
             reads,
@@ -210,6 +237,16 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             mut proc,
             inherits,
         } => {
+            // Pinned before it runs anything of ours: it has one thread now, and every thread a
+            // task starts inherits the set.
+            if let Some(cpus) = spec.cpus.get(id) {
+                if let Err(e) = crate::cpus::pin(proc.pid() as i32, cpus) {
+                    proc.kill();
+                    let _ = proc.wait().await;
+                    let e = Error::start_io("could not pin the worker to its CPUs", e.into());
+                    return Err(e.with_worker(id));
+                }
+            }
             let mut rx = AsyncReader::new(reads, spec.max_frame);
             let mut tx = writes;
             // Set-up goes out at once (the worker checks our identity before using it), so the
@@ -233,21 +270,21 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 spec.shared_body.inline(0)
             };
             let handshake = async {
-                handshake::offer(&mut rx, &mut tx, &setup, body)
+                handshake::offer(&mut rx, &mut tx, &setup, body, spec.init_timeout)
                     .await
                     .map_err(|refusal| match refusal {
-                        Refusal::Vanished => Error::new(Kind::WorkerDied {
-                            exit: Exit::Unknown,
-                            during: Stage::Start,
-                        }),
-                        Refusal::DiedInSetup => Error::new(Kind::WorkerDied {
-                            exit: Exit::Unknown,
-                            during: if spec.init { Stage::Init } else { Stage::Start },
-                        }),
+                        Refusal::Vanished => Error::died(Exit::Unknown, Stage::Start),
+                        Refusal::DiedInSetup => Error::died(
+                            Exit::Unknown,
+                            if spec.init { Stage::Init } else { Stage::Start },
+                        ),
                         Refusal::InitFailed(failure) => Error::new(Kind::Panic {
                             failure,
                             during: Stage::Init,
                         }),
+                        Refusal::InitLate => {
+                            Error::timeout(Stage::Init, spec.init_timeout.unwrap_or_default(), None)
+                        }
                         Refusal::Mismatch(m) => Error::new(Kind::Mismatch(m)),
                         Refusal::Protocol(m) => Error::new(Kind::Protocol(m)),
                         Refusal::Send(e) => Error::start(format!("could not send set-up: {e}"))
@@ -273,10 +310,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     let exit = proc.wait().await;
                     // A worker that died during set-up is reported with how it died.
                     let e = match e.kind() {
-                        Kind::WorkerDied { during, .. } => Error::new(Kind::WorkerDied {
-                            exit,
-                            during: *during,
-                        }),
+                        Kind::WorkerDied { during, .. } => Error::died(exit, *during),
                         _ => e,
                     };
                     Err(e.with_worker(id))
@@ -311,4 +345,13 @@ fn late(spec: &Spec) -> Error {
         "worker did not finish its start-up within {:?}",
         spec.start_timeout
     ))
+}
+
+/// How long a thread worker's set-up may take, and the error when it takes longer: its
+/// `worker_init_timeout` when that is the shorter, else its `worker_start_timeout`.
+fn deadline(spec: &Spec) -> (Duration, Error) {
+    match spec.init_timeout {
+        Some(t) if t <= spec.start_timeout => (t, Error::timeout(Stage::Init, t, None)),
+        _ => (spec.start_timeout, late(spec)),
+    }
 }

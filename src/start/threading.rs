@@ -6,9 +6,11 @@
 //! from the pool's queue itself and delivers results straight to their calls: a task costs two
 //! thread hand-offs (to the worker and back), not four.
 
+use std::sync::Arc;
+
 use super::{BoxFuture, Link, Pool, Spec, Start};
 use crate::error::Error;
-use crate::worker::ThreadWorker;
+use crate::worker::{ThreadWorker, Watch};
 
 pub(crate) struct Threading;
 
@@ -28,20 +30,33 @@ impl Start for Threading {
                 false => (None, None),
             };
             let (ended_tx, ended) = tokio::sync::oneshot::channel();
+            let watch = Arc::new(Watch::new(spec.epoch_us));
             let worker = ThreadWorker {
                 id,
                 shared: spec.shared.clone(),
                 setup: spec.setup.ptr,
                 exit: spec.exit.map(|e| e.ptr),
                 queue: pool.clone(),
+                watch: watch.clone(),
                 ready: ready_tx,
                 ended: ended_tx,
             };
+            let cpus = spec.cpus.get(id).cloned();
             std::thread::Builder::new()
                 .name(format!("ampire-worker-{id}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    // A thread pins itself; a thread that cannot is not a worker (the pool
+                    // starts another).
+                    if cpus.is_none_or(|c| crate::cpus::pin(0, &c).is_ok()) {
+                        worker.run()
+                    }
+                })
                 .map_err(|e| Error::start_io("could not start a thread", e))?;
-            Ok(Link::Thread { ready, ended })
+            Ok(Link::Thread {
+                ready,
+                ended,
+                watch,
+            })
         })
     }
 }

@@ -54,11 +54,15 @@ struct Header {
     first: AtomicU64,
     start: AtomicU64,
     done: AtomicU64,
-    _worker: [u64; 3],
+    /// The deadline of the task the worker runs, 0 when none (see `proto::deadline`).
+    deadline: AtomicU64,
+    _worker: [u64; 2],
     // The pool's cache line.
     /// How far the pool has released the ring.
     tail: AtomicU64,
-    _pool: [u64; 7],
+    /// The time deadlines count from, set once by the pool before the worker starts.
+    epoch: AtomicU64,
+    _pool: [u64; 6],
     // The worker's wait for room.
     waiting: AtomicU32,
     wake: AtomicU32,
@@ -175,7 +179,7 @@ pub(crate) struct Journal {
 impl Journal {
     /// A journal whose ring holds `cap` bytes (rounded up to a power of two, at least a page).
     /// Pages are allocated only as the worker writes them.
-    pub(crate) fn new(cap: usize) -> io::Result<Journal> {
+    pub(crate) fn new(cap: usize, epoch: u64) -> io::Result<Journal> {
         let len = cap
             .max(HEADER)
             .checked_next_power_of_two()
@@ -183,7 +187,17 @@ impl Journal {
             .ok_or_else(|| io::Error::other("a journal of that size does not fit in memory"))?;
         let fd = memfd(c"ampire-journal", len)?;
         let map = Mapping::new(fd.as_fd(), len)?;
+        map.header().epoch.store(epoch, Ordering::Relaxed);
         Ok(Journal { fd, map })
+    }
+
+    /// The deadline word of the task the worker runs (0: none), and the epoch it counts from.
+    pub(crate) fn deadline(&self) -> (u64, u64) {
+        let h = self.map.header();
+        (
+            h.deadline.load(Ordering::Acquire),
+            h.epoch.load(Ordering::Relaxed),
+        )
     }
 
     /// The `memfd`, to hand to the worker.
@@ -392,6 +406,17 @@ impl Writer {
         };
         w.bound();
         Ok(w)
+    }
+
+    /// The time the pool's deadlines count from.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.map.header().epoch.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the deadline word of the task that starts (0 when none runs).
+    #[inline(always)]
+    pub(crate) fn set_deadline(&self, word: u64) {
+        self.map.header().deadline.store(word, Ordering::Release);
     }
 
     /// Claims job `seq` (per-worker sequence numbers, in the order the jobs arrive): `false` if
@@ -632,7 +657,7 @@ mod tests {
     use super::*;
 
     fn pair(cap: usize) -> (Journal, Writer) {
-        let j = Journal::new(cap).unwrap();
+        let j = Journal::new(cap, 0).unwrap();
         let w = Writer::open(j.fd().try_clone_to_owned().unwrap()).unwrap();
         (j, w)
     }

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use crate::proto::deadline::Stamper;
 use crate::proto::frame::HEADER_ROOM;
 use crate::proto::{self, Failure, FromWorker, Reader, Span, ToWorker, Writer, handshake};
 use crate::sys::image::{self, EntryFn};
@@ -24,13 +25,22 @@ mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
 pub(crate) use results::Results;
-pub(crate) use thread::{LocalChunk, LocalNext, LocalQueue, ThreadEnd, ThreadWorker};
+pub(crate) use thread::{
+    LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, ThreadEnd,
+    ThreadWorker, Watch,
+};
 
 /// What a worker holds across its tasks.
 pub(crate) struct Context {
     pub id: usize,
     pub shared: Option<Arc<dyn Any + Send + Sync>>,
     pub state: Option<Box<dyn Any>>,
+    /// What the worker shares with the pool about the task it runs: whether the pool gave up
+    /// on it (`Worker::is_cancelled`; a process worker is killed instead, so its flag stays
+    /// clear) and, for a thread worker, the task's deadline.
+    pub watch: Arc<Watch>,
+    /// A thread worker's deadline words (a process worker's are made by its `Results`).
+    pub stamper: Stamper,
 }
 
 /// Initialises every lazily created global a worker uses (panic hook, image identity), so that a
@@ -89,6 +99,8 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         id: 0,
         shared: inherited,
         state: None,
+        watch: Arc::default(),
+        stamper: Stamper::new(0),
     };
     let frame = match setup {
         Ok(frame) => frame,
@@ -151,6 +163,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                 entry,
                 count,
                 arena: span,
+                timeout_us,
             } => {
                 if !call.results.claim(seq) {
                     continue; // the pool took this job back
@@ -183,7 +196,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                         }
                     },
                 };
-                call.prepare(id, count);
+                call.prepare(id, count, timeout_us);
                 run(&mut cx, body, &mut call);
                 if let Err(msg) = &call.result {
                     let msg = msg.clone();
@@ -259,10 +272,11 @@ impl ChunkCall {
         }
     }
 
-    /// Readies the call for a chunk of `count` tasks of job `id`.
-    fn prepare(&mut self, id: u64, count: u32) {
+    /// Readies the call for a chunk of `count` tasks of job `id`, each of which may run for
+    /// `timeout_us` (0: no limit).
+    fn prepare(&mut self, id: u64, count: u32, timeout_us: u64) {
         self.count = count;
-        self.results.start_job(id);
+        self.results.start_job(id, timeout_us);
         self.result = Err("the task entry point is of another kind".into());
     }
 }

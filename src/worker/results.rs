@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::proto::body::{SliceSink, serialized_size, serializer};
+use crate::proto::deadline::Stamper;
 use crate::proto::{Batch, Failure, Fault, FromWorker, Span, Writer};
 
 use crate::sys::journal::{self, RECORDS, Record};
@@ -56,13 +57,15 @@ pub(crate) struct Results {
     rewind_to: Option<u64>,
     /// The link to the pool broke: nothing more can be sent.
     broken: bool,
+    /// How long each task of the job may run (0: no limit), and the deadlines published.
+    timeout_us: u64,
+    stamper: Stamper,
 }
 
 impl Results {
     pub(crate) fn new(wr: Writer<File>, ring: Option<journal::Writer>, budget: usize) -> Results {
         Results {
             wr,
-            ring,
             budget,
             job: 0,
             first: 0,
@@ -74,6 +77,9 @@ impl Results {
             since: None,
             rewind_to: None,
             broken: false,
+            timeout_us: 0,
+            stamper: Stamper::new(ring.as_ref().map_or(0, journal::Writer::epoch)),
+            ring,
         }
     }
 
@@ -93,11 +99,22 @@ impl Results {
         self.ring.as_ref().is_none_or(|ring| ring.claim(seq))
     }
 
-    /// Tasks of job `id` run next, from its first.
-    pub(crate) fn start_job(&mut self, id: u64) {
+    /// Tasks of job `id` run next, from its first; each may run for `timeout_us` (0: no limit).
+    pub(crate) fn start_job(&mut self, id: u64, timeout_us: u64) {
         self.job = id;
         self.first = 0;
+        self.timeout_us = timeout_us;
         self.begin();
+    }
+
+    /// The next task starts: its deadline is published, when it has one.
+    #[inline(always)]
+    pub(crate) fn starting(&mut self) {
+        if self.timeout_us != 0 {
+            if let Some(ring) = &self.ring {
+                ring.set_deadline(self.stamper.start(self.timeout_us));
+            }
+        }
     }
 
     fn begin(&mut self) {
@@ -191,10 +208,16 @@ impl Results {
         self.begin();
     }
 
-    /// The job's last task is done: the open batch ends (the next job opens its own).
+    /// The job's last task is done: the open batch ends (the next job opens its own), and no
+    /// deadline runs any more.
     pub(crate) fn finish_job(&mut self) {
         if self.values > 0 {
             self.end_batch(None);
+        }
+        if self.timeout_us != 0 {
+            if let Some(ring) = &self.ring {
+                ring.set_deadline(0);
+            }
         }
     }
 

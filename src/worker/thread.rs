@@ -1,45 +1,147 @@
 //! The loop of a thread worker: it takes its jobs from the pool's queue itself and hands each
 //! result straight to its call.
+//!
+//! A thread cannot be killed. When a task of a thread worker runs past its deadline, the pool
+//! *abandons* the thread: it takes the finished results and the unstarted inputs of the chunk
+//! out of the chunk's shared state (`Salvage`), fails the task, and starts another thread in the
+//! slot. The abandoned thread sees [`Watch::cancelled`] (a task may check it through
+//! `Worker::is_cancelled`), and once its task returns it hands nothing over and ends.
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::catch::install_panic_hook;
 use super::{Context, Exited, SetupCall, run_exit};
 use crate::proto::Failure;
+use crate::proto::deadline::Stamper;
 use crate::sys::image::EntryFn;
 
-/// A chunk for a thread worker: the inputs are moved, never serialised. The closure returns a
-/// boxed `ChunkOut<R>` of its call's result type.
-pub(crate) type LocalChunk =
-    Box<dyn FnOnce(&mut Context) -> Result<Box<dyn Any + Send>, String> + Send>;
+/// What a thread worker's job runs: its tasks, on the worker's context, at most `budget` of
+/// them (what is left of the worker's lifespan).
+pub(crate) type LocalChunk = Box<dyn FnOnce(&mut Context, u64) -> LocalDone + Send>;
+
+/// A job for a thread worker: its tasks, and the handle through which the pool can take back
+/// what a chunk with deadlines has not finished.
+pub(crate) struct LocalJob {
+    pub chunk: LocalChunk,
+    pub salvage: Option<Arc<dyn Salvage>>,
+}
+
+/// What a thread worker's chunk did.
+pub(crate) struct LocalDone {
+    /// A boxed `ChunkOut<R>` of the tasks that ran, or why the chunk could not run at all.
+    pub out: Result<Box<dyn Any + Send>, String>,
+    /// How many tasks ran (fewer than the chunk's when its budget ran out).
+    pub ran: usize,
+    /// The tasks it did not run, to queue again.
+    pub rest: Option<LocalJob>,
+    /// The pool took the chunk over (its task ran past its deadline): there is nothing to hand
+    /// over.
+    pub abandoned: bool,
+}
+
+impl LocalDone {
+    /// A chunk that could not run at all.
+    pub(crate) fn failed(why: String) -> LocalDone {
+        LocalDone {
+            out: Err(why),
+            ran: 0,
+            rest: None,
+            abandoned: false,
+        }
+    }
+}
+
+/// A chunk whose tasks have deadlines keeps its inputs and results where the pool can reach
+/// them: if a task runs past its deadline, the pool takes what finished and what did not start.
+pub(crate) trait Salvage: Send + Sync {
+    /// If the task running is still the one whose deadline word is `word`: marks the chunk
+    /// abandoned and returns its finished results (a boxed `ChunkOut<R>`), how many tasks
+    /// finished, and the tasks not started.
+    fn salvage(&self, word: u64) -> Option<Salvaged>;
+}
+
+/// What the pool took back from an abandoned chunk.
+pub(crate) struct Salvaged {
+    pub out: Box<dyn Any + Send>,
+    pub finished: usize,
+    pub rest: Option<LocalJob>,
+}
+
+/// What a thread worker and the pool share about the task it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    /// The pool has given up on the task that runs (`Worker::is_cancelled`).
+    pub cancelled: AtomicBool,
+    /// The deadline word of the task that runs (see `proto::deadline`); 0 when none.
+    pub deadline: AtomicU64,
+    /// The pool replaced this thread: it leaves once its task returns.
+    pub abandoned: AtomicBool,
+    /// It counts among the abandoned threads the pool bounds (see `LocalQueue::abandoned_left`).
+    pub counted: AtomicBool,
+    /// The time deadlines count from.
+    pub epoch_us: u64,
+}
+
+impl Watch {
+    pub(crate) fn new(epoch_us: u64) -> Watch {
+        Watch {
+            epoch_us,
+            ..Watch::default()
+        }
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// The pool gives up on this thread: it leaves once its task (or its exit function) returns,
+    /// and is counted among the abandoned threads until it does.
+    pub(crate) fn abandon(&self, count: &AtomicUsize) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if !self.counted.swap(true, Ordering::AcqRel) {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    /// The deadline word of the running task, and its epoch.
+    pub(crate) fn deadline(&self) -> (u64, u64) {
+        (self.deadline.load(Ordering::Acquire), self.epoch_us)
+    }
+}
 
 /// What a thread worker does next.
 pub(crate) enum LocalNext {
     Job(u64, LocalChunk),
     /// Run the exit function and leave.
     Shutdown,
-    /// Leave at once (the pool was dropped).
+    /// Leave at once (the pool was dropped, or it abandoned this thread).
     Stop,
 }
 
 /// The pool as a thread worker sees it: it takes its jobs from the queue itself and hands the
-/// results straight to their calls, with no task in between.
+/// results straight to their calls, with no task in between. Each call names the worker by its
+/// slot and its `Watch` (a slot's thread may have been replaced).
 pub(crate) trait LocalQueue: Send + Sync {
     /// Blocks until there is something to do.
-    fn next(&self, slot: usize) -> LocalNext;
-    /// Job `id` finished with `out`. Hands back the next job when one is ready at once, so
+    fn next(&self, slot: usize, watch: &Watch) -> LocalNext;
+    /// Job `id` finished as `done` says. Hands back the next job when one is ready at once, so
     /// that a busy worker takes the pool's lock once per job, not twice.
     fn done(
         &self,
         slot: usize,
+        watch: &Watch,
         id: u64,
-        out: Result<Box<dyn Any + Send>, String>,
+        done: LocalDone,
         busy: Duration,
     ) -> Option<(u64, LocalChunk)>;
     /// The worker ran its exit function and dropped its state; this is its exit result.
-    fn left(&self, slot: usize, exit: Result<Exited, Failure>);
+    fn left(&self, slot: usize, watch: &Watch, exit: Result<Exited, Failure>);
+    /// An abandoned thread ended.
+    fn abandoned_left(&self, watch: &Watch);
 }
 
 /// How a thread worker ended: `true` after shutdown (its exit result went to
@@ -53,6 +155,7 @@ pub(crate) struct ThreadWorker {
     pub setup: EntryFn,
     pub exit: Option<EntryFn>,
     pub queue: Arc<dyn LocalQueue>,
+    pub watch: Arc<Watch>,
     /// Where set-up reports, when the pool waits for it.
     pub ready: Option<tokio::sync::oneshot::Sender<Result<(), Failure>>>,
     pub ended: tokio::sync::oneshot::Sender<ThreadEnd>,
@@ -61,45 +164,62 @@ pub(crate) struct ThreadWorker {
 impl ThreadWorker {
     pub(crate) fn run(self) {
         install_panic_hook();
+        let ThreadWorker {
+            id,
+            shared,
+            setup,
+            exit,
+            queue,
+            watch,
+            ready,
+            ended,
+        } = self;
+        // How it ends: an abandoned thread is no longer the pool's worker, and says so.
+        let leave = |done: ThreadEnd| match watch.is_abandoned() {
+            true => queue.abandoned_left(&watch),
+            false => drop(ended.send(done)),
+        };
         let mut cx = Context {
-            id: self.id,
-            shared: Some(self.shared),
+            id,
+            shared: Some(shared),
             state: None,
+            stamper: Stamper::new(watch.epoch_us),
+            watch: watch.clone(),
         };
         let mut call = SetupCall::new(false);
-        (self.setup)(&mut cx, &[], &mut call);
-        let setup = call.result;
-        let failed = setup.is_err();
+        setup(&mut cx, &[], &mut call);
+        let result = call.result;
+        let failed = result.is_err();
         // Without a waiting pool (no `worker_init`), a failed set-up just ends the thread, and
         // the pool replaces it.
-        let heard = self.ready.is_none_or(|r| r.send(setup).is_ok());
-        if !heard || failed {
-            return;
+        let heard = ready.is_none_or(|r| r.send(result).is_ok());
+        if !heard || failed || watch.is_abandoned() {
+            return leave(false);
         }
-        let mut ready = None;
+        let mut next_job = None;
         loop {
-            let next = match ready.take() {
+            let next = match next_job.take() {
                 Some((job, chunk)) => LocalNext::Job(job, chunk),
-                None => self.queue.next(self.id),
+                None => queue.next(id, &watch),
             };
             match next {
                 LocalNext::Job(job, chunk) => {
                     let t0 = Instant::now();
-                    let out = chunk(&mut cx);
-                    ready = self.queue.done(self.id, job, out, t0.elapsed());
+                    let done = chunk(&mut cx, u64::MAX);
+                    next_job = queue.done(id, &watch, job, done, t0.elapsed());
+                    if next_job.is_none() && watch.is_abandoned() {
+                        return leave(false);
+                    }
                 }
                 LocalNext::Shutdown => {
                     let none = || Ok(Exited::Bytes(Vec::new()));
-                    let result = self.exit.map_or_else(none, |f| run_exit(f, &mut cx, true));
-                    self.queue.left(self.id, result);
-                    let _ = self.ended.send(true);
-                    // The state is dropped here, on this thread, after `shutdown()` was told.
-                    return;
+                    let result = exit.map_or_else(none, |f| run_exit(f, &mut cx, true));
+                    queue.left(id, &watch, result);
+                    // The state is dropped when this returns, on this thread, after `shutdown()`
+                    // was told.
+                    return leave(true);
                 }
-                LocalNext::Stop => {
-                    let _ = self.ended.send(false);
-                    return;
-                }
+                LocalNext::Stop => return leave(false),
             }
         }
     }

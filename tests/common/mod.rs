@@ -107,6 +107,37 @@ pub fn signal(path: &str) {
         .unwrap();
 }
 
+/// A task that tells the test it started (through `announce`), then blocks until the test sends
+/// a datagram to `gate` ([`release`]).
+pub fn blocked((announce, gate): (String, String)) -> u64 {
+    let _ = std::fs::remove_file(&gate);
+    let sock = std::os::unix::net::UnixDatagram::bind(&gate).unwrap();
+    signal(&announce);
+    let mut buf = [0u8; 1];
+    sock.recv(&mut buf).unwrap();
+    let _ = std::fs::remove_file(&gate);
+    0
+}
+
+/// Lets the task [`blocked`] on `gate` go, once it announced itself.
+pub fn release(gate: &str) {
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sock.send_to(b"g", gate).unwrap();
+}
+
+/// A path for the gate of round `i` of a test under method `m` (tests run side by side).
+pub fn gate_path(m: StartMethod, i: usize) -> String {
+    let dir = std::env::temp_dir();
+    dir.join(format!(
+        "ampire-gate-{}-{m}-{i}-{}",
+        std::process::id(),
+        unique()
+    ))
+    .to_str()
+    .unwrap()
+    .to_owned()
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
