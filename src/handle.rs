@@ -67,6 +67,17 @@ impl<A: Send + 'static, R: Output> IntoFuture for Apply<A, R> {
     }
 }
 
+impl<A: Send + 'static, R: Output> Apply<A, R> {
+    /// Submits the task now, without waiting for room: the future of its result, or an error
+    /// at once ([`Error::is_full`]) when the pool's queue is full (see
+    /// [`Builder::max_queued_tasks`](crate::Builder::max_queued_tasks)).
+    pub fn try_submit(self) -> Result<ApplyFuture<A, R>, Error> {
+        let mut future = self.into_future();
+        future.engine.submit_now()?;
+        Ok(future)
+    }
+}
+
 impl<A, R> fmt::Debug for Apply<A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Apply").finish_non_exhaustive()

@@ -14,7 +14,7 @@ use futures_core::Stream;
 use crate::call::{Target, encoder};
 use crate::dispatch::{Core, Settings};
 use crate::error::{Error, Kind, Stage};
-use crate::handle::{Apply, Map, MapStream};
+use crate::handle::{Apply, ApplyFuture, Map, MapStream};
 use crate::proto::Body;
 use crate::proto::body::{Encoding, Stop, encode_body};
 use crate::proto::frame::HEADER_ROOM;
@@ -612,6 +612,38 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         R: Output,
     {
         Apply::new(self.target(Plain::new(f)), arg)
+    }
+
+    /// Like [`apply`](Self::apply), but submitted at once, and refused at once when the pool's
+    /// queue is full ([`Builder::max_queued_tasks`]): the future of the result, or an error
+    /// that is [`Error::is_full`]. For a per-call option, such as a timeout, use
+    /// `pool.apply(f, arg).task_timeout(t).try_submit()`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ampire::Error> {
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// let pool = ampire::AsyncPool::builder().workers(2).max_queued_tasks(100).build().await?;
+    /// match pool.try_apply(square, 7) {
+    ///     Ok(task) => assert_eq!(task.await?, 49),
+    ///     Err(e) if e.is_full() => { /* shed the load */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_full`] when the queue is full, [`Error::is_closed`] when the pool is shut
+    /// down; the future fails as [`apply`](Self::apply)'s does.
+    pub fn try_apply<F, A, R>(&self, f: F, arg: A) -> Result<ApplyFuture<A, R>, Error>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Input,
+        R: Output,
+    {
+        self.apply(f, arg).try_submit()
     }
 
     /// Like [`apply`](Self::apply), for a task that takes its [`Worker`] context first.

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 pub(crate) mod collect;
 pub(crate) mod feed;
@@ -56,6 +56,8 @@ pub(crate) struct Engine<Src, A, R> {
     active: usize,
     /// Items handed to the caller (ordered mode bounds `next_index - yielded`).
     yielded: usize,
+    /// A job the pool's queue had no room for (`max_queued_tasks`), to submit when it has.
+    pending: Option<Job>,
     /// Ordered mode: completed chunks waiting for their turn.
     reorder: Reorder<Done<R>>,
     ready: VecDeque<Done<R>>,
@@ -85,6 +87,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
             next_index: 0,
             active: 0,
             yielded: 0,
+            pending: None,
             reorder: Reorder::new(),
             ready: VecDeque::new(),
             current: None,
@@ -156,6 +159,11 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
 
     /// Pulls and submits input while the call has room.
     fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if let Some(job) = self.pending.take() {
+            if !self.submit(job, Some(cx.waker()))? {
+                return Ok(()); // the pool's queue is still full: woken when it has room
+            }
+        }
         while !self.exhausted || !self.buf.is_empty() {
             let (chunk, limit) = self.chunk_and_limit();
             if self.active > 0 && self.active + chunk > limit {
@@ -176,8 +184,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     self.exhausted = true;
                 }
             }
-            if !self.buf.is_empty() {
-                self.send_front()?;
+            if !self.buf.is_empty() && !self.send_front(Some(cx.waker()))? {
+                return Ok(());
             }
             if pulled.is_pending() && self.buf.is_empty() {
                 return Ok(());
@@ -187,8 +195,9 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
     }
 
     /// Makes a job of the inputs at the front of the buffer, as many as fit in a frame, and
-    /// submits it; an input that cannot be sent fails alone, here.
-    fn send_front(&mut self) -> Result<(), Error> {
+    /// submits it; an input that cannot be sent fails alone, here. `false` when the pool's
+    /// queue is full: the job waits in `pending`, and `room` is woken when it may go.
+    fn send_front(&mut self, room: Option<&Waker>) -> Result<bool, Error> {
         let feed = Feed {
             arena: self.core.spec.arena.as_ref(),
             local: self.core.is_local(),
@@ -204,9 +213,9 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.next_index += taken;
-                self.core
-                    .submit(Job::new(self.link.clone(), seq, first, taken, payload))?;
                 self.active += taken;
+                let job = Job::new(self.link.clone(), seq, first, taken, payload);
+                self.submit(job, room)
             }
             Encoded::Failed(e) => {
                 self.next_index += 1;
@@ -214,9 +223,39 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     first,
                     results: Results::Mixed(vec![Err(e.with_task(first))]),
                 });
+                Ok(true)
             }
         }
-        Ok(())
+    }
+
+    /// Submits `job`, whose tasks count as active already; `false` when the pool's queue is
+    /// full, and the job waits in `pending`.
+    fn submit(&mut self, job: Job, room: Option<&Waker>) -> Result<bool, Error> {
+        match self.core.submit(job, room)? {
+            Ok(()) => Ok(true),
+            Err(job) => {
+                self.pending = Some(job);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Starts the call and submits its first job now, without waiting: `try_apply`. Fails when
+    /// the pool's queue is full.
+    pub(crate) fn submit_now(&mut self) -> Result<(), Error> {
+        self.start()?;
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(true) = self.src.pull(&mut cx, 1, &mut self.buf) {
+            self.exhausted = true;
+        }
+        if self.buf.is_empty() || self.send_front(None)? {
+            return Ok(());
+        }
+        // Refused: nothing of the call stays in the pool.
+        self.pending = None;
+        self.active = 0;
+        self.done = true;
+        Err(self.core.full())
     }
 
     fn accept(&mut self, done: Done<R>) {

@@ -12,13 +12,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Stage};
+use crate::error::{Error, Kind, Stage};
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
 use crate::worker::{Exited, Watch};
@@ -98,7 +99,7 @@ impl Core {
         let per_writer = |_| Notify::new();
         Arc::new(Core {
             st: Mutex::new(State {
-                queue: Queue::new(n, settings.depth),
+                queue: Queue::new(n, settings.depth, settings.max_queued),
                 pids: vec![None; n],
                 closing: false,
                 broken: None,
@@ -226,13 +227,19 @@ impl Core {
     }
 
     /// Queues a job. Fails if the pool is shut down or broken.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
+    ///
+    /// When the queue is full (`max_queued_tasks`) the job comes back as `Ok(Err(job))`, and
+    /// `room`, if given, is woken once tasks leave the queue.
+    pub(crate) fn submit(&self, job: Job, room: Option<&Waker>) -> Result<Result<(), Job>, Error> {
         let mut st = self.state();
         if self.is_stopped() || st.closing {
             return Err(Error::closed());
         }
         if let Some(e) = &st.broken {
             return Err(e.clone());
+        }
+        if !st.queue.admits(job.len, room) {
+            return Ok(Err(job));
         }
         let target = self
             .settings
@@ -241,7 +248,12 @@ impl Core {
         st.queue.push(job, target);
         drop(st);
         self.wake(target, true);
-        Ok(())
+        Ok(Ok(()))
+    }
+
+    /// The error of a call refused because the queue is full.
+    pub(crate) fn full(&self) -> Error {
+        Error::new(Kind::Full(self.state().queue.queued_tasks()))
     }
 
     /// Cancels a call: its queued jobs are dropped, and workers running one of its jobs are

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use super::job::{CallLink, Job, Payload};
@@ -86,10 +87,16 @@ pub(crate) struct Queue {
     taken: Vec<Vec<(u64, usize)>>,
     next_id: u64,
     depth: usize,
+    /// Tasks in `global` and `targeted`: queued, not yet sent to a worker.
+    queued_tasks: usize,
+    /// At most this many tasks may be queued (`max_queued_tasks`)...
+    max_queued: Option<usize>,
+    /// ...and these calls wait for room.
+    room: Vec<Waker>,
 }
 
 impl Queue {
-    pub(crate) fn new(workers: usize, depth: usize) -> Queue {
+    pub(crate) fn new(workers: usize, depth: usize, max_queued: Option<usize>) -> Queue {
         Queue {
             global: VecDeque::new(),
             targeted: (0..workers).map(|_| VecDeque::new()).collect(),
@@ -98,11 +105,46 @@ impl Queue {
             taken: (0..workers).map(|_| Vec::new()).collect(),
             next_id: 0,
             depth,
+            queued_tasks: 0,
+            max_queued,
+            room: Vec::new(),
+        }
+    }
+
+    /// Whether a job of `len` tasks may be queued now: the queue has room for it, or is empty
+    /// (a chunk larger than the bound goes in alone). When not, and `waker` is given, it is
+    /// woken once tasks leave the queue.
+    pub(crate) fn admits(&mut self, len: usize, waker: Option<&Waker>) -> bool {
+        let Some(max) = self.max_queued else {
+            return true;
+        };
+        if self.queued_tasks == 0 || self.queued_tasks + len <= max {
+            return true;
+        }
+        if let Some(w) = waker {
+            if !self.room.iter().any(|r| r.will_wake(w)) {
+                self.room.push(w.clone());
+            }
+        }
+        false
+    }
+
+    /// How many tasks are queued and not yet sent to a worker.
+    pub(crate) fn queued_tasks(&self) -> usize {
+        self.queued_tasks
+    }
+
+    /// `len` tasks left the queue: calls waiting for room look again.
+    fn left_queue(&mut self, len: usize) {
+        self.queued_tasks -= len;
+        if !self.room.is_empty() && self.max_queued.is_some_and(|m| self.queued_tasks < m) {
+            self.room.drain(..).for_each(Waker::wake);
         }
     }
 
     /// Queues `job` for any worker, or for worker `target` alone.
     pub(crate) fn push(&mut self, mut job: Job, target: Option<usize>) {
+        self.queued_tasks += job.len;
         self.next_id += 1;
         job.id = self.next_id;
         job.target = target;
@@ -115,6 +157,7 @@ impl Queue {
     /// Puts `jobs` back at the front of the queue, in their order, each where it waited before.
     pub(crate) fn requeue(&mut self, jobs: Vec<Job>) {
         for mut job in jobs.into_iter().rev() {
+            self.queued_tasks += job.len - job.delivered;
             if job.id == 0 {
                 self.next_id += 1;
                 job.id = self.next_id;
@@ -173,10 +216,19 @@ impl Queue {
 
     /// Drops the queued jobs of `call`.
     pub(crate) fn remove_call(&mut self, call: &Arc<CallLink>) {
-        self.global.retain(|j| !Arc::ptr_eq(&j.call, call));
+        let mut removed = 0;
+        let mut keep = |j: &Job| {
+            let other = !Arc::ptr_eq(&j.call, call);
+            if !other {
+                removed += j.len - j.delivered;
+            }
+            other
+        };
+        self.global.retain(&mut keep);
         for q in &mut self.targeted {
-            q.retain(|j| !Arc::ptr_eq(&j.call, call));
+            q.retain(&mut keep);
         }
+        self.left_queue(removed);
     }
 
     /// The job worker `slot` runs now, or runs next: the oldest in flight there.
@@ -233,6 +285,7 @@ impl Queue {
             } else {
                 self.global.pop_front()
             }?;
+            self.left_queue(job.len - job.delivered);
             if job.call.is_cancelled() {
                 continue;
             }
@@ -360,6 +413,8 @@ impl Queue {
         for (slot, q) in self.targeted.iter_mut().enumerate() {
             jobs.extend(q.drain(..).map(|j| (Some(slot), j)));
         }
+        let queued = self.queued_tasks;
+        self.left_queue(queued);
         jobs
     }
 
@@ -445,7 +500,7 @@ mod tests {
 
     /// A queue of two process workers, both connected, and their fakes.
     fn two_workers(depth: usize) -> (Queue, [Arc<FakeWorker>; 2]) {
-        let mut q = Queue::new(2, depth);
+        let mut q = Queue::new(2, depth, None);
         let workers = [
             Arc::new(FakeWorker::default()),
             Arc::new(FakeWorker::default()),
