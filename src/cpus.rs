@@ -142,7 +142,8 @@ mod tests {
     #[test]
     fn mpire_table() {
         let all = [0, 1, 2, 3];
-        let cases: Vec<(usize, Vec<Vec<usize>>, Vec<Vec<usize>>)> = vec![
+        type Case = (usize, Vec<Vec<usize>>, Vec<Vec<usize>>);
+        let cases: Vec<Case> = vec![
             (4, entries([0]), vec![vec![0]; 4]),
             (4, entries([[0, 3]]), vec![vec![0, 3]; 4]),
             (1, entries([0]), vec![vec![0]]),
@@ -186,8 +187,8 @@ mod tests {
 
     #[test]
     fn entries_of_every_shape() {
-        assert_eq!(entries([2..4]), vec![vec![2, 3]]);
-        assert_eq!(entries([0..=1]), vec![vec![0, 1]]);
+        assert_eq!(entries(std::iter::once(2..4)), vec![vec![2, 3]]);
+        assert_eq!(entries(std::iter::once(0..=1)), vec![vec![0, 1]]);
         assert_eq!(entries([&[1usize, 2][..]]), vec![vec![1, 2]]);
         assert_eq!(list(&[0, 1, 2, 3, 5, 7, 8]), "0-3,5,7-8");
     }

@@ -19,8 +19,8 @@ use crate::proto::deadline::Stamper;
 use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
 use crate::worker::{
-    ChunkCall, Context, ExitCall, Exited, LocalChunk, LocalDone, LocalJob, Results, Salvage,
-    Salvaged, SetupCall, catch,
+    ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Results,
+    Salvage, Salvaged, SetupCall, catch,
 };
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
@@ -329,7 +329,13 @@ where
         cx.downcast_mut::<Context>(),
         call.downcast_mut::<ChunkCall>(),
     ) {
-        call.result = run_serialised::<T, S, W, A, R>(cx, input, call.count, &mut call.results);
+        call.result = run_serialised::<T, S, W, A, R>(
+            cx,
+            input,
+            call.count,
+            &mut call.results,
+            &mut call.lifespan,
+        );
     }
 }
 
@@ -340,6 +346,7 @@ fn run_serialised<T, S, W, A, R>(
     input: &[u8],
     count: u32,
     results: &mut Results,
+    lifespan: &mut Lifespan,
 ) -> Result<(), String>
 where
     T: Call<S, W, A, R>,
@@ -367,6 +374,9 @@ where
                 results.starting();
                 results.push(&task.call(&mut parts.worker(), a))?;
                 done += 1;
+                if !lifespan.task_done() {
+                    break; // the worker retires: the rest of the chunk is the pool's again
+                }
             }
             Ok(())
         });
@@ -390,6 +400,9 @@ where
             .map(|(a, _)| describe(&a));
         results.fail(failure);
         done += 1;
+        if !lifespan.task_done() {
+            break;
+        }
     }
     Ok(())
 }
@@ -634,8 +647,11 @@ where
 struct Timed<T, S, W, A, R> {
     inner: Mutex<TimedInner<A, R>>,
     timeout_us: u64,
-    _t: PhantomData<fn() -> (T, S, W)>,
+    _t: Markers<T, S, W>,
 }
+
+/// Carries a chunk's task, shared object and state types without values of them.
+type Markers<T, S, W> = PhantomData<fn() -> (T, S, W)>;
 
 struct TimedInner<A, R> {
     /// The inputs not started yet.
@@ -689,40 +705,42 @@ where
         let task = T::marker();
         let watch = cx.watch.clone();
         let mut stamper = std::mem::replace(&mut cx.stamper, Stamper::new(0));
-        let mut parts = match parts::<S, W>(cx) {
-            Ok(parts) => parts,
+        let outcome = parts::<S, W>(cx).map(|mut parts| {
+            let mut pending = None;
+            let mut ran = 0u64;
+            let abandoned = loop {
+                let next = {
+                    let mut g = lock();
+                    if g.abandoned {
+                        break true;
+                    }
+                    if let Some(r) = pending.take() {
+                        g.record(r);
+                    }
+                    let next = (ran < budget).then(|| g.inputs.next()).flatten();
+                    g.word = match next {
+                        Some(_) => {
+                            g.started += 1;
+                            stamper.start(timeout_us)
+                        }
+                        None => 0,
+                    };
+                    watch.deadline.store(g.word, Ordering::Release);
+                    next
+                };
+                let Some(a) = next else {
+                    break false;
+                };
+                ran += 1;
+                pending = Some(catch(|| task.call(&mut parts.worker(), a)));
+            };
+            (abandoned, ran)
+        });
+        cx.stamper = stamper;
+        let (abandoned, ran) = match outcome {
+            Ok(outcome) => outcome,
             Err(e) => return LocalDone::failed(e),
         };
-        let mut pending = None;
-        let mut ran = 0u64;
-        let abandoned = loop {
-            let next = {
-                let mut g = lock();
-                if g.abandoned {
-                    break true;
-                }
-                if let Some(r) = pending.take() {
-                    g.record(r);
-                }
-                let next = (ran < budget).then(|| g.inputs.next()).flatten();
-                g.word = match next {
-                    Some(_) => {
-                        g.started += 1;
-                        stamper.start(timeout_us)
-                    }
-                    None => 0,
-                };
-                watch.deadline.store(g.word, Ordering::Release);
-                next
-            };
-            let Some(a) = next else {
-                break false;
-            };
-            ran += 1;
-            pending = Some(catch(|| task.call(&mut parts.worker(), a)));
-        };
-        drop(parts);
-        cx.stamper = stamper;
         if abandoned {
             return LocalDone {
                 out: Ok(Box::new(())),
@@ -732,7 +750,7 @@ where
             };
         }
         let mut g = lock();
-        let out = std::mem::replace(&mut g.out, ChunkOut::default());
+        let out = std::mem::take(&mut g.out);
         let rest: Vec<A> = g.inputs.by_ref().collect();
         LocalDone {
             out: Ok(Box::new(out)),
@@ -761,7 +779,7 @@ where
             return None;
         }
         g.abandoned = true;
-        let out = std::mem::replace(&mut g.out, ChunkOut::default());
+        let out = std::mem::take(&mut g.out);
         let rest: Vec<A> = g.inputs.by_ref().collect();
         Some(Salvaged {
             out: Box::new(out),

@@ -19,10 +19,10 @@ use crate::error::{Error, Exit, Kind, Stage};
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
 use crate::proto::{Batch, Event, Failure, FromWorker, ToWorker};
-use crate::start::{Connected, Process, Rx, Tx};
+use crate::start::{BoxFuture, Connected, Process, Rx, Tx};
 use crate::sys::journal::Journal;
 use crate::task::Entry;
-use crate::worker::{Exited, Salvaged, Watch};
+use crate::worker::{Exited, Salvaged, ThreadEnd, Watch};
 
 /// How one worker's life ended.
 pub(super) enum Ended {
@@ -32,6 +32,10 @@ pub(super) enum Ended {
     Died,
     /// The pool was dropped.
     Stopped,
+    /// Its life is over (lifespan, memory): it takes no more tasks and its slot is free for
+    /// its successor; what is left of it (its exit function) is this future, which stores its
+    /// exit result and reaps it.
+    Retired(BoxFuture<'static, ()>),
 }
 
 enum Why {
@@ -44,6 +48,8 @@ enum Why {
     TimedOut(u64),
     /// Its exit function ran past `worker_exit_timeout`.
     ExitTimedOut,
+    /// Its life is over: it runs its exit function next.
+    Retiring,
 }
 
 /// Who a worker's end is blamed on, by `settle`.
@@ -65,6 +71,8 @@ enum Heard {
     Eof,
     /// News from the worker.
     Event(Event),
+    /// Its life is over.
+    Retiring,
     Broken(String),
 }
 
@@ -78,6 +86,7 @@ async fn event(rx: &mut Rx) -> Heard {
             FromWorker::Exit(Some(fail)) => Heard::Exit(Err(*fail)),
             FromWorker::Fatal(m) => Heard::Broken(m),
             FromWorker::Event(event) => Heard::Event(event),
+            FromWorker::Retiring => Heard::Retiring,
             other => Heard::Broken(format!("unexpected message {other:?}")),
         },
         Ok(None) => Heard::Eof,
@@ -188,6 +197,7 @@ async fn write_loop(
         let holds = batch
             .iter()
             .any(|j| matches!(j, Outgoing::Remote { hold: true, .. }));
+
         if batch
             .iter()
             .any(|j| matches!(j, Outgoing::Remote { timeout_us, .. } if *timeout_us != 0))
@@ -217,6 +227,10 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
             _ => None,
         };
         st.queue.connected(slot, claims);
+        if let Connected::Thread { watch, .. } = &conn {
+            // The thread takes jobs from now on (a successor waited for this).
+            st.watches[slot] = Some(watch.clone());
+        }
     }
     // A new worker is idle: it may take jobs that wait behind another's running one.
     core.wake(Some(slot), false);
@@ -236,11 +250,18 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
 async fn serve_thread(
     core: &Arc<Core>,
     slot: usize,
-    ended: tokio::sync::oneshot::Receiver<crate::worker::ThreadEnd>,
+    ended: tokio::sync::oneshot::Receiver<ThreadEnd>,
     watch: Arc<Watch>,
 ) -> Ended {
-    core.state().watches[slot] = Some(watch.clone());
     let mut ended = std::pin::pin!(ended);
+    // Armed once the thread started its exit function.
+    let mut exit_late = std::pin::pin!(async {
+        watch.exiting.notified().await;
+        match core.settings.exit_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    });
     let result = loop {
         tokio::select! {
             r = &mut ended => break r,
@@ -249,15 +270,40 @@ async fn serve_thread(
                     return Ended::Died;
                 }
             }
+            _ = &mut exit_late => {
+                // A thread cannot be killed: it is left to finish its exit function.
+                watch.abandon(&core.abandoned);
+                core.state().watches[slot] = None;
+                return core.exit_timed_out(slot);
+            }
         }
     };
     match result {
-        Ok(done) => {
+        Ok(ThreadEnd::Retired(exited)) => {
+            // The thread left its slot; its exit function runs, within `worker_exit_timeout`.
+            let core = core.clone();
+            let watch = watch.clone();
+            Ended::Retired(Box::pin(async move {
+                let Some(limit) = core.settings.exit_timeout else {
+                    let _ = exited.await;
+                    return;
+                };
+                if tokio::time::timeout(limit, exited).await.is_err() {
+                    watch.abandon(&core.abandoned);
+                    let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
+                    core.store_retired(Err(e));
+                }
+            }))
+        }
+        Ok(how) => {
             let mut st = core.state();
             st.queue.disconnected(slot);
             st.watches[slot] = None;
             drop(st);
-            if done { Ended::Done } else { Ended::Stopped }
+            match how {
+                ThreadEnd::Done => Ended::Done,
+                _ => Ended::Stopped,
+            }
         }
         Err(_) => {
             // The thread ended without saying so: something outside a task panicked. Its job's
@@ -318,6 +364,7 @@ async fn serve_process(
                         }
                     }
                     Heard::Exit(r) => break 'events Why::Exit(r),
+                    Heard::Retiring => break 'events Why::Retiring,
                     Heard::Event(event) => core.heard(slot, event),
                     Heard::Eof => break 'events Why::Died,
                     Heard::Broken(m) => break 'events Why::Broken(m),
@@ -341,6 +388,7 @@ async fn serve_process(
                                 }
                             }
                             Ok(Heard::Exit(r)) => break 'events Why::Exit(r),
+                            Ok(Heard::Retiring) => break 'events Why::Retiring,
                             Ok(Heard::Event(event)) => core.heard(slot, event),
                             Ok(Heard::Broken(m)) => break 'events Why::Broken(m),
                             Ok(Heard::Eof) | Err(_) => break 'events Why::Died,
@@ -350,7 +398,62 @@ async fn serve_process(
             }
         }
     };
+    if let Why::Retiring = why {
+        // Every result it sent arrived before this: the rest of its tasks are the pool's again,
+        // and its slot its successor's, while it runs its exit function. Its writer stops first,
+        // so that it takes no job of the successor's.
+        writer.abort();
+        let _ = writer.await;
+        core.settle(slot, journal, Cause::Innocent, true);
+        core.state().pids[slot] = None;
+        return Ended::Retired(Box::pin(retire(core.clone(), slot, rx, proc)));
+    }
     finish(core, slot, writer, proc, journal, why).await
+}
+
+/// The rest of a retired worker's life: its exit function, within `worker_exit_timeout`. Its
+/// exit result is kept with the pool's, and it is reaped.
+async fn retire(core: Arc<Core>, slot: usize, mut rx: Rx, mut proc: Box<dyn Process>) {
+    let exit = async {
+        loop {
+            match event(&mut rx).await {
+                Heard::Exit(r) => break Ok(r),
+                Heard::Event(event) => core.heard(slot, event),
+                Heard::Eof => break Err(None),
+                Heard::Broken(m) => break Err(Some(Error::new(Kind::Protocol(m)))),
+                // It sent every result before it retired.
+                Heard::Done(..) | Heard::Retiring => {
+                    break Err(Some(Error::new(Kind::Protocol(
+                        "results after retiring".into(),
+                    ))));
+                }
+            }
+        }
+    };
+    let heard = match core.settings.exit_timeout {
+        Some(limit) => tokio::time::timeout(limit, exit)
+            .await
+            .unwrap_or_else(|_| Err(Some(Error::timeout(Stage::Exit, limit, None)))),
+        None => exit.await,
+    };
+    if heard.is_err() {
+        proc.kill();
+    }
+    let status = match tokio::time::timeout(Duration::from_secs(10), proc.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            proc.kill();
+            proc.wait().await
+        }
+    };
+    let r = match heard {
+        Ok(r) => r
+            .map(Exited::Bytes)
+            .map_err(|f| Error::failed(f, Stage::Exit)),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err(Error::died(status, Stage::Exit)),
+    };
+    core.store_retired(r.map_err(|e| e.with_worker(slot)));
 }
 
 async fn finish(
@@ -387,6 +490,7 @@ async fn finish(
     match why {
         Why::Exit(r) => core.store_exit(slot, r.map(Exited::Bytes)),
         Why::ExitTimedOut => core.exit_timed_out(slot),
+        Why::Retiring => unreachable!("a retiring worker is not finished here"),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
             // It ran a job of a cancelled call: nobody reads this error.
@@ -446,7 +550,9 @@ impl Core {
                     while let Some(job) = st.queue.take(slot) {
                         batch.push(job);
                     }
+                    let sent = st.queue.tasks_sent(slot);
                     drop(st);
+                    self.sent(slot, sent);
                     self.wake(None, false);
                     if !batch.is_empty() {
                         return Next::Jobs(batch);
@@ -457,7 +563,9 @@ impl Core {
                     // Tiny jobs may go behind a running one while another worker is idle: that
                     // one takes them back unless it has work of its own.
                     let idle: Vec<usize> = st.queue.idle_besides(slot).collect();
+                    let sent = st.queue.tasks_sent(slot);
                     drop(st);
+                    self.sent(slot, sent);
                     for s in idle {
                         self.wake[s].notify_one();
                     }
@@ -639,6 +747,7 @@ impl Core {
         };
         let values = b.values as usize;
         let busy = Duration::from_nanos(b.busy_ns);
+        self.finished(slot, tasks, busy);
         if values > 0 {
             let bytes = held.as_deref().unwrap_or(inline);
             deliver_values(&call, first, values, bytes, slot, busy);
@@ -740,7 +849,7 @@ impl Core {
             if blamed || !ran(&job) {
                 match remainder(job, from) {
                     Ok(job) => again.push(job),
-                    Err(job) => lost.push(job),
+                    Err(job) => lost.push(*job),
                 }
                 continue;
             }
@@ -768,7 +877,7 @@ impl Core {
                             rest.deaths.push((slot, exit));
                             again.push(rest);
                         }
-                        Err(job) => lost.push(job),
+                        Err(job) => lost.push(*job),
                     }
                     continue;
                 }
@@ -820,13 +929,13 @@ fn locate(job: &Job, index: usize) -> Option<(String, usize)> {
 
 /// What is left of `job` from task `from` on, to run again; the job back when its inputs there
 /// cannot be found.
-fn remainder(job: Job, from: usize) -> Result<Job, Job> {
+fn remainder(job: Job, from: usize) -> Result<Job, Box<Job>> {
     if from == 0 {
         return Ok(job);
     }
     match locate(&job, from - 1).and_then(|(_, next)| job.rest(from, next)) {
         Some(rest) => Ok(rest),
-        None => Err(job),
+        None => Err(Box::new(job)),
     }
 }
 

@@ -74,6 +74,12 @@ pub(crate) struct Core {
     exited: Notify,
     /// Per slot: how many frames of results its workers have sent.
     heard: Vec<AtomicU64>,
+    /// Per slot: start a successor now (`worker_lifespan`; see `slot.rs`), and its signal.
+    successor_wanted: Vec<AtomicBool>,
+    prestart: Vec<Notify>,
+    /// Per slot: nanoseconds a task takes there (a moving average), and how long its last
+    /// start took.
+    lives: Vec<[AtomicU64; 2]>,
     /// Thread workers abandoned after a timeout that have not ended yet...
     abandoned: AtomicUsize,
     /// ...and where a slot waits for one of them to end, when there are `workers` of them.
@@ -86,10 +92,11 @@ struct State {
     closing: bool,
     broken: Option<Error>,
     exits: Vec<Option<Result<Exited, Error>>>,
+    /// Exit results of workers that left before the shutdown (lifespan, memory), or whose slot
+    /// had another worker after them, in the order they left.
+    retired: Vec<Result<Exited, Error>>,
     /// What each thread worker shares with the pool about the task it runs.
     watches: Vec<Option<Arc<Watch>>>,
-    /// When each thread worker started its exit function.
-    exiting: Vec<Option<std::time::Instant>>,
 }
 
 impl Core {
@@ -99,13 +106,13 @@ impl Core {
         let per_writer = |_| Notify::new();
         Arc::new(Core {
             st: Mutex::new(State {
-                queue: Queue::new(n, settings.depth, settings.max_queued),
+                queue: Queue::new(n, settings.depth, settings.max_queued, spec.lifespan),
                 pids: vec![None; n],
                 closing: false,
                 broken: None,
                 exits: (0..n).map(|_| None).collect(),
+                retired: Vec::new(),
                 watches: vec![None; n],
-                exiting: vec![None; n],
             }),
             wake: (0..if local { 0 } else { n }).map(per_writer).collect(),
             kill: (0..if local { 0 } else { n }).map(per_writer).collect(),
@@ -119,6 +126,9 @@ impl Core {
             drivers: Mutex::new(Vec::new()),
             exited: Notify::new(),
             heard: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            successor_wanted: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            prestart: (0..n).map(per_writer).collect(),
+            lives: (0..n).map(|_| Default::default()).collect(),
             abandoned: AtomicUsize::new(0),
             thread_room: Notify::new(),
         })
@@ -148,6 +158,10 @@ impl Core {
         &self.sleep
     }
 
+    fn is_closing(&self) -> bool {
+        self.state().closing
+    }
+
     fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
@@ -171,8 +185,13 @@ impl Core {
     ) -> Result<Connected, Error> {
         let mut failures = 0u32;
         loop {
+            let t0 = std::time::Instant::now();
             let e = match self.start_worker(slot).await {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    let took = t0.elapsed().as_nanos() as u64;
+                    self.lives[slot][1].store(took, Ordering::Relaxed);
+                    return Ok(conn);
+                }
                 Err(e) if !e.is_retryable_start() => return Err(e),
                 Err(e) if building && e.is_timeout() && e.is_init() => return Err(e),
                 Err(e) => e,
@@ -209,6 +228,55 @@ impl Core {
                 return;
             }
             room.await;
+        }
+    }
+
+    /// Worker `slot` was sent tasks, `sent` in all (less those taken back): when it has been
+    /// sent its last (`worker_lifespan`), or what is left of its life would take less than a
+    /// few start-ups, its successor starts now, to be ready when it retires.
+    pub(super) fn sent(&self, slot: usize, sent: u64) {
+        let Some(lifespan) = self.spec.lifespan else {
+            return;
+        };
+        let [per_task, start] = &self.lives[slot];
+        let left = lifespan.saturating_sub(sent);
+        let per_task = per_task.load(Ordering::Relaxed);
+        let start = start.load(Ordering::Relaxed).max(1_000_000);
+        let soon = left == 0 || (per_task != 0 && left.saturating_mul(per_task) <= 4 * start);
+        if soon && !self.successor_wanted[slot].swap(true, Ordering::AcqRel) {
+            self.prestart[slot].notify_waiters();
+        }
+    }
+
+    /// Worker `slot` finished `tasks` tasks in `busy`: how long its tasks take.
+    pub(super) fn finished(&self, slot: usize, tasks: usize, busy: Duration) {
+        if self.spec.lifespan.is_none() || tasks == 0 || busy.is_zero() {
+            return;
+        }
+        let per_task = &self.lives[slot][0];
+        let sample = busy.as_nanos() as u64 / tasks as u64;
+        let old = per_task.load(Ordering::Relaxed);
+        let avg = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample * 3) / 10
+        };
+        per_task.store(avg.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether slot `slot` wants a successor started (and forgets that it did).
+    pub(super) fn successor_wanted(&self, slot: usize) -> bool {
+        self.successor_wanted[slot].swap(false, Ordering::AcqRel)
+    }
+
+    /// Keeps `task` (the last moments of a retired worker) with the drivers, for `shutdown`
+    /// to wait for.
+    fn keep(&self, task: JoinHandle<()>) {
+        let mut drivers = self.drivers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.is_stopped() {
+            task.abort();
+        } else {
+            drivers.push(task);
         }
     }
 
@@ -325,9 +393,24 @@ impl Core {
     /// Records a worker's exit result (or the panic of its exit function).
     fn store_exit(&self, slot: usize, r: Result<Exited, Failure>) -> driver::Ended {
         let r = r.map_err(|failure| Error::failed(failure, Stage::Exit).with_worker(slot));
-        self.state().exits[slot] = Some(r);
-        self.exited.notify_waiters();
+        self.put_exit(slot, r);
         driver::Ended::Done
+    }
+
+    /// The exit result of worker `slot`'s latest worker; an earlier one's is kept with the
+    /// retired.
+    fn put_exit(&self, slot: usize, r: Result<Exited, Error>) {
+        let mut st = self.state();
+        if let Some(earlier) = st.exits[slot].replace(r) {
+            st.retired.push(earlier);
+        }
+        drop(st);
+        self.exited.notify_waiters();
+    }
+
+    /// The exit result of a worker that retired.
+    fn store_retired(&self, r: Result<Exited, Error>) {
+        self.state().retired.push(r);
     }
 
     /// Worker `slot`'s exit function ran past `worker_exit_timeout` (the worker was killed, or
@@ -335,8 +418,7 @@ impl Core {
     fn exit_timed_out(&self, slot: usize) -> driver::Ended {
         let limit = self.settings.exit_timeout.unwrap_or_default();
         let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
-        self.state().exits[slot] = Some(Err(e));
-        self.exited.notify_waiters();
+        self.put_exit(slot, Err(e));
         driver::Ended::Done
     }
 
@@ -350,31 +432,19 @@ impl Core {
     }
 
     /// Stops taking jobs, lets the queued ones finish, runs the exit functions and waits for every
-    /// worker to leave. Returns the exit results in worker order.
+    /// worker to leave. Returns the exit results: those of the workers that left before (in the
+    /// order they left), then one per slot, in slot order.
     pub(crate) async fn shutdown(&self) -> Result<Vec<Result<Exited, Error>>, Error> {
         self.state().closing = true;
         self.wake(None, false);
-        if self.is_local() {
-            // A thread worker reports its exit itself: waiting for that, rather than for its
-            // driver, saves a hand-off. The thread then drops its state and ends, possibly
-            // after this returned.
-            loop {
-                let exited = self.exited.notified();
-                let next = {
-                    let mut st = self.state();
-                    if st.broken.is_some() || st.exits.iter().all(Option::is_some) {
-                        break;
-                    }
-                    self.abandon_late_exits(&mut st)
-                };
-                match next {
-                    Some(at) => drop(tokio::time::timeout_at(at.into(), exited).await),
-                    None => exited.await,
-                }
-            }
-        } else {
+        // The slots' drivers, and the retired workers' last moments, which may be added while
+        // the others finish.
+        loop {
             let drivers: Vec<JoinHandle<()>> =
                 std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
+            if drivers.is_empty() {
+                break;
+            }
             for d in drivers {
                 let _ = d.await;
             }
@@ -383,40 +453,13 @@ impl Core {
         if let Some(e) = &st.broken {
             return Err(e.clone());
         }
-        Ok(st
-            .exits
-            .iter_mut()
-            .enumerate()
-            .map(|(slot, e)| {
-                e.take()
-                    .unwrap_or_else(|| Err(Error::closed().with_worker(slot)))
-            })
-            .collect())
-    }
-
-    /// Thread workers whose exit function ran past `worker_exit_timeout` are abandoned, and
-    /// that is their exit result; returns when the next one's runs out, if one runs.
-    fn abandon_late_exits(&self, st: &mut State) -> Option<std::time::Instant> {
-        let limit = self.settings.exit_timeout?;
-        let now = std::time::Instant::now();
-        let mut next = None;
-        for slot in 0..self.settings.workers {
-            let Some(started) = st.exiting[slot].filter(|_| st.exits[slot].is_none()) else {
-                continue;
-            };
-            if now < started + limit {
-                next = Some(next.map_or(started + limit, |n: std::time::Instant| {
-                    n.min(started + limit)
-                }));
-                continue;
-            }
-            if let Some(w) = &st.watches[slot] {
-                w.abandon(&self.abandoned);
-            }
-            let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
-            st.exits[slot] = Some(Err(e));
-        }
-        next
+        let mut exits = std::mem::take(&mut st.retired);
+        let last = st.exits.iter_mut().enumerate().map(|(slot, e)| {
+            e.take()
+                .unwrap_or_else(|| Err(Error::closed().with_worker(slot)))
+        });
+        exits.extend(last);
+        Ok(exits)
     }
 
     /// Kills every worker and fails every job (the pool was dropped).

@@ -18,8 +18,13 @@ const SMALL_WINDOW_WORK: Duration = Duration::from_micros(200);
 
 /// A job on its way to a worker.
 pub(crate) enum Outgoing {
-    /// A thread worker's job, with its id and whether its tasks have deadlines.
-    Local(u64, LocalChunk, bool),
+    /// A thread worker's job.
+    Local {
+        id: u64,
+        chunk: LocalChunk,
+        /// Its tasks have deadlines.
+        timed: bool,
+    },
     Remote {
         id: u64,
         /// Its number on the worker.
@@ -68,6 +73,9 @@ struct Seat {
     claims: Option<Arc<dyn Claims>>,
     /// The number of the last job sent to it.
     sent: u8,
+    /// How many tasks it was sent (less those taken back): with a lifespan, a worker is sent no
+    /// job once it has been sent its last task.
+    tasks: u64,
 }
 
 /// Jobs waiting for any worker, jobs waiting for one worker (`order_tasks`), and the jobs in
@@ -93,10 +101,17 @@ pub(crate) struct Queue {
     max_queued: Option<usize>,
     /// ...and these calls wait for room.
     room: Vec<Waker>,
+    /// A worker retires after this many tasks.
+    lifespan: Option<u64>,
 }
 
 impl Queue {
-    pub(crate) fn new(workers: usize, depth: usize, max_queued: Option<usize>) -> Queue {
+    pub(crate) fn new(
+        workers: usize,
+        depth: usize,
+        max_queued: Option<usize>,
+        lifespan: Option<u64>,
+    ) -> Queue {
         Queue {
             global: VecDeque::new(),
             targeted: (0..workers).map(|_| VecDeque::new()).collect(),
@@ -108,7 +123,13 @@ impl Queue {
             queued_tasks: 0,
             max_queued,
             room: Vec::new(),
+            lifespan,
         }
+    }
+
+    /// How many tasks worker `slot` was sent and may still run (none taken back).
+    pub(crate) fn tasks_sent(&self, slot: usize) -> u64 {
+        self.seats[slot].tasks
     }
 
     /// Whether a job of `len` tasks may be queued now: the queue has room for it, or is empty
@@ -175,6 +196,7 @@ impl Queue {
             live: true,
             claims,
             sent: 0,
+            tasks: 0,
         };
     }
 
@@ -290,9 +312,11 @@ impl Queue {
                 continue;
             }
             let send = match &mut job.payload {
-                Payload::Local { chunk, salvage } => {
-                    Outgoing::Local(job.id, chunk.take()?, salvage.is_some())
-                }
+                Payload::Local { chunk, salvage } => Outgoing::Local {
+                    id: job.id,
+                    chunk: chunk.take()?,
+                    timed: salvage.is_some(),
+                },
                 Payload::Remote { entry, body, skip } => {
                     let seat = &mut self.seats[slot];
                     seat.sent = seat.sent.wrapping_add(1);
@@ -310,6 +334,7 @@ impl Queue {
                     }
                 }
             };
+            self.seats[slot].tasks += job.len as u64;
             self.inflight[slot].push_back(job);
             return Some(send);
         }
@@ -352,6 +377,7 @@ impl Queue {
             }
             if claims.revoke(claimed, last) {
                 let taken: Vec<Job> = queue.drain(from..).collect();
+                self.seats[slot].tasks -= taken.iter().map(|j| j.len as u64).sum::<u64>();
                 self.requeue(taken);
                 return true;
             }
@@ -376,6 +402,10 @@ impl Queue {
             && tasks as u64 * ns <= SMALL_WINDOW_WORK.as_nanos() as u64;
         if held.is_empty() {
             return Some(tiny);
+        }
+        // A worker that was sent its last task gets no other: it would only hand it back.
+        if self.lifespan.is_some_and(|l| self.seats[slot].tasks >= l) {
+            return None;
         }
         // The claim word can take back the jobs up to MAX_QUEUED after the one the worker runs:
         // a worker never holds jobs further than that behind the oldest it has (numbers of jobs
@@ -500,7 +530,7 @@ mod tests {
 
     /// A queue of two process workers, both connected, and their fakes.
     fn two_workers(depth: usize) -> (Queue, [Arc<FakeWorker>; 2]) {
-        let mut q = Queue::new(2, depth, None);
+        let mut q = Queue::new(2, depth, None, None);
         let workers = [
             Arc::new(FakeWorker::default()),
             Arc::new(FakeWorker::default()),

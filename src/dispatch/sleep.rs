@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::job::{Job, Outcome, Payload};
 use super::queue::Outgoing;
 use super::{Core, State};
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, Stage};
 use crate::proto::Failure;
 use crate::worker::{Exited, LocalChunk, LocalDone, LocalNext, LocalQueue, Watch};
 
@@ -83,14 +83,19 @@ impl LocalQueue for Core {
             if self.is_stopped() || watch.is_abandoned() {
                 return LocalNext::Stop;
             }
-            if let Some(job) = st.queue.take(slot) {
+            let current = st.watches[slot]
+                .as_ref()
+                .is_some_and(|w| std::ptr::eq(&**w, watch));
+            if !current {
+                // A successor started ahead of time waits for its slot.
+            } else if let Some(job) = st.queue.take(slot) {
+                self.sent(slot, st.queue.tasks_sent(slot));
                 if let Some((id, chunk)) = self.started(slot, watch, job) {
                     return LocalNext::Job(id, chunk);
                 }
             } else if st.closing && st.queue.drained(slot) {
-                // `shutdown()` watches the exit function's deadline from now.
-                st.exiting[slot] = Some(std::time::Instant::now());
-                self.exited.notify_waiters();
+                // Its driver watches the exit function's deadline from now.
+                watch.exiting.notify_one();
                 return LocalNext::Shutdown;
             }
             st = sleep.park(self, st, spin);
@@ -105,6 +110,7 @@ impl LocalQueue for Core {
         id: u64,
         done: LocalDone,
         busy: Duration,
+        more: bool,
     ) -> Option<(u64, LocalChunk)> {
         let LocalDone {
             out,
@@ -135,10 +141,13 @@ impl LocalQueue for Core {
                 again.target = job.target;
                 st.queue.requeue(vec![again]);
             }
-            let next = match self.is_stopped() {
+            let next = match self.is_stopped() || !more {
                 true => None,
                 false => st.queue.take(slot),
             };
+            if next.is_some() {
+                self.sent(slot, st.queue.tasks_sent(slot));
+            }
             (job, next.and_then(|job| self.started(slot, watch, job)))
         };
         if let Some(job) = job {
@@ -146,12 +155,30 @@ impl LocalQueue for Core {
             drop(job);
             call.deliver(first, ran, Some(slot), || outcome, busy);
         }
+        self.finished(slot, ran, busy);
         next
     }
 
+    fn retire(&self, slot: usize, watch: &Watch) {
+        let mut st = self.state();
+        watch.retired.store(true, Ordering::Release);
+        if st.watches[slot]
+            .as_ref()
+            .is_some_and(|w| std::ptr::eq(&**w, watch))
+        {
+            st.watches[slot] = None;
+            st.queue.disconnected(slot);
+        }
+    }
+
     fn left(&self, slot: usize, watch: &Watch, exit: Result<Exited, Failure>) {
-        if !watch.is_abandoned() {
-            self.store_exit(slot, exit);
+        if watch.is_abandoned() {
+            return;
+        }
+        match watch.retired.load(Ordering::Acquire) {
+            true => self
+                .store_retired(exit.map_err(|f| Error::failed(f, Stage::Exit).with_worker(slot))),
+            false => drop(self.store_exit(slot, exit)),
         }
     }
 
@@ -167,7 +194,7 @@ impl Core {
     /// Thread worker `slot` takes `job` (under the state lock): its task is not cancelled, and
     /// a job whose tasks have deadlines wakes the slot's watchdog.
     fn started(&self, slot: usize, watch: &Watch, job: Outgoing) -> Option<(u64, LocalChunk)> {
-        let Outgoing::Local(id, chunk, timed) = job else {
+        let Outgoing::Local { id, chunk, timed } = job else {
             return None;
         };
         watch.cancelled.store(false, Ordering::Relaxed);

@@ -94,6 +94,9 @@ fn to_worker(r: &mut Rng) -> ToWorker {
             identity: identity(r),
             max_frame: r.next(),
             fault: r.maybe(|r| r.next() as i32),
+            exit: r.maybe(|r| r.next() as i64),
+            lifespan: r.maybe(Rng::next),
+            max_memory: r.maybe(Rng::next),
         },
         1 => ToWorker::Task {
             id: r.next(),
@@ -118,7 +121,7 @@ fn from_worker(r: &mut Rng) -> FromWorker {
         at: span(r),
         busy_ns: r.next(),
     };
-    match r.below(9) {
+    match r.below(10) {
         0 => FromWorker::Hello {
             magic: r.next() as u32,
             version: r.next() as u16,
@@ -131,6 +134,7 @@ fn from_worker(r: &mut Rng) -> FromWorker {
         4 => FromWorker::Failed(batch(r), Box::new(failure(r))),
         5 => FromWorker::Exit(r.maybe(|r| Box::new(failure(r)))),
         6 => FromWorker::Fatal(r.text()),
+        8 => FromWorker::Retiring,
         7 => FromWorker::Event(Event::Progress {
             bar: r.next(),
             done: r.next(),

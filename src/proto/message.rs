@@ -23,6 +23,12 @@ pub(crate) enum ToWorker {
         max_frame: u64,
         /// Fault injection for tests: the worker exits with this status before it says hello.
         fault: Option<i32>,
+        /// The exit entry, which a worker runs when it retires as well as at shutdown.
+        exit: Option<i64>,
+        /// The worker retires after this many tasks...
+        lifespan: Option<u64>,
+        /// ...or after a task that left it with more resident memory than this.
+        max_memory: Option<u64>,
     },
     /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
     /// `arena`, or else in the body. `seq` numbers the jobs of one worker in the order they are
@@ -65,6 +71,10 @@ pub(crate) enum FromWorker {
     Failed(Batch, Box<Failure>),
     /// The exit function's result; on success the body holds the serialised value.
     Exit(Option<Box<Failure>>),
+    /// The worker's life is over (`worker_lifespan`, `worker_max_memory`): it runs no other
+    /// task, and every task sent to it whose result it has not sent is the pool's again. It
+    /// runs its exit function next, sends `Exit` and leaves.
+    Retiring,
     /// A task could not be decoded or named; the worker leaves after sending this.
     Fatal(String),
     /// Something the worker tells the pool at any time, between any two other messages.

@@ -263,6 +263,9 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 identity: crate::sys::image::identity(),
                 max_frame: spec.max_frame as u64,
                 fault: fault(spec),
+                exit: spec.exit.map(|e| e.offset),
+                lifespan: spec.lifespan,
+                max_memory: spec.max_memory,
             };
             let body: &[u8] = if inherits {
                 &[]

@@ -33,6 +33,7 @@ impl Start for Threading {
             let watch = Arc::new(Watch::new(spec.epoch_us));
             let worker = ThreadWorker {
                 id,
+                lifespan: spec.lifespan,
                 shared: spec.shared.clone(),
                 setup: spec.setup.ptr,
                 exit: spec.exit.map(|e| e.ptr),

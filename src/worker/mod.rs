@@ -20,10 +20,12 @@ use crate::sys::local::ProcessLocal;
 use crate::sys::shm::View;
 
 mod catch;
+mod lifespan;
 mod results;
 mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
+pub(crate) use lifespan::Lifespan;
 pub(crate) use results::Results;
 pub(crate) use thread::{
     LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, ThreadEnd,
@@ -115,6 +117,9 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         identity: _,
         max_frame,
         fault: _,
+        exit,
+        lifespan,
+        max_memory,
     } = frame.header
     else {
         return fatal(&mut wr, "expected set-up".into());
@@ -143,7 +148,10 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     }
     rd.set_max(max_frame);
     let budget = max_frame.saturating_sub(HEADER_ROOM);
-    let mut call = ChunkCall::new(Results::new(wr, ring, budget));
+    let mut call = ChunkCall::new(
+        Results::new(wr, ring, budget),
+        Lifespan::new(lifespan, max_memory),
+    );
     let mut last: Option<(i64, EntryFn)> = None;
     loop {
         if !rd.has_frame() {
@@ -206,33 +214,53 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                 if call.results.is_broken() {
                     return 2;
                 }
-            }
-            ToWorker::Shutdown { exit } => {
-                let wr = call.results.writer();
-                let (reply, body) = match exit.map(image::entry) {
-                    None => (FromWorker::Exit(None), Vec::new()),
-                    Some(None) => {
-                        return fatal(wr, "exit entry is outside this binary".into());
+                if call.lifespan.is_over() {
+                    // Every result is sent first: what the pool has not heard of is its again.
+                    call.results.flush();
+                    let wr = call.results.writer();
+                    if wr
+                        .send(&FromWorker::Retiring, &[])
+                        .and_then(|()| wr.flush())
+                        .is_err()
+                    {
+                        return 2;
                     }
-                    Some(Some(f)) => match run_exit(f, &mut cx, false) {
-                        Ok(Exited::Bytes(bytes)) => (FromWorker::Exit(None), bytes),
-                        Ok(Exited::Value(_)) => (FromWorker::Exit(None), Vec::new()),
-                        Err(fail) => (FromWorker::Exit(Some(Box::new(fail))), Vec::new()),
-                    },
-                };
-                let _ = wr.send(&reply, &body);
-                let _ = wr.flush();
-                // The process ends here, as with `std::process::exit`: the state is not dropped.
-                // Freeing a large state piece by piece (a map of millions of keys) took longer
-                // than the whole exit function; the kernel takes the memory back at once.
-                std::mem::forget(cx);
-                return 0;
+                    return leave(wr, exit, cx);
+                }
             }
+            ToWorker::Shutdown { exit } => return leave(call.results.writer(), exit, cx),
             ToWorker::Setup { .. } => {
                 return fatal(call.results.writer(), "set-up sent twice".into());
             }
         }
     }
+}
+
+/// Runs the exit function (`exit`, if any), sends its result, and returns the exit code. The
+/// process ends then, as with `std::process::exit`: the state is not dropped. Freeing a large
+/// state piece by piece (a map of millions of keys) took longer than the whole exit function; the
+/// kernel takes the memory back at once.
+fn leave(wr: &mut Writer<File>, exit: Option<i64>, mut cx: Context) -> i32 {
+    let (reply, body) = match exit.map(image::entry) {
+        None => (FromWorker::Exit(None), Vec::new()),
+        Some(None) => {
+            let _ = wr.send(
+                &FromWorker::Fatal("exit entry is outside this binary".into()),
+                &[],
+            );
+            let _ = wr.flush();
+            return 3;
+        }
+        Some(Some(f)) => match run_exit(f, &mut cx, false) {
+            Ok(Exited::Bytes(bytes)) => (FromWorker::Exit(None), bytes),
+            Ok(Exited::Value(_)) => (FromWorker::Exit(None), Vec::new()),
+            Err(fail) => (FromWorker::Exit(Some(Box::new(fail))), Vec::new()),
+        },
+    };
+    let _ = wr.send(&reply, &body);
+    let _ = wr.flush();
+    std::mem::forget(cx);
+    0
 }
 
 /// What the set-up entry point (shared object, `worker_init`) is called with and answers. Its
@@ -261,14 +289,17 @@ pub(crate) struct ChunkCall {
     pub count: u32,
     pub results: Results,
     pub result: Result<(), String>,
+    /// What is left of the worker's life: the chunk stops early when it ends.
+    pub lifespan: Lifespan,
 }
 
 impl ChunkCall {
-    fn new(results: Results) -> ChunkCall {
+    fn new(results: Results, lifespan: Lifespan) -> ChunkCall {
         ChunkCall {
             count: 0,
             results,
             result: Ok(()),
+            lifespan,
         }
     }
 

@@ -83,6 +83,10 @@ pub(crate) struct Watch {
     pub counted: AtomicBool,
     /// The time deadlines count from.
     pub epoch_us: u64,
+    /// It started its exit function.
+    pub exiting: tokio::sync::Notify,
+    /// Its lifespan is over: it is not its slot's worker any more.
+    pub retired: AtomicBool,
 }
 
 impl Watch {
@@ -128,8 +132,9 @@ pub(crate) enum LocalNext {
 pub(crate) trait LocalQueue: Send + Sync {
     /// Blocks until there is something to do.
     fn next(&self, slot: usize, watch: &Watch) -> LocalNext;
-    /// Job `id` finished as `done` says. Hands back the next job when one is ready at once, so
-    /// that a busy worker takes the pool's lock once per job, not twice.
+    /// Job `id` finished as `done` says. Hands back the next job when one is ready at once (and
+    /// the worker wants `more`), so that a busy worker takes the pool's lock once per job, not
+    /// twice.
     fn done(
         &self,
         slot: usize,
@@ -137,20 +142,33 @@ pub(crate) trait LocalQueue: Send + Sync {
         id: u64,
         done: LocalDone,
         busy: Duration,
+        more: bool,
     ) -> Option<(u64, LocalChunk)>;
+    /// The worker's lifespan is over: it leaves its slot, and runs its exit function next.
+    fn retire(&self, slot: usize, watch: &Watch);
     /// The worker ran its exit function and dropped its state; this is its exit result.
     fn left(&self, slot: usize, watch: &Watch, exit: Result<Exited, Failure>);
     /// An abandoned thread ended.
     fn abandoned_left(&self, watch: &Watch);
 }
 
-/// How a thread worker ended: `true` after shutdown (its exit result went to
-/// [`LocalQueue::left`]), `false` when stopped.
-pub(crate) type ThreadEnd = bool;
+/// How a thread worker ended.
+#[derive(Debug)]
+pub(crate) enum ThreadEnd {
+    /// After shutdown: its exit result went to [`LocalQueue::left`].
+    Done,
+    /// Stopped (the pool was dropped, or its set-up failed).
+    Stopped,
+    /// Its lifespan is over: its slot is free, and it runs its exit function; this fires once
+    /// its exit result went to [`LocalQueue::left`].
+    Retired(tokio::sync::oneshot::Receiver<()>),
+}
 
 /// The loop of a thread worker.
 pub(crate) struct ThreadWorker {
     pub id: usize,
+    /// It retires after this many tasks.
+    pub lifespan: Option<u64>,
     pub shared: Arc<dyn Any + Send + Sync>,
     pub setup: EntryFn,
     pub exit: Option<EntryFn>,
@@ -166,6 +184,7 @@ impl ThreadWorker {
         install_panic_hook();
         let ThreadWorker {
             id,
+            lifespan,
             shared,
             setup,
             exit,
@@ -174,10 +193,15 @@ impl ThreadWorker {
             ready,
             ended,
         } = self;
+        let mut ended = Some(ended);
         // How it ends: an abandoned thread is no longer the pool's worker, and says so.
-        let leave = |done: ThreadEnd| match watch.is_abandoned() {
-            true => queue.abandoned_left(&watch),
-            false => drop(ended.send(done)),
+        let leave = |ended: Option<tokio::sync::oneshot::Sender<ThreadEnd>>, how: ThreadEnd| match (
+            watch.is_abandoned(),
+            ended,
+        ) {
+            (true, _) => queue.abandoned_left(&watch),
+            (false, Some(ended)) => drop(ended.send(how)),
+            (false, None) => {}
         };
         let mut cx = Context {
             id,
@@ -194,33 +218,50 @@ impl ThreadWorker {
         // the pool replaces it.
         let heard = ready.is_none_or(|r| r.send(result).is_ok());
         if !heard || failed || watch.is_abandoned() {
-            return leave(false);
+            return leave(ended, ThreadEnd::Stopped);
         }
+        let mut left = lifespan.unwrap_or(u64::MAX);
         let mut next_job = None;
         loop {
             let next = match next_job.take() {
                 Some((job, chunk)) => LocalNext::Job(job, chunk),
                 None => queue.next(id, &watch),
             };
-            match next {
+            let retired = match next {
                 LocalNext::Job(job, chunk) => {
                     let t0 = Instant::now();
-                    let done = chunk(&mut cx, u64::MAX);
-                    next_job = queue.done(id, &watch, job, done, t0.elapsed());
+                    let done = chunk(&mut cx, left);
+                    left = left.saturating_sub(done.ran as u64);
+                    next_job = queue.done(id, &watch, job, done, t0.elapsed(), left > 0);
                     if next_job.is_none() && watch.is_abandoned() {
-                        return leave(false);
+                        return leave(ended, ThreadEnd::Stopped);
+                    }
+                    if left > 0 {
+                        continue;
+                    }
+                    // Its life is over: the slot goes to its successor now, its exit function
+                    // runs after.
+                    queue.retire(id, &watch);
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    leave(ended.take(), ThreadEnd::Retired(rx));
+                    Some(tx)
+                }
+                LocalNext::Shutdown => None,
+                LocalNext::Stop => return leave(ended, ThreadEnd::Stopped),
+            };
+            let none = || Ok(Exited::Bytes(Vec::new()));
+            let result = exit.map_or_else(none, |f| run_exit(f, &mut cx, true));
+            queue.left(id, &watch, result);
+            // The state is dropped when this returns, on this thread, after the pool was told.
+            return match retired {
+                Some(told) => {
+                    let _ = told.send(());
+                    if watch.is_abandoned() {
+                        queue.abandoned_left(&watch);
                     }
                 }
-                LocalNext::Shutdown => {
-                    let none = || Ok(Exited::Bytes(Vec::new()));
-                    let result = exit.map_or_else(none, |f| run_exit(f, &mut cx, true));
-                    queue.left(id, &watch, result);
-                    // The state is dropped when this returns, on this thread, after `shutdown()`
-                    // was told.
-                    return leave(true);
-                }
-                LocalNext::Stop => return leave(false),
-            }
+                None => leave(ended, ThreadEnd::Done),
+            };
         }
     }
 }
