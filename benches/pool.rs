@@ -9,6 +9,14 @@
 //! workers with default chunking. `iter_custom` times only the awaited call; the tokio runtime and
 //! the pool live across iterations.
 //!
+//! Lifecycle costs: `lifecycle_w2/*` maps 10,000 trivial tasks in chunks of one (the comparison's
+//! W2) on 2 workers, plain, with a `task_timeout` that never fires, and with
+//! `worker_lifespan(1000)` (each worker replaced every 1,000 tasks). `timeout_latency/*` is the
+//! time from a hung task's deadline (10 ms after it starts) to its error reaching the caller: the
+//! watchdog's wake-up, the kill (or, under `Threading`, abandoning the thread) and the settling of
+//! the worker's journal. The ratios between the `lifecycle_w2` variants are what a setting costs;
+//! `python3 scripts/compare/ab.py` measures the same in fresh processes, interleaved.
+//!
 //! Run with `cargo bench`; the side-by-side comparison with MPIRE, multiprocessing and rayon is
 //! `python3 scripts/compare/run.py` (see BENCHMARKS.md).
 
@@ -147,6 +155,71 @@ fn map(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs until its deadline: forever in a process worker (which is killed), until it sees
+/// `is_cancelled` under `Threading`.
+fn hang(w: &mut ampire::Worker<'_>, _: u64) -> u64 {
+    while !w.is_cancelled() {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    0
+}
+
+/// A pool setting whose cost a group measures.
+type Setting = fn(ampire::Builder) -> ampire::Builder;
+
+fn lifecycle(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("lifecycle_w2");
+    g.throughput(Throughput::Elements(10_000));
+    for m in StartMethod::ALL {
+        let variants: [(&str, Setting); 3] = [
+            ("plain", |b| b),
+            ("task_timeout", |b| b.task_timeout(Duration::from_secs(60))),
+            ("lifespan_1000", |b| b.worker_lifespan(1000)),
+        ];
+        for (name, setting) in variants {
+            let builder = setting(AsyncPool::builder().workers(2).start_method(m));
+            let pool = rt.block_on(builder.build()).unwrap();
+            g.bench_function(BenchmarkId::new(m.to_string(), name), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            pool.map(double, 0..10_000u64).chunk_size(1).await.unwrap();
+                        }
+                        t.elapsed()
+                    })
+                })
+            });
+            drop(pool);
+        }
+    }
+    g.finish();
+    let mut g = c.benchmark_group("timeout_latency");
+    let limit = Duration::from_millis(10);
+    for m in StartMethod::ALL {
+        let pool = rt
+            .block_on(AsyncPool::builder().workers(2).start_method(m).build())
+            .unwrap();
+        g.bench_function(BenchmarkId::from_parameter(m), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut late = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let e = pool.apply_with(hang, 0).task_timeout(limit).await;
+                        assert!(e.unwrap_err().is_timeout());
+                        late += t.elapsed().saturating_sub(limit);
+                    }
+                    late
+                })
+            })
+        });
+        drop(pool);
+    }
+    g.finish();
+}
+
 fn main() {
     ampire::init(); // first: a re-executed bench binary becomes a worker here
     let mut c = Criterion::default()
@@ -156,6 +229,7 @@ fn main() {
     startup(&mut c);
     roundtrip(&mut c);
     map(&mut c);
+    lifecycle(&mut c);
     c.final_summary();
 }
 

@@ -106,14 +106,21 @@ fn worker_of(w: &mut Worker<'_>, _: u32) -> usize {
 
 /// A 2-worker pool in which both workers have run a task.
 async fn warm_pool(m: StartMethod) -> AsyncPool {
-    let pool = AsyncPool::builder()
-        .workers(2)
-        .start_method(m)
-        .build()
-        .await
-        .unwrap();
+    let mut b = AsyncPool::builder().workers(2).start_method(m);
+    // Settings an A/B run may turn on (scripts/compare/ab.py --b-env ...): what they cost.
+    if let Some(ms) = env_number("AMPIRE_BENCH_TASK_TIMEOUT_MS") {
+        b = b.task_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = env_number("AMPIRE_BENCH_LIFESPAN") {
+        b = b.worker_lifespan(n);
+    }
+    let pool = b.build().await.unwrap();
     warm(&pool).await;
     pool
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 async fn warm(pool: &AsyncPool) {

@@ -122,9 +122,26 @@
 //!   exit status. A `worker_init` that panics breaks it at once ([`Error::is_init`]).
 //! - **A worker that breaks the protocol** (a malformed frame) is killed and replaced; the first
 //!   task whose result had not arrived fails ([`Error::is_protocol`]).
+//! - **A task past its deadline** ([`Builder::task_timeout`], or the call's own
+//!   `task_timeout`; [`Error::is_timeout`]): the clock starts when the task starts. A process
+//!   worker running it is killed and settled like a death: the task fails with how long it ran,
+//!   the finished tasks of its chunk deliver, the rest run again. A thread is abandoned instead
+//!   (see [`Worker::is_cancelled`]) and a fresh thread takes its slot.
 //!
 //! A `map` fails fast with its first error; streams yield a per-task `Err` and go on; each `apply`
-//! stands alone.
+//! stands alone. With [`Builder::max_retries`], a task whose worker died runs again, up to a
+//! limit past which it fails as poison, listing every death.
+//!
+//! # A worker's life
+//!
+//! A worker starts, runs `worker_init` (bounded by [`Builder::worker_init_timeout`]), serves
+//! tasks, and at shutdown runs `worker_exit` (bounded by [`Builder::worker_exit_timeout`]). With
+//! [`Builder::worker_lifespan`] or [`Builder::worker_max_memory`] it retires earlier: it finishes
+//! the task it runs, hands back the rest of its chunk, and runs `worker_exit` while its successor,
+//! started ahead of time, already serves in its slot. [`AsyncPool::shutdown`] returns the exit
+//! results of every worker that ran `worker_exit`; [`AsyncPool::shutdown_timeout`] bounds the
+//! whole shutdown. [`Builder::cpu_ids`] pins workers to CPUs; [`Builder::max_queued_tasks`]
+//! bounds the queue ([`AsyncPool::try_apply`] is refused when it is full, other calls wait).
 //!
 //! # Feature flags
 //!
@@ -141,8 +158,8 @@
 //!   [`Error::is_closed`]. [`AsyncPool::shutdown`] finishes queued tasks and runs `worker_exit`.
 //! - Dropping a call's future or stream stops pulling its input and removes its queued tasks. A
 //!   process worker still running one of its tasks is killed and replaced, so the cancellation
-//!   reaches the work itself. A thread cannot be killed: its task runs to the end and the result
-//!   is dropped.
+//!   reaches the work itself. A thread cannot be killed: its task sees
+//!   [`Worker::is_cancelled`] turn true, and its result is dropped.
 //! - A `map` fails fast: its first error is returned and the rest of the call is cancelled as
 //!   above. Streams yield a per-task `Err` and go on. `apply` failures are isolated.
 //! - Chunks of a dropped call that wait in a worker's pipe are taken back, so no worker spends

@@ -271,9 +271,9 @@ impl<S, W, E> Builder<S, W, E> {
     pub fn cpu_ids<I>(mut self, ids: I) -> Self
     where
         I: IntoIterator,
-        I::Item: crate::Cpus,
+        I::Item: crate::cpus::Cpus,
     {
-        self.cpu_ids = Some(ids.into_iter().map(crate::Cpus::cpus).collect());
+        self.cpu_ids = Some(ids.into_iter().map(crate::cpus::Cpus::cpus).collect());
         self
     }
 

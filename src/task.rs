@@ -20,7 +20,7 @@ use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
 use crate::worker::{
     ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Results,
-    Salvage, Salvaged, SetupCall, catch,
+    Salvage, Salvaged, SetupCall, Takeback, catch,
 };
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
@@ -593,12 +593,67 @@ where
     A: Send + 'static,
     R: Send + 'static,
 {
-    match timeout_us {
-        0 => LocalJob {
+    match (timeout_us, items.len()) {
+        (0, _) => LocalJob {
             chunk: local_chunk::<T, S, W, A, R>(items),
-            salvage: None,
+            takeback: Takeback::None,
         },
+        (_, 1) => timed_task::<T, S, W, A, R>(items, timeout_us),
         _ => timed_chunk::<T, S, W, A, R>(items, timeout_us),
+    }
+}
+
+/// A chunk of one task with a deadline (every `apply`, and chunks of one): nothing to take back
+/// but the task itself, so no lock and no shared state. The task's deadline word in the thread's
+/// `Watch` decides who owns its outcome: the thread, if it clears the word first, or the pool,
+/// if it takes the word first (`Takeback::Task`).
+fn timed_task<T, S, W, A, R>(mut items: Vec<A>, timeout_us: u64) -> LocalJob
+where
+    T: Call<S, W, A, R>,
+    S: 'static,
+    W: 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    let chunk: LocalChunk = Box::new(move |cx: &mut Context, budget: u64| {
+        let Some(a) = items.pop().filter(|_| budget > 0) else {
+            return LocalDone {
+                out: Ok(Box::new(ChunkOut::<R>::default())),
+                ran: 0,
+                rest: (!items.is_empty()).then(|| timed_task::<T, S, W, A, R>(items, timeout_us)),
+                abandoned: false,
+            };
+        };
+        let word = cx.stamper.start(timeout_us);
+        cx.watch.deadline.store(word, Ordering::Release);
+        let task = T::marker();
+        let r = match parts::<S, W>(cx) {
+            Ok(mut parts) => catch(|| task.call(&mut parts.worker(), a)),
+            Err(e) => return LocalDone::failed(e),
+        };
+        if !cx.watch.task_finished(word) {
+            return LocalDone {
+                out: Ok(Box::new(())),
+                ran: 0,
+                rest: None,
+                abandoned: true,
+            };
+        }
+        let mut out = ChunkOut::default();
+        match r {
+            Ok(v) => out.values.push(v),
+            Err(f) => out.failures.push((0, f)),
+        }
+        LocalDone {
+            out: Ok(Box::new(out)),
+            ran: 1,
+            rest: None,
+            abandoned: false,
+        }
+    });
+    LocalJob {
+        chunk,
+        takeback: Takeback::Task,
     }
 }
 
@@ -635,7 +690,7 @@ where
             ran,
             rest: (!rest.is_empty()).then(|| LocalJob {
                 chunk: local_chunk::<T, S, W, A, R>(rest),
-                salvage: None,
+                takeback: Takeback::None,
             }),
             abandoned: false,
         }
@@ -761,7 +816,7 @@ where
     });
     LocalJob {
         chunk,
-        salvage: Some(salvage),
+        takeback: Takeback::Chunk(salvage),
     }
 }
 

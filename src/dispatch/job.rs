@@ -10,7 +10,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::Error;
 use crate::proto::Body;
-use crate::worker::{LocalChunk, LocalJob, Salvage};
+use crate::worker::{LocalChunk, LocalJob, Takeback};
 
 /// One chunk of one call.
 pub(crate) struct Job {
@@ -104,11 +104,11 @@ impl Job {
 }
 
 pub(crate) enum Payload {
-    /// For thread workers: the chunk is taken when sent; a chunk with deadlines keeps a handle
-    /// through which the pool takes back what it has not finished.
+    /// For thread workers: the chunk is taken when sent; how the pool takes it back when a task
+    /// runs past its deadline stays.
     Local {
         chunk: Option<LocalChunk>,
-        salvage: Option<Arc<dyn Salvage>>,
+        takeback: Takeback,
     },
     /// For process workers; kept until the results arrive, so what has not run can be sent
     /// again if the worker dies. The job's inputs are `body` from byte `skip` on.
@@ -123,7 +123,7 @@ impl Payload {
     pub(crate) fn local(job: LocalJob) -> Payload {
         Payload::Local {
             chunk: Some(job.chunk),
-            salvage: job.salvage,
+            takeback: job.takeback,
         }
     }
 }

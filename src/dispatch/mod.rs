@@ -5,7 +5,9 @@
 //! - [`queue`]: which job goes to which worker, and when;
 //! - [`sleep`]: how thread workers wait for jobs and are woken;
 //! - [`driver`]: one process worker's writer and reader;
-//! - [`slot`]: one worker slot for the pool's life: start, serve, replace.
+//! - [`settle`]: what a process worker that ended mid-work leaves behind;
+//! - [`watchdog`]: task deadlines, and abandoning a late thread;
+//! - [`slot`]: one worker slot for the pool's life: start, serve, replace, successors.
 //!
 //! User-facing futures only wait on their call's channel; no user future ever holds a lock, a
 //! permit or a half-written frame, so one that stops being polled cannot wedge a worker.
@@ -27,8 +29,10 @@ use crate::worker::{Exited, Watch};
 mod driver;
 mod job;
 mod queue;
+mod settle;
 mod sleep;
 mod slot;
+mod watchdog;
 
 pub(crate) use job::{CallLink, Completion, Job, Locate, Outcome, Payload};
 pub(crate) use queue::SMALL_WINDOW;
@@ -63,8 +67,9 @@ pub(crate) struct Core {
     wake: Vec<Notify>,
     /// Per process slot: a job in flight there was cancelled; kill the worker.
     kill: Vec<Notify>,
-    /// Per slot: a job whose tasks have a deadline was sent there; its watchdog looks.
-    timed: Vec<Notify>,
+    /// Per slot: a job whose tasks have a deadline was sent there, and its watchdog wants to
+    /// hear of it when their timeout is shorter than this (microseconds; see `Core::expired`).
+    timed: Vec<(Notify, AtomicU64)>,
     /// Where thread workers wait for jobs.
     sleep: Sleep,
     stop: Notify,
@@ -116,7 +121,9 @@ impl Core {
             }),
             wake: (0..if local { 0 } else { n }).map(per_writer).collect(),
             kill: (0..if local { 0 } else { n }).map(per_writer).collect(),
-            timed: (0..n).map(per_writer).collect(),
+            timed: (0..n)
+                .map(|_| (Notify::new(), AtomicU64::new(u64::MAX)))
+                .collect(),
             sleep: Sleep::default(),
             settings,
             spec,

@@ -22,8 +22,8 @@ pub(crate) enum Outgoing {
     Local {
         id: u64,
         chunk: LocalChunk,
-        /// Its tasks have deadlines.
-        timed: bool,
+        /// How long its tasks may run (microseconds), if they have deadlines.
+        timed: Option<u64>,
     },
     Remote {
         id: u64,
@@ -312,10 +312,10 @@ impl Queue {
                 continue;
             }
             let send = match &mut job.payload {
-                Payload::Local { chunk, salvage } => Outgoing::Local {
+                Payload::Local { chunk, takeback } => Outgoing::Local {
                     id: job.id,
                     chunk: chunk.take()?,
-                    timed: salvage.is_some(),
+                    timed: takeback.is_timed().then(|| job.call.timeout_us()),
                 },
                 Payload::Remote { entry, body, skip } => {
                     let seat = &mut self.seats[slot];

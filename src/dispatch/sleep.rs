@@ -198,8 +198,8 @@ impl Core {
             return None;
         };
         watch.cancelled.store(false, Ordering::Relaxed);
-        if timed {
-            self.timed[slot].notify_one();
+        if let Some(t) = timed {
+            self.timed_sent(slot, t);
         }
         Some((id, chunk))
     }

@@ -12,42 +12,62 @@
 //! blames the task only if the word is the same once the worker is dead (a task that finished
 //! just before the kill is not blamed, and the one after it runs again).
 //!
-//! Both sides read `CLOCK_MONOTONIC`, which every process of the machine shares.
+//! Both sides read `CLOCK_MONOTONIC` (the worker its coarse variant: see [`Stamper`]), which
+//! every process of the machine shares.
 
 use std::time::Duration;
 
 /// Microseconds of `CLOCK_MONOTONIC`.
 pub(crate) fn now_us() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+    read_us(nix::time::ClockId::CLOCK_MONOTONIC)
+}
+
+fn read_us(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
         .unwrap_or(0)
 }
 
 /// A worker's side: makes the deadline words of the tasks it starts.
+///
+/// A task's start is read from `CLOCK_MONOTONIC_COARSE`, the same clock as `now_us` as of the
+/// last timer tick, which costs a few nanoseconds where the precise clock costs tens: it is read
+/// once per task. Its resolution (a tick, 1 to 4 ms) is added to every deadline, so that a task is
+/// never stopped early; it may be stopped up to a tick late.
 #[derive(Debug)]
 pub(crate) struct Stamper {
     epoch_us: u64,
     generation: u16,
+    /// The coarse clock's resolution, in microseconds.
+    tick_us: u64,
 }
 
 impl Stamper {
     /// Deadlines counted from `epoch_us` (the pool's, in `now_us` time).
     pub(crate) fn new(epoch_us: u64) -> Stamper {
+        let tick_us = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+            .map_or(10_000, |t| {
+                (t.tv_sec() as u64 * 1_000_000 + (t.tv_nsec() as u64).div_ceil(1_000)).max(1)
+            });
         Stamper {
             epoch_us,
             generation: 0,
+            tick_us,
         }
     }
 
     /// The word of a task that starts now and may run for `timeout_us`.
     pub(crate) fn start(&mut self, timeout_us: u64) -> u64 {
         self.generation = self.generation.wrapping_add(1);
-        let at = now_us()
+        let now = read_us(nix::time::ClockId::CLOCK_MONOTONIC_COARSE);
+        let at = now
             .saturating_sub(self.epoch_us)
+            .saturating_add(self.tick_us)
             .saturating_add(timeout_us);
-        // Never 0: the generation is at least 1 in every word but one in 65536, whose deadline
-        // part is then made at least 1.
-        (at.min((1 << 48) - 1) << 16 | self.generation as u64).max(1 << 16)
+        // Never 0 (the generation is at least 1 in every word but one in 65536, whose deadline
+        // part is then made at least 1) and never `u64::MAX` (which a one-task chunk uses for
+        // "abandoned"): the deadline part is at most 2^48 - 2.
+        (at.min((1 << 48) - 2) << 16 | self.generation as u64).max(1 << 16)
     }
 }
 
@@ -63,7 +83,7 @@ pub(crate) fn remaining(word: u64, epoch_us: u64) -> Duration {
 
 /// A timeout as the wire carries it: whole microseconds, at least one; `0` for none.
 pub(crate) fn timeout_us(timeout: Option<Duration>) -> u64 {
-    timeout.map_or(0, |t| (t.as_micros() as u64).max(1))
+    timeout.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64)
 }
 
 #[cfg(test)]
@@ -78,8 +98,10 @@ mod tests {
         let b = s.start(1_000_000);
         assert!(a != 0 && b != 0 && a != b);
         let left = remaining(a, epoch);
+        let tick = Duration::from_micros(s.tick_us);
+        assert!(tick <= Duration::from_millis(10), "{tick:?}");
         assert!(
-            left > Duration::from_millis(900) && left <= Duration::from_secs(1),
+            left > Duration::from_millis(900) && left <= Duration::from_secs(1) + tick,
             "{left:?}"
         );
         // The generation wraps to 0 with a deadline of 0: still not 0.
@@ -88,5 +110,9 @@ mod tests {
         assert_ne!(late.start(0), 0);
         assert_eq!(timeout_us(Some(Duration::from_nanos(10))), 1);
         assert_eq!(timeout_us(None), 0);
+        assert_eq!(timeout_us(Some(Duration::MAX)), u64::MAX);
+        // A deadline past what the word holds is as good as none.
+        let far = Stamper::new(now_us()).start(u64::MAX);
+        assert!(far != 0 && far != u64::MAX);
     }
 }

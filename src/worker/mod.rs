@@ -28,7 +28,7 @@ pub(crate) use catch::{capture_lock, catch, install_panic_hook};
 pub(crate) use lifespan::Lifespan;
 pub(crate) use results::Results;
 pub(crate) use thread::{
-    LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, ThreadEnd,
+    LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, Takeback, ThreadEnd,
     ThreadWorker, Watch,
 };
 

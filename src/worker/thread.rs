@@ -22,11 +22,29 @@ use crate::sys::image::EntryFn;
 /// them (what is left of the worker's lifespan).
 pub(crate) type LocalChunk = Box<dyn FnOnce(&mut Context, u64) -> LocalDone + Send>;
 
-/// A job for a thread worker: its tasks, and the handle through which the pool can take back
-/// what a chunk with deadlines has not finished.
+/// A job for a thread worker: its tasks, and how the pool takes it back when one of them runs
+/// past its deadline.
 pub(crate) struct LocalJob {
     pub chunk: LocalChunk,
-    pub salvage: Option<Arc<dyn Salvage>>,
+    pub takeback: Takeback,
+}
+
+/// How the pool takes back a thread worker's job whose task ran past its deadline.
+pub(crate) enum Takeback {
+    /// It cannot: its tasks have no deadline.
+    None,
+    /// A job of one task: through the task's deadline word in the thread's [`Watch`]
+    /// ([`Watch::take_task`]).
+    Task,
+    /// A job of several: its finished results and unstarted inputs are behind a lock.
+    Chunk(Arc<dyn Salvage>),
+}
+
+impl Takeback {
+    /// Whether the job's tasks have deadlines.
+    pub(crate) fn is_timed(&self) -> bool {
+        !matches!(self, Takeback::None)
+    }
 }
 
 /// What a thread worker's chunk did.
@@ -70,6 +88,9 @@ pub(crate) struct Salvaged {
     pub rest: Option<LocalJob>,
 }
 
+/// The deadline word of a task the pool took over (no word is this: see `proto::deadline`).
+const TAKEN: u64 = u64::MAX;
+
 /// What a thread worker and the pool share about the task it runs.
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
@@ -95,6 +116,23 @@ impl Watch {
             epoch_us,
             ..Watch::default()
         }
+    }
+
+    /// The pool takes over a one-task job whose task has the deadline word `word`, if the task
+    /// has not finished (the thread then finds the word changed, and hands nothing over).
+    pub(crate) fn take_task(&self, word: u64) -> bool {
+        word != 0
+            && self
+                .deadline
+                .compare_exchange(word, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// A one-task job's task finished: `false` if the pool took it over first.
+    pub(crate) fn task_finished(&self, word: u64) -> bool {
+        self.deadline
+            .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {
