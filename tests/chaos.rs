@@ -1,8 +1,6 @@
 //! Chaos: timeouts, crashes, retries and panics mixed in one stream. Every input yields exactly
 //! one outcome, of its own kind; no healthy input fails or runs twice; the pool serves after.
 mod common;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
@@ -37,24 +35,9 @@ fn fault(x: u64, processes: bool) -> Option<Fault> {
     (processes || matches!(f, Fault::Hang | Fault::Panic)).then_some(f)
 }
 
-/// How many times input `x` ran before, recording this run (one 8-byte `O_APPEND` write).
-fn runs_before(log: &str, x: u64) -> usize {
-    let mut bytes = Vec::new();
-    File::open(log).unwrap().read_to_end(&mut bytes).unwrap();
-    let before = bytes
-        .chunks_exact(8)
-        .filter(|r| u64::from_le_bytes((*r).try_into().unwrap()) == x)
-        .count();
-    File::options()
-        .append(true)
-        .open(log)
-        .and_then(|mut f| f.write_all(&x.to_le_bytes()))
-        .unwrap();
-    before
-}
-
 fn chaos(w: &mut Worker<'_>, (x, processes, log): (u64, bool, String)) -> u64 {
-    let before = runs_before(&log, x);
+    let before = runs_of(&log, x);
+    record_run(&log, x);
     match fault(x, processes) {
         Some(Fault::Hang) => {
             while !w.is_cancelled() {
@@ -81,21 +64,14 @@ fn triple(x: u64) -> u64 {
 each_method! {
     async fn every_input_gets_exactly_one_outcome_of_its_own_kind(m: StartMethod) {
         let processes = m.is_process();
-        let log = std::env::temp_dir().join(format!("ampire-chaos-{}-{m}", std::process::id()));
-        File::create(&log).unwrap();
-        let path = log.to_str().unwrap().to_owned();
+        let log = RunLog::new(&format!("chaos-{m}"));
+        let path = log.path();
         let pool = AsyncPool::builder().workers(2).start_method(m)
             .task_timeout(Duration::from_millis(300)).max_retries(1).build().await.unwrap();
         let inputs = stream::iter((0..TASKS).map(|x| (x, processes, path.clone())));
         let out: Vec<Result<u64, Error>> = pool.map_stream_with(chaos, inputs).collect().await;
         assert_eq!(out.len(), TASKS as usize);
-        let mut bytes = Vec::new();
-        File::open(&log).unwrap().read_to_end(&mut bytes).unwrap();
-        let _ = std::fs::remove_file(&log);
-        let mut runs = vec![0usize; TASKS as usize];
-        for r in bytes.chunks_exact(8) {
-            runs[u64::from_le_bytes(r.try_into().unwrap()) as usize] += 1;
-        }
+        let runs = log.runs(TASKS as usize);
         let mut seen = std::collections::HashMap::new();
         for (x, r) in out.into_iter().enumerate() {
             let f = fault(x as u64, processes);

@@ -3,9 +3,7 @@
 //! or exit status, its index and its input), and the tasks after k run again elsewhere. Nothing
 //! is lost, and nothing that finished runs twice. Serialisation failures fail their task alone.
 mod common;
-use std::fs::File;
 use std::future::IntoFuture;
-use std::io::{Read, Write};
 
 use common::*;
 use futures_util::{StreamExt, stream};
@@ -33,12 +31,7 @@ fn storm_task((x, log): (u64, String)) -> u64 {
         Some(_) => std::process::exit(3),
         None => {}
     }
-    // One `write` of 8 bytes to an `O_APPEND` file: records from both workers never interleave.
-    File::options()
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| f.write_all(&x.to_le_bytes()))
-        .unwrap();
+    record_run(&log, x);
     x * 2
 }
 
@@ -52,39 +45,6 @@ fn is_own_error(x: u64, e: &Error) -> bool {
     };
     let input = format!("({x}, ");
     kind && e.task_index() == Some(x as usize) && e.input().is_some_and(|i| i.starts_with(&input))
-}
-
-/// A file the storm's healthy tasks record themselves in.
-struct RunLog(std::path::PathBuf);
-
-impl RunLog {
-    fn new(tag: &str) -> RunLog {
-        let path = std::env::temp_dir().join(format!("ampire-runs-{}-{tag}", std::process::id()));
-        File::create(&path).unwrap();
-        RunLog(path)
-    }
-    fn path(&self) -> String {
-        self.0.to_str().unwrap().to_owned()
-    }
-    /// How many times each of `n` inputs ran.
-    fn runs(&self, n: usize) -> Vec<u32> {
-        let mut bytes = Vec::new();
-        File::open(&self.0)
-            .unwrap()
-            .read_to_end(&mut bytes)
-            .unwrap();
-        let mut runs = vec![0; n];
-        for rec in bytes.chunks_exact(8) {
-            runs[u64::from_le_bytes(rec.try_into().unwrap()) as usize] += 1;
-        }
-        runs
-    }
-}
-
-impl Drop for RunLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Checks a storm's outcomes: every healthy input answered once, ran once; every faulty one

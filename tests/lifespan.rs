@@ -3,57 +3,13 @@
 //! chunk, or after a task that left it with too much resident memory; its successor is started
 //! before it retires; every exit result comes back from `shutdown()`.
 mod common;
-use std::fs::File;
 use std::future::IntoFuture;
-use std::io::{Read, Write};
 
 use common::*;
 
-/// A file each `worker_init` appends one record to (one `write` of 8 bytes, atomic with
-/// `O_APPEND`): how many workers started.
-struct Count(std::path::PathBuf);
-
-impl Count {
-    fn new(tag: &str) -> Count {
-        let path = std::env::temp_dir().join(format!(
-            "ampire-lifespan-{}-{tag}-{}",
-            std::process::id(),
-            rand_tag()
-        ));
-        File::create(&path).unwrap();
-        Count(path)
-    }
-    fn path(&self) -> String {
-        self.0.to_str().unwrap().to_owned()
-    }
-    fn records(&self) -> usize {
-        let mut bytes = Vec::new();
-        File::open(&self.0)
-            .unwrap()
-            .read_to_end(&mut bytes)
-            .unwrap();
-        bytes.len() / 8
-    }
-}
-
-impl Drop for Count {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn rand_tag() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
+/// Counts itself in the run log at `path`: one record per worker started.
 fn record(path: &str) {
-    File::options()
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(&gettid().to_le_bytes()))
-        .unwrap();
+    record_run(path, gettid());
 }
 
 /// The calling thread's id: the worker's pid in a process worker.
@@ -132,13 +88,13 @@ each_method! {
     /// the results are right, and `worker_init` ran between 10 and `10 + n_jobs` times.
     async fn mpire_init_func_worker_lifespan(m: StartMethod) {
         for n in [1, 3] {
-            let count = Count::new("init");
+            let count = RunLog::new("init");
             let pool = AsyncPool::builder().workers(n).start_method(m).shared(count.path())
                 .worker_init(init).worker_lifespan(1).build().await.unwrap();
             let out = pool.map_with(f, 0..10u64).chunk_size(1).await.unwrap();
             assert_eq!(out, (42..52).collect::<Vec<_>>());
             pool.shutdown().await.unwrap();
-            let inits = count.records();
+            let inits = count.records().len();
             assert!((10..=10 + n).contains(&inits), "{n} workers: {inits} inits");
         }
     }
@@ -147,12 +103,12 @@ each_method! {
     /// results as inits, and their sum is the sum of the inputs.
     async fn mpire_exit_func_worker_lifespan(m: StartMethod) {
         for n in [1, 3] {
-            let count = Count::new("exit");
+            let count = RunLog::new("exit");
             let pool = AsyncPool::builder().workers(n).start_method(m).shared(count.path())
                 .worker_init(init_sum).worker_exit(exit_sum).worker_lifespan(1).build().await.unwrap();
             assert_eq!(pool.map_with(add, 0..10u64).chunk_size(1).await.unwrap(), (0..10).collect::<Vec<_>>());
             let exits = pool.shutdown().await.unwrap();
-            let inits = count.records();
+            let inits = count.records().len();
             assert!((10..=10 + n).contains(&inits), "{n} workers: {inits} inits");
             assert_eq!(exits.len(), inits);
             assert_eq!(exits.iter().sum::<u64>(), 45);

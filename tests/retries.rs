@@ -2,60 +2,15 @@
 //! worker, up to `n` times; a task that killed `n + 1` workers fails with every death listed.
 //! Panics and timeouts are the task's answer, never retried.
 mod common;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
 use futures_util::{StreamExt, stream};
 
-/// A file tasks append a record to each time they run: how many times each input ran.
-struct Runs(std::path::PathBuf);
-
-impl Runs {
-    fn new(m: StartMethod, tag: &str) -> Runs {
-        let path =
-            std::env::temp_dir().join(format!("ampire-retries-{}-{m}-{tag}", std::process::id()));
-        File::create(&path).unwrap();
-        Runs(path)
-    }
-    fn path(&self) -> String {
-        self.0.to_str().unwrap().to_owned()
-    }
-    /// How many times input `x` ran.
-    fn of(&self, x: u64) -> usize {
-        let mut bytes = Vec::new();
-        File::open(&self.0)
-            .unwrap()
-            .read_to_end(&mut bytes)
-            .unwrap();
-        bytes
-            .chunks_exact(8)
-            .filter(|r| u64::from_le_bytes((*r).try_into().unwrap()) == x)
-            .count()
-    }
-}
-
-impl Drop for Runs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Records that input `x` runs (one 8-byte `O_APPEND` write), and returns how many times it ran
-/// before.
+/// Records that input `x` runs, and returns how many times it ran before.
 fn ran(log: &str, x: u64) -> usize {
-    let mut bytes = Vec::new();
-    File::open(log).unwrap().read_to_end(&mut bytes).unwrap();
-    let before = bytes
-        .chunks_exact(8)
-        .filter(|r| u64::from_le_bytes((*r).try_into().unwrap()) == x)
-        .count();
-    File::options()
-        .append(true)
-        .open(log)
-        .and_then(|mut f| f.write_all(&x.to_le_bytes()))
-        .unwrap();
+    let before = runs_of(log, x);
+    record_run(log, x);
     before
 }
 
@@ -107,7 +62,7 @@ async fn pool_with_retries(m: StartMethod, n: u32) -> AsyncPool {
 
 each_method! {
     processes async fn a_task_whose_worker_died_runs_again(m: StartMethod) {
-        let runs = Runs::new(m, "flaky");
+        let runs = RunLog::new(&format!("{m}-flaky"));
         let pool = pool_with_retries(m, 2).await;
         // Two deaths, two retries: the third run answers. In a chunk, its neighbours are
         // untouched.
@@ -122,7 +77,7 @@ each_method! {
     }
 
     processes async fn a_poisonous_task_fails_after_killing_n_plus_one_workers(m: StartMethod) {
-        let runs = Runs::new(m, "poison");
+        let runs = RunLog::new(&format!("{m}-poison"));
         let pool = pool_with_retries(m, 2).await;
         let out: Vec<Result<u64, Error>> = pool
             .map_stream(poison, stream::iter((0..8u64).map(|x| (x, runs.path()))))
@@ -152,7 +107,7 @@ each_method! {
     }
 
     processes async fn without_retries_a_death_fails_at_once(m: StartMethod) {
-        let runs = Runs::new(m, "once");
+        let runs = RunLog::new(&format!("{m}-once"));
         let pool = pool_with_retries(m, 0).await;
         let e = pool.apply(poison, (3, runs.path())).await.unwrap_err();
         assert!(e.is_worker_died() && e.workers_killed() == 1, "{e}");
@@ -160,7 +115,7 @@ each_method! {
     }
 
     async fn panics_and_timeouts_are_not_retried(m: StartMethod) {
-        let runs = Runs::new(m, "answers");
+        let runs = RunLog::new(&format!("{m}-answers"));
         let pool = AsyncPool::builder().workers(2).start_method(m).max_retries(3)
             .task_timeout(Duration::from_millis(200)).build().await.unwrap();
         assert!(pool.apply(panics, (3, runs.path())).await.unwrap_err().is_panic());

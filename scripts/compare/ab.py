@@ -18,7 +18,6 @@ Only ampire cells; see README.md next to this file for the workloads.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,27 +27,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from run import parse_lines, run_cell  # noqa: E402
+from run import build_rust, parse_lines, run_cell  # noqa: E402
 
 METHODS = ["fork", "forkserver", "spawn", "threading"]
 
 
 def build(tree):
     """Builds the compare example in `tree`; returns the binary's path."""
-    cmd = ["cargo", "build", "--release", "--example", "compare",
-           "--message-format=json-render-diagnostics"]
-    p = subprocess.run(cmd, cwd=tree, stdout=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        sys.exit(f"error: could not build {tree}")
-    for line in p.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-                and msg.get("target", {}).get("name") == "compare":
-            return msg["executable"]
-    sys.exit(f"error: no compare binary in {tree}")
+    exe = build_rust(tree)
+    if not exe:
+        sys.exit(f"error: could not build the compare example in {tree}")
+    return exe
 
 
 def worktree(rev):

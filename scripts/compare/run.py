@@ -111,12 +111,12 @@ def reexec_in_venv():
 # Rust side
 # ---------------------------------------------------------------------------
 
-def build_rust():
-    """Build the compare example; return the path of the binary or None."""
+def build_rust(tree=ROOT):
+    """Build the compare example in `tree`; return the path of the binary or None."""
     cmd = ["cargo", "build", "--release", "--example", "compare", "--message-format=json-render-diagnostics"]
     print("building: " + " ".join(cmd[:5]), flush=True)
     try:
-        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.run(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         warn("cargo not found; ampire/rayon/spawn_blocking cells will be n/a")
         return None

@@ -89,6 +89,20 @@ impl Job {
         })
     }
 
+    /// The job of tasks `from..` of this thread worker's job, whose inputs are `rest`: what it
+    /// did not run (its worker's lifespan ran out, or a task ran past its deadline).
+    pub(super) fn local_rest(&self, from: usize, rest: LocalJob) -> Job {
+        let mut job = Job::new(
+            self.call.clone(),
+            self.seq,
+            self.first + from,
+            self.len - from,
+            Payload::local(rest),
+        );
+        job.target = self.target;
+        job
+    }
+
     /// The job's call, once the job is done: its inputs are dropped first.
     pub(super) fn into_call(self) -> Arc<CallLink> {
         self.call

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::{Job, Outcome, Payload};
+use super::job::Outcome;
 use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind, Stage};
@@ -131,15 +131,7 @@ impl LocalQueue for Core {
             let job = st.queue.land(slot, id);
             if let (Some(job), Some(rest)) = (&job, rest) {
                 // The worker's budget ran out: what it did not run goes back to the front.
-                let mut again = Job::new(
-                    job.call.clone(),
-                    job.seq,
-                    job.first + ran,
-                    job.len - ran,
-                    Payload::local(rest),
-                );
-                again.target = job.target;
-                st.queue.requeue(vec![again]);
+                st.queue.requeue(vec![job.local_rest(ran, rest)]);
             }
             let next = match self.is_stopped() || !more {
                 true => None,

@@ -89,16 +89,7 @@ impl Core {
             // A thread holds one job at a time; anything else goes back as it was.
             let mut again: Vec<Job> = jobs.into_iter().collect();
             if let Some(rest) = salvaged.rest.take() {
-                let done = salvaged.finished + 1;
-                let mut rest = Job::new(
-                    job.call.clone(),
-                    job.seq,
-                    job.first + done,
-                    job.len - done,
-                    Payload::local(rest),
-                );
-                rest.target = job.target;
-                again.insert(0, rest);
+                again.insert(0, job.local_rest(salvaged.finished + 1, rest));
             }
             st.queue.requeue(again);
             (job, salvaged)

@@ -138,6 +138,77 @@ pub fn gate_path(m: StartMethod, i: usize) -> String {
     .to_owned()
 }
 
+/// A file tasks record their runs in: one 8-byte `O_APPEND` write per run, so records from
+/// several workers never interleave. Removed when dropped.
+pub struct RunLog(PathBuf);
+
+impl RunLog {
+    pub fn new(tag: &str) -> RunLog {
+        let name = format!("ampire-runs-{}-{tag}-{}", std::process::id(), unique());
+        let path = std::env::temp_dir().join(name);
+        std::fs::File::create(&path).unwrap();
+        RunLog(path)
+    }
+
+    /// Where tasks record (see [`record_run`]).
+    pub fn path(&self) -> String {
+        self.0.to_str().unwrap().to_owned()
+    }
+
+    /// Every record, in order.
+    pub fn records(&self) -> Vec<u64> {
+        read_records(self.0.to_str().unwrap())
+    }
+
+    /// How many times each of inputs `0..n` ran.
+    pub fn runs(&self, n: usize) -> Vec<u32> {
+        let mut runs = vec![0; n];
+        for x in self.records() {
+            runs[x as usize] += 1;
+        }
+        runs
+    }
+
+    /// How many times input `x` ran.
+    pub fn of(&self, x: u64) -> usize {
+        self.records().into_iter().filter(|&r| r == x).count()
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn read_records(path: &str) -> Vec<u64> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+        .chunks_exact(8)
+        .map(|r| u64::from_le_bytes(r.try_into().unwrap()))
+        .collect()
+}
+
+/// Called from inside a task: records a run of `x` in the [`RunLog`] at `path`.
+pub fn record_run(path: &str, x: u64) {
+    use std::io::Write;
+    std::fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&x.to_le_bytes()))
+        .unwrap();
+}
+
+/// Called from inside a task: how many runs of `x` the [`RunLog`] at `path` holds.
+pub fn runs_of(path: &str, x: u64) -> usize {
+    read_records(path).into_iter().filter(|&r| r == x).count()
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
