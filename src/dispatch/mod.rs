@@ -75,8 +75,6 @@ pub(crate) struct Core {
     stop: Notify,
     stopped: AtomicBool,
     drivers: Mutex<Vec<JoinHandle<()>>>,
-    /// An exit result was stored, or the pool broke.
-    exited: Notify,
     /// Per slot: how many frames of results its workers have sent.
     heard: Vec<AtomicU64>,
     /// Per slot: start a successor now (`worker_lifespan`; see `slot.rs`), and its signal.
@@ -131,7 +129,6 @@ impl Core {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             drivers: Mutex::new(Vec::new()),
-            exited: Notify::new(),
             heard: (0..n).map(|_| AtomicU64::new(0)).collect(),
             successor_wanted: (0..n).map(|_| AtomicBool::new(false)).collect(),
             prestart: (0..n).map(per_writer).collect(),
@@ -388,7 +385,6 @@ impl Core {
         let jobs = {
             let mut st = self.state();
             st.broken.get_or_insert(e.clone());
-            self.exited.notify_waiters();
             st.queue.drain_queued()
         };
         for (_, job) in jobs {
@@ -411,8 +407,6 @@ impl Core {
         if let Some(earlier) = st.exits[slot].replace(r) {
             st.retired.push(earlier);
         }
-        drop(st);
-        self.exited.notify_waiters();
     }
 
     /// The exit result of a worker that retired.
