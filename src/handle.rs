@@ -14,6 +14,7 @@ use futures_core::Stream;
 
 use crate::call::{Engine, IterSource, Options, Reorder, Results, StreamSource, Target};
 use crate::error::Error;
+use crate::observe::progress::Close;
 use crate::task::Output;
 
 /// A single task; `.await` it for its result.
@@ -25,6 +26,7 @@ pub struct Apply<A, R> {
     target: Target<A>,
     arg: A,
     timeout: Option<std::time::Duration>,
+    bar: bool,
     _r: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -34,6 +36,7 @@ impl<A, R> Apply<A, R> {
             target,
             arg,
             timeout: None,
+            bar: false,
             _r: std::marker::PhantomData,
         }
     }
@@ -42,6 +45,12 @@ impl<A, R> Apply<A, R> {
     /// [`task_timeout`](crate::Builder::task_timeout), which says what happens at the deadline.
     pub fn task_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Shows a progress bar (of one task) while it runs; see [`Map::progress_bar`].
+    pub fn progress_bar(mut self, on: bool) -> Self {
+        self.bar = on;
         self
     }
 }
@@ -54,6 +63,7 @@ impl<A: Send + 'static, R: Output> IntoFuture for Apply<A, R> {
         let opts = Options {
             chunk_size: Some(1),
             task_timeout: self.timeout,
+            progress_bar: self.bar,
             ..Options::default()
         };
         ApplyFuture {
@@ -96,7 +106,10 @@ impl<A, R: Output> Future for ApplyFuture<A, R> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.engine.poll_item(cx) {
             Poll::Ready(Some((_, r))) => {
-                self.engine.finish();
+                self.engine.finish(match r {
+                    Ok(_) => Close::Done,
+                    Err(_) => Close::Failed,
+                });
                 Poll::Ready(r)
             }
             Poll::Ready(None) => Poll::Ready(Err(Error::closed())),
@@ -147,6 +160,15 @@ macro_rules! options {
         /// the default chunk size and `n_splits`; a wrong value only changes chunking.
         pub fn len(mut self, n: usize) -> Self {
             self.options().len = Some(n);
+            self
+        }
+
+        /// Shows a progress bar while the call runs: done and total, rate, time left, failures
+        /// (for an input of unknown length, a count and a rate). Bars are drawn on stderr, and
+        /// only when it is a terminal; a call of a pool nested in a worker draws its bar under
+        /// its parent's bar, under every start method. Default: off.
+        pub fn progress_bar(mut self, on: bool) -> Self {
+            self.options().progress_bar = on;
             self
         }
 
@@ -274,7 +296,7 @@ impl<I: Iterator<Item = A>, A, R: Output> Future for MapFuture<I, A, R> {
                             match r {
                                 Ok(v) => values.push(v),
                                 Err(e) => {
-                                    this.engine.finish();
+                                    this.engine.finish(Close::Failed);
                                     return Poll::Ready(Err(e));
                                 }
                             }

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -15,6 +16,7 @@ use crate::call::{Target, encoder};
 use crate::dispatch::{Core, Settings};
 use crate::error::{Error, Kind, Stage};
 use crate::handle::{Apply, ApplyFuture, Map, MapStream};
+use crate::observe::{Insights, Observer, Stats};
 use crate::proto::Body;
 use crate::proto::body::{Encoding, Stop, encode_body};
 use crate::proto::frame::HEADER_ROOM;
@@ -84,6 +86,13 @@ pub struct Builder<S = (), W = (), E = ()> {
     cpu_ids: Option<Vec<Vec<usize>>>,
     max_retries: u32,
     max_queued: Option<usize>,
+    name: Option<String>,
+    /// 0: no insights; 1: insights; 2: with each task's peak memory.
+    insights: u8,
+    /// Where the pool's bars are drawn, when not on stderr (tests).
+    bars: Option<indicatif::MultiProgress>,
+    /// Where the pool was made.
+    site: &'static Location<'static>,
     _t: PhantomData<fn() -> (W, E)>,
 }
 
@@ -92,6 +101,7 @@ const DEFAULT_ARENA: usize = 256 << 20;
 
 impl AsyncPool {
     /// A builder with the defaults: one worker per CPU, [`StartMethod::Forkserver`].
+    #[track_caller]
     pub fn builder() -> Builder {
         Builder {
             workers: None,
@@ -114,6 +124,10 @@ impl AsyncPool {
             cpu_ids: None,
             max_retries: 0,
             max_queued: None,
+            name: None,
+            insights: 0,
+            bars: None,
+            site: Location::caller(),
             _t: PhantomData,
         }
     }
@@ -297,6 +311,44 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
+    /// The pool's name, in its progress bars, its insights and the dashboard. Default:
+    /// `pool N`, numbered in the order pools were built in this process.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Worker insights (MPIRE's `enable_insights`): each worker's start-up, `worker_init`,
+    /// waiting, working and `worker_exit` time, its tasks and their processor time, and the
+    /// five slowest tasks with their inputs ([`AsyncPool::insights`]). It costs a clock read per
+    /// task, and a processor-time read at most once a millisecond. Default: off.
+    pub fn enable_insights(mut self, on: bool) -> Self {
+        self.insights = match on {
+            true => self.insights.max(1),
+            false => 0,
+        };
+        self
+    }
+
+    /// With insights, also each task's peak resident memory, under process start methods: the
+    /// worker resets its peak before each task and reads it after (a few microseconds per
+    /// task). Turns insights on. Default: off.
+    pub fn insights_memory(mut self, on: bool) -> Self {
+        self.insights = match on {
+            true => 2,
+            false => self.insights.min(1),
+        };
+        self
+    }
+
+    /// Tests only, not part of the API: draws this pool's progress bars on `target` instead of
+    /// the process's stderr.
+    #[doc(hidden)]
+    pub fn __draw_bars_to(mut self, target: indicatif::ProgressDrawTarget) -> Self {
+        self.bars = Some(indicatif::MultiProgress::with_draw_target(target));
+        self
+    }
+
     /// Fault injection for tests, not part of the API: after the first `starts` process workers
     /// the pool starts, the next `fails` exit (with status 86) before they say hello.
     #[doc(hidden)]
@@ -332,6 +384,10 @@ impl<S, W, E> Builder<S, W, E> {
             cpu_ids: self.cpu_ids,
             max_retries: self.max_retries,
             max_queued: self.max_queued,
+            name: self.name,
+            insights: self.insights,
+            bars: self.bars,
+            site: self.site,
             _t: PhantomData,
         }
     }
@@ -501,6 +557,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             cpus,
             lifespan: self.lifespan,
             max_memory: self.max_memory,
+            insights: self.insights,
         };
         let settings = Settings {
             method: self.method,
@@ -512,7 +569,15 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             max_retries: self.max_retries,
             max_queued: self.max_queued,
         };
-        let core = Core::new(settings, spec, backend(self.method));
+        let observer = Observer::new(
+            self.name,
+            self.method.name(),
+            workers,
+            self.site,
+            self.insights > 0,
+            self.bars,
+        );
+        let core = Core::new(settings, spec, backend(self.method), observer);
         // Started side by side on this task: no hand-off to another thread, and dropping
         // `build()` drops (and so kills) the workers it started.
         let starts = (0..workers)
@@ -532,6 +597,8 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             return Err(e); // the started workers are killed as `conns` drops
         }
         core.run(conns);
+        let source: std::sync::Weak<Core> = Arc::downgrade(&core);
+        crate::observe::registry::attach(&core.observer, source);
         Ok(AsyncPool {
             core,
             _t: PhantomData,
@@ -605,13 +672,14 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     ///
     /// The future fails if the task panicked ([`Error::is_panic`]), its worker died
     /// ([`Error::is_worker_died`]) or the pool was shut down ([`Error::is_closed`]).
+    #[track_caller]
     pub fn apply<F, A, R>(&self, f: F, arg: A) -> Apply<A, R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Input,
         R: Output,
     {
-        Apply::new(self.target(Plain::new(f)), arg)
+        Apply::new(self.target(Plain::new(f), "apply"), arg)
     }
 
     /// Like [`apply`](Self::apply), but submitted at once, and refused at once when the pool's
@@ -637,6 +705,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     ///
     /// [`Error::is_full`] when the queue is full, [`Error::is_closed`] when the pool is shut
     /// down; the future fails as [`apply`](Self::apply)'s does.
+    #[track_caller]
     pub fn try_apply<F, A, R>(&self, f: F, arg: A) -> Result<ApplyFuture<A, R>, Error>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -647,13 +716,14 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     }
 
     /// Like [`apply`](Self::apply), for a task that takes its [`Worker`] context first.
+    #[track_caller]
     pub fn apply_with<F, A, R>(&self, f: F, arg: A) -> Apply<A, R>
     where
         F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
         A: Input,
         R: Output,
     {
-        Apply::new(self.target(WithWorker::new(f)), arg)
+        Apply::new(self.target(WithWorker::new(f), "apply"), arg)
     }
 
     /// Runs `f` on every item and collects the results in input order. Fails fast: the first
@@ -661,6 +731,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     ///
     /// The input is pulled as capacity frees (see [`Map::max_tasks_active`]); per-call options
     /// are set on the returned value before it is awaited.
+    #[track_caller]
     pub fn map<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -668,10 +739,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(Plain::new(f)), items.into_iter(), true)
+        Map::new(self.target(Plain::new(f), "map"), items.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), with the [`Worker`] context.
+    #[track_caller]
     pub fn map_with<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
     where
         F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
@@ -679,10 +751,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(WithWorker::new(f)), items.into_iter(), true)
+        Map::new(self.target(WithWorker::new(f), "map"), items.into_iter(), true)
     }
 
     /// Like [`map`](Self::map), with results in the order they complete.
+    #[track_caller]
     pub fn map_unordered<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -690,10 +763,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(Plain::new(f)), items.into_iter(), false)
+        Map::new(self.target(Plain::new(f), "map_unordered"), items.into_iter(), false)
     }
 
     /// Like [`map_unordered`](Self::map_unordered), with the [`Worker`] context.
+    #[track_caller]
     pub fn map_unordered_with<F, I, A, R>(&self, f: F, items: I) -> Map<I::IntoIter, A, R>
     where
         F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
@@ -701,7 +775,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(WithWorker::new(f)), items.into_iter(), false)
+        Map::new(self.target(WithWorker::new(f), "map_unordered"), items.into_iter(), false)
     }
 
     /// Runs `f` on every item of a stream and yields the results in input order, each a
@@ -709,6 +783,7 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     ///
     /// Backpressured: input is pulled only as capacity frees, so an endless input works in
     /// bounded memory. Dropping the stream stops pulling and cancels what it queued.
+    #[track_caller]
     pub fn map_stream<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -716,10 +791,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(Plain::new(f)), input, true)
+        MapStream::new(self.target(Plain::new(f), "map_stream"), input, true)
     }
 
     /// Like [`map_stream`](Self::map_stream), with the [`Worker`] context.
+    #[track_caller]
     pub fn map_stream_with<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
     where
         F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
@@ -727,10 +803,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(WithWorker::new(f)), input, true)
+        MapStream::new(self.target(WithWorker::new(f), "map_stream"), input, true)
     }
 
     /// Like [`map_stream`](Self::map_stream), yielding results as they complete.
+    #[track_caller]
     pub fn map_stream_unordered<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -738,10 +815,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(Plain::new(f)), input, false)
+        MapStream::new(self.target(Plain::new(f), "map_stream_unordered"), input, false)
     }
 
     /// Like [`map_stream_unordered`](Self::map_stream_unordered), with the [`Worker`] context.
+    #[track_caller]
     pub fn map_stream_unordered_with<F, St, A, R>(&self, f: F, input: St) -> MapStream<St, A, R>
     where
         F: Fn(&mut Worker<'_, S, W>, A) -> R + Copy + Send + Sync + 'static,
@@ -749,15 +827,22 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(WithWorker::new(f)), input, false)
+        MapStream::new(self.target(WithWorker::new(f), "map_stream_unordered"), input, false)
     }
 
     /// Where a call of the task function `T` goes, and how its inputs are encoded.
-    fn target<T: Call<S, W, A, R>, A: Input, R: Output>(&self, _task: T) -> Target<A> {
+    #[track_caller]
+    fn target<T: Call<S, W, A, R>, A: Input, R: Output>(
+        &self,
+        _task: T,
+        kind: &'static str,
+    ) -> Target<A> {
         Target {
             core: self.core.clone(),
             encode: encoder::<T, S, W, A, R>(),
             locate: task::locate_input::<A>,
+            kind,
+            site: Location::caller(),
         }
     }
 
@@ -813,6 +898,28 @@ impl<S, W, E> AsyncPool<S, W, E> {
     /// The start method.
     pub fn start_method(&self) -> StartMethod {
         self.core.settings.method
+    }
+
+    /// A live snapshot of the pool: tasks queued, in flight, done, failed, timed out and
+    /// retried; workers replaced, by cause; how busy the workers are; distributions of waiting,
+    /// running and end-to-end times. Cheap: the pool keeps its counters as it runs, this reads
+    /// them.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: ampire::AsyncPool) {
+    /// let s = pool.stats();
+    /// println!("{} done, {} failed, {:.0}% busy", s.done, s.failed, s.utilisation * 100.0);
+    /// println!("{s}");
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Worker insights ([`Builder::enable_insights`]): `None` when they are off. Its `Display`
+    /// prints MPIRE's `print_insights` summary.
+    pub fn insights(&self) -> Option<Insights> {
+        self.core.observer.insights.as_ref().map(|i| i.read())
     }
 
     /// The process id of each worker (`None` for thread workers, or while a worker restarts).

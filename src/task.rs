@@ -19,8 +19,8 @@ use crate::proto::deadline::Stamper;
 use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
 use crate::worker::{
-    ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Results,
-    Salvage, Salvaged, SetupCall, Takeback, catch,
+    ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Probe,
+    Results, Salvage, Salvaged, SetupCall, Takeback, catch,
 };
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
@@ -240,18 +240,25 @@ where
 /// Borrows the typed shared object and state out of a worker context: what a [`Worker`] is
 /// made of.
 fn parts<S: 'static, W: 'static>(cx: &mut Context) -> Result<Parts<'_, S, W>, String> {
-    let id = cx.id;
-    let shared = cx
-        .shared
+    let Context {
+        id,
+        shared,
+        state,
+        watch,
+        probe,
+        ..
+    } = cx;
+    let shared = shared
         .as_deref()
         .and_then(|s| (s as &dyn Any).downcast_ref::<S>());
-    let state = cx.state.as_deref_mut().and_then(|s| s.downcast_mut::<W>());
+    let state = state.as_deref_mut().and_then(|s| s.downcast_mut::<W>());
     match (shared, state) {
         (Some(shared), Some(state)) => Ok(Parts {
-            id,
+            id: *id,
             shared,
             state,
-            cancelled: &cx.watch.cancelled,
+            cancelled: &watch.cancelled,
+            probe: probe.as_mut(),
         }),
         _ => Err("worker context does not match the task's types".into()),
     }
@@ -263,6 +270,8 @@ struct Parts<'a, S, W> {
     shared: &'a S,
     state: &'a mut W,
     cancelled: &'a AtomicBool,
+    /// A thread worker's measurements, when insights are on.
+    probe: Option<&'a mut Probe>,
 }
 
 impl<S, W> Parts<'_, S, W> {
@@ -373,6 +382,7 @@ where
                 rest = tail;
                 results.starting();
                 results.push(&task.call(&mut parts.worker(), a))?;
+                results.task_done(done, || describe_input::<A>(at));
                 done += 1;
                 if !lifespan.task_done() {
                     break; // the worker retires: the rest of the chunk is the pool's again
@@ -394,17 +404,25 @@ where
             break;
         }
         // The input was moved into the task; decode it once more from its bytes to report it.
-        failure.input = catch(|| postcard::take_from_bytes::<A>(at).ok())
-            .ok()
-            .flatten()
-            .map(|(a, _)| describe(&a));
+        failure.input = Some(describe_input::<A>(at)).filter(|d| !d.is_empty());
         results.fail(failure);
+        results.task_done(done, || describe_input::<A>(at));
         done += 1;
         if !lifespan.task_done() {
             break;
         }
     }
     Ok(())
+}
+
+/// The `Debug` of the input whose serialised form starts `bytes`, decoded once more (its task
+/// consumed the first copy); empty if it does not decode.
+fn describe_input<A: Input>(bytes: &[u8]) -> String {
+    catch(|| postcard::take_from_bytes::<A>(bytes).ok())
+        .ok()
+        .flatten()
+        .map(|(a, _)| describe(&a))
+        .unwrap_or_default()
 }
 
 /// Decodes `count` results of a batch into a boxed [`ChunkOut<R>`] (see `dispatch::Decode`):
@@ -620,6 +638,8 @@ where
             return LocalDone {
                 out: Ok(Box::new(ChunkOut::<R>::default())),
                 ran: 0,
+                failed: 0,
+                slow: Vec::new(),
                 rest: (!items.is_empty()).then(|| timed_task::<T, S, W, A, R>(items, timeout_us)),
                 abandoned: false,
             };
@@ -627,14 +647,23 @@ where
         let word = cx.stamper.start(timeout_us);
         cx.watch.deadline.store(word, Ordering::Release);
         let task = T::marker();
-        let r = match parts::<S, W>(cx) {
-            Ok(mut parts) => catch(|| task.call(&mut parts.worker(), a)),
+        let (r, slow) = match parts::<S, W>(cx) {
+            Ok(mut parts) => {
+                if let Some(p) = parts.probe.as_deref_mut() {
+                    p.starting();
+                }
+                let r = catch(|| task.call(&mut parts.worker(), a));
+                let slow = parts.probe.as_deref_mut().and_then(Probe::finished);
+                (r, slow.map(|m| vec![(0, m)]).unwrap_or_default())
+            }
             Err(e) => return LocalDone::failed(e),
         };
         if !cx.watch.task_finished(word) {
             return LocalDone {
                 out: Ok(Box::new(())),
                 ran: 0,
+                failed: 0,
+                slow: Vec::new(),
                 rest: None,
                 abandoned: true,
             };
@@ -644,9 +673,12 @@ where
             Ok(v) => out.values.push(v),
             Err(f) => out.failures.push((0, f)),
         }
+        let failed = out.failures.len();
         LocalDone {
             out: Ok(Box::new(out)),
             ran: 1,
+            failed,
+            slow,
             rest: None,
             abandoned: false,
         }
@@ -679,15 +711,34 @@ where
             failures: Vec::new(),
         };
         let mut inputs = items.into_iter();
-        run_chunk(
-            inputs.by_ref().take(ran),
-            |a| task.call(&mut parts.worker(), a),
-            &mut out,
-        );
+        let mut slow = Vec::new();
+        match parts.probe.take() {
+            None => run_chunk(
+                inputs.by_ref().take(ran),
+                |a| task.call(&mut parts.worker(), a),
+                &mut out,
+            ),
+            // Insights: each task timed, in a `catch_unwind` of its own.
+            Some(probe) => {
+                for (i, a) in inputs.by_ref().take(ran).enumerate() {
+                    probe.starting();
+                    match catch(|| task.call(&mut parts.worker(), a)) {
+                        Ok(v) => out.values.push(v),
+                        Err(f) => out.failures.push((i as u32, f)),
+                    }
+                    if let Some(m) = probe.finished() {
+                        slow.push((i as u32, m));
+                    }
+                }
+            }
+        }
         let rest: Vec<A> = inputs.collect();
+        let failed = out.failures.len();
         LocalDone {
             out: Ok(Box::new(out)),
             ran,
+            failed,
+            slow,
             rest: (!rest.is_empty()).then(|| LocalJob {
                 chunk: local_chunk::<T, S, W, A, R>(rest),
                 takeback: Takeback::None,
@@ -763,6 +814,7 @@ where
         let outcome = parts::<S, W>(cx).map(|mut parts| {
             let mut pending = None;
             let mut ran = 0u64;
+            let mut slow = Vec::new();
             let abandoned = loop {
                 let next = {
                     let mut g = lock();
@@ -787,12 +839,18 @@ where
                     break false;
                 };
                 ran += 1;
+                if let Some(p) = parts.probe.as_deref_mut() {
+                    p.starting();
+                }
                 pending = Some(catch(|| task.call(&mut parts.worker(), a)));
+                if let Some(m) = parts.probe.as_deref_mut().and_then(Probe::finished) {
+                    slow.push((ran as u32 - 1, m));
+                }
             };
-            (abandoned, ran)
+            (abandoned, ran, slow)
         });
         cx.stamper = stamper;
-        let (abandoned, ran) = match outcome {
+        let (abandoned, ran, slow) = match outcome {
             Ok(outcome) => outcome,
             Err(e) => return LocalDone::failed(e),
         };
@@ -800,6 +858,8 @@ where
             return LocalDone {
                 out: Ok(Box::new(())),
                 ran: 0,
+                failed: 0,
+                slow: Vec::new(),
                 rest: None,
                 abandoned: true,
             };
@@ -807,9 +867,12 @@ where
         let mut g = lock();
         let out = std::mem::take(&mut g.out);
         let rest: Vec<A> = g.inputs.by_ref().collect();
+        let failed = out.failures.len();
         LocalDone {
             out: Ok(Box::new(out)),
             ran: ran as usize,
+            failed,
+            slow,
             rest: (!rest.is_empty()).then(|| timed_chunk::<T, S, W, A, R>(rest, timeout_us)),
             abandoned: false,
         }
@@ -837,6 +900,7 @@ where
         let out = std::mem::take(&mut g.out);
         let rest: Vec<A> = g.inputs.by_ref().collect();
         Some(Salvaged {
+            failed: out.failures.len(),
             out: Box::new(out),
             finished: g.started - 1,
             rest: (!rest.is_empty()).then(|| timed_chunk::<T, S, W, A, R>(rest, self.timeout_us)),

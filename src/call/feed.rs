@@ -90,6 +90,7 @@ pub(crate) struct Options {
     pub reorder_window: Option<usize>,
     pub len: Option<usize>,
     pub task_timeout: Option<Duration>,
+    pub progress_bar: bool,
 }
 
 /// Where a call's inputs come from.

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -22,6 +23,7 @@ use feed::{Encoded, Feed, Fixed};
 
 use crate::dispatch::{CallLink, Completion, Core, Job, Locate, Payload, SMALL_WINDOW};
 use crate::error::Error;
+use crate::observe::progress::{Bar, Close};
 use crate::proto::frame::HEADER_ROOM;
 use crate::task::{Output, decode_values};
 use collect::decode;
@@ -34,6 +36,9 @@ pub(crate) struct Target<A> {
     pub encode: Encode<A>,
     /// How to find one of the call's inputs among a chunk's serialised inputs.
     pub locate: Locate,
+    /// `apply`, `map`, ...: what the call is, and where it was made.
+    pub kind: &'static str,
+    pub site: &'static Location<'static>,
 }
 
 /// The state of one call.
@@ -69,7 +74,9 @@ pub(crate) struct Engine<Src, A, R> {
 
 impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
     pub(crate) fn new(target: Target<A>, src: Src, opts: Options, ordered: bool) -> Self {
-        let (link, rx) = CallLink::new(decode_values::<R>, target.locate);
+        let observer = target.core.observer.clone();
+        let progress = observer.call(target.kind, target.site);
+        let (link, rx) = CallLink::new(decode_values::<R>, target.locate, observer, progress);
         Engine {
             core: target.core,
             link,
@@ -137,6 +144,16 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         self.limit = o.max_tasks_active;
         self.link
             .set_timeout(o.task_timeout.or(self.core.settings.task_timeout));
+        let progress = &self.link.progress;
+        if let Some(n) = match self.src.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo),
+            _ => o.len,
+        } {
+            progress.set_total(n as u64);
+        }
+        if o.progress_bar {
+            let _ = progress.bar.set(Bar::start(&self.core.observer, progress));
+        }
         Ok(())
     }
 
@@ -182,6 +199,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 pulled = self.src.pull(cx, chunk - self.buf.len(), &mut self.buf);
                 if let Poll::Ready(true) = pulled {
                     self.exhausted = true;
+                    let total = (self.next_index + self.buf.len()) as u64;
+                    self.link.progress.set_total(total);
                 }
             }
             if !self.buf.is_empty() && !self.send_front(Some(cx.waker()))? {
@@ -254,7 +273,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         // Refused: nothing of the call stays in the pool.
         self.pending = None;
         self.active = 0;
-        self.done = true;
+        self.end(Close::Failed);
         Err(self.core.full())
     }
 
@@ -275,7 +294,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         }
         if !self.started {
             if let Err(e) = self.start() {
-                self.done = true;
+                self.end(Close::Failed);
                 return Poll::Ready(Some(Done {
                     first: 0,
                     results: Results::Mixed(vec![Err(e)]),
@@ -288,7 +307,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 return Poll::Ready(Some(done));
             }
             if let Err(e) = self.fill(cx) {
-                self.finish();
+                self.finish(Close::Failed);
                 return Poll::Ready(Some(Done {
                     first: self.next_index,
                     results: Results::Mixed(vec![Err(e)]),
@@ -305,7 +324,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                     self.accept(done);
                 }
                 Poll::Ready(None) => {
-                    self.finish();
+                    self.finish(Close::Failed);
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
@@ -314,7 +333,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                         && self.active == 0
                         && self.reorder.is_empty()
                     {
-                        self.done = true;
+                        self.end(Close::Done);
                         return Poll::Ready(None);
                     }
                     return Poll::Pending;
@@ -347,12 +366,21 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
     }
 
     /// Stops the call: nothing more is pulled; queued and running tasks are cancelled.
-    pub(crate) fn finish(&mut self) {
+    /// `how` says how it ended, for its progress bar.
+    pub(crate) fn finish(&mut self, how: Close) {
         if !self.done {
-            self.done = true;
+            self.end(how);
             if self.active > 0 {
                 self.core.cancel(&self.link);
             }
+        }
+    }
+
+    /// The call is over: nothing more is pulled, and its bar shows `how` it ended.
+    fn end(&mut self, how: Close) {
+        if !self.done {
+            self.done = true;
+            self.link.progress.close(how);
         }
     }
 
@@ -386,8 +414,11 @@ impl<Src: Unpin, A, R> Unpin for Engine<Src, A, R> {}
 
 impl<Src, A, R> Drop for Engine<Src, A, R> {
     fn drop(&mut self) {
-        if !self.done && self.active > 0 {
-            self.core.cancel(&self.link);
+        if !self.done {
+            self.link.progress.close(Close::Dropped);
+            if self.active > 0 {
+                self.core.cancel(&self.link);
+            }
         }
     }
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::Core;
-use super::job::Outcome;
 use super::queue::{Claims, Outgoing};
 use super::settle::{Cause, deliver_values};
 use crate::error::{Error, Exit, Kind, Stage};
+use crate::observe::stats::Cause as RestartCause;
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
 use crate::proto::{Batch, Event, Failure, FromWorker, ToWorker};
@@ -47,8 +47,8 @@ enum Why {
     TimedOut(u64),
     /// Its exit function ran past `worker_exit_timeout`.
     ExitTimedOut,
-    /// Its life is over: it runs its exit function next.
-    Retiring,
+    /// Its life is over (`memory`: for its memory): it runs its exit function next.
+    Retiring(bool),
 }
 
 enum Heard {
@@ -60,8 +60,8 @@ enum Heard {
     Eof,
     /// News from the worker.
     Event(Event),
-    /// Its life is over.
-    Retiring,
+    /// Its life is over (`memory`: for its memory).
+    Retiring(bool),
     Broken(String),
 }
 
@@ -75,7 +75,7 @@ async fn event(rx: &mut Rx) -> Heard {
             FromWorker::Exit(Some(fail)) => Heard::Exit(Err(*fail)),
             FromWorker::Fatal(m) => Heard::Broken(m),
             FromWorker::Event(event) => Heard::Event(event),
-            FromWorker::Retiring => Heard::Retiring,
+            FromWorker::Retiring { memory } => Heard::Retiring(memory),
             other => Heard::Broken(format!("unexpected message {other:?}")),
         },
         Ok(None) => Heard::Eof,
@@ -176,6 +176,7 @@ async fn write_loop(
             Next::Jobs(batch) => batch,
             Next::Shutdown => {
                 let _ = tx.send_shutdown(core.spec.exit).await;
+                core.exit_starts(slot);
                 let _ = exiting.send(());
                 // Keep the channel open until the worker has answered.
                 std::future::pending::<()>().await;
@@ -234,6 +235,7 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
             rx,
             journal,
             proc,
+            ..
         } => serve_process(core, slot, tx, rx, journal, proc).await,
     }
 }
@@ -260,6 +262,7 @@ async fn serve_thread(
             r = &mut ended => break r,
             word = core.expired(slot, || watch.deadline()) => {
                 if core.abandon(slot, &watch, word) {
+                    core.ended(slot, RestartCause::Timeout, "abandoned: a task past its deadline".into());
                     return Ended::Died;
                 }
             }
@@ -284,7 +287,7 @@ async fn serve_thread(
                 if tokio::time::timeout(limit, exited).await.is_err() {
                     watch.abandon(&core.abandoned);
                     let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
-                    core.store_retired(Err(e));
+                    core.store_retired(slot, Err(e));
                 }
             }))
         }
@@ -299,6 +302,11 @@ async fn serve_thread(
             }
         }
         Err(_) => {
+            core.ended(
+                slot,
+                RestartCause::Died,
+                "its thread ended outside a task".into(),
+            );
             // The thread ended without saying so: something outside a task panicked. Its job's
             // inputs were moved into the thread: they are gone with it.
             let died = Error::died(Exit::Unknown, Stage::Task);
@@ -357,7 +365,7 @@ async fn serve_process(
                         }
                     }
                     Heard::Exit(r) => break 'events Why::Exit(r),
-                    Heard::Retiring => break 'events Why::Retiring,
+                    Heard::Retiring(memory) => break 'events Why::Retiring(memory),
                     Heard::Event(event) => core.heard(slot, event),
                     Heard::Eof => break 'events Why::Died,
                     Heard::Broken(m) => break 'events Why::Broken(m),
@@ -381,7 +389,7 @@ async fn serve_process(
                                 }
                             }
                             Ok(Heard::Exit(r)) => break 'events Why::Exit(r),
-                            Ok(Heard::Retiring) => break 'events Why::Retiring,
+                            Ok(Heard::Retiring(memory)) => break 'events Why::Retiring(memory),
                             Ok(Heard::Event(event)) => core.heard(slot, event),
                             Ok(Heard::Broken(m)) => break 'events Why::Broken(m),
                             Ok(Heard::Eof) | Err(_) => break 'events Why::Died,
@@ -391,7 +399,7 @@ async fn serve_process(
             }
         }
     };
-    if let Why::Retiring = why {
+    if let Why::Retiring(memory) = why {
         // Every result it sent arrived before this: the rest of its tasks are the pool's again,
         // and its slot its successor's, while it runs its exit function. Its writer stops first,
         // so that it takes no job of the successor's.
@@ -399,6 +407,12 @@ async fn serve_process(
         let _ = writer.await;
         core.settle(slot, journal, Cause::Innocent, true);
         core.state().pids[slot] = None;
+        let reason = match memory {
+            true => (RestartCause::Memory, "retired: its memory limit"),
+            false => (RestartCause::Lifespan, "retired: its lifespan"),
+        };
+        core.ended(slot, reason.0, reason.1.to_owned());
+        core.exit_starts(slot);
         return Ended::Retired(Box::pin(retire(core.clone(), slot, rx, proc)));
     }
     finish(core, slot, writer, proc, journal, why).await
@@ -415,7 +429,7 @@ async fn retire(core: Arc<Core>, slot: usize, mut rx: Rx, mut proc: Box<dyn Proc
                 Heard::Eof => break Err(None),
                 Heard::Broken(m) => break Err(Some(Error::new(Kind::Protocol(m)))),
                 // It sent every result before it retired.
-                Heard::Done(..) | Heard::Retiring => {
+                Heard::Done(..) | Heard::Retiring(_) => {
                     break Err(Some(Error::new(Kind::Protocol(
                         "results after retiring".into(),
                     ))));
@@ -446,7 +460,7 @@ async fn retire(core: Arc<Core>, slot: usize, mut rx: Rx, mut proc: Box<dyn Proc
         Err(Some(e)) => Err(e),
         Err(None) => Err(Error::died(status, Stage::Exit)),
     };
-    core.store_retired(r.map_err(|e| e.with_worker(slot)));
+    core.store_retired(slot, r.map_err(|e| e.with_worker(slot)));
 }
 
 async fn finish(
@@ -483,24 +497,28 @@ async fn finish(
     match why {
         Why::Exit(r) => core.store_exit(slot, r.map(Exited::Bytes)),
         Why::ExitTimedOut => core.exit_timed_out(slot),
-        Why::Retiring => unreachable!("a retiring worker is not finished here"),
+        Why::Retiring(_) => unreachable!("a retiring worker is not finished here"),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
+            core.ended(slot, RestartCause::Cancelled, "killed: a task of a dropped call".into());
             // It ran a job of a cancelled call: nobody reads this error.
             core.settle(slot, journal, Cause::Task(Error::closed()), true);
             Ended::Died
         }
         Why::Broken(m) => {
+            core.ended(slot, RestartCause::Protocol, format!("killed: {m}"));
             let e = Error::new(Kind::Protocol(m));
             core.settle(slot, journal, Cause::Task(e), false);
             Ended::Died
         }
         Why::Died => {
+            core.ended(slot, RestartCause::Died, exit.to_string());
             let died = Error::died(exit, Stage::Task);
             core.settle(slot, journal, Cause::Task(died), true);
             Ended::Died
         }
         Why::TimedOut(word) => {
+            core.ended(slot, RestartCause::Timeout, "killed: a task past its deadline".into());
             // The task is blamed only if it still ran when the worker died: one that finished
             // between the watchdog's look and the kill is not, and the one after it runs again.
             let (now, epoch) = journal.map_or((0, 0), Journal::deadline);
@@ -575,7 +593,39 @@ impl Core {
     /// News from worker `slot`. Nothing in the pool uses it yet: task starts are for task
     /// timeouts, progress and output for progress bars (the lifecycle and observability work).
     fn heard(&self, slot: usize, event: Event) {
-        let _ = (slot, event);
+        match event {
+            Event::Progress { .. } => {
+                let running = self.state().queue.running(slot).map(|j| j.call.progress.clone());
+                crate::observe::progress::heard(&self.observer, slot, running, event);
+            }
+            Event::Slow {
+                id,
+                index,
+                ns,
+                cpu_ns,
+                peak_memory,
+                input,
+            } => {
+                let Some(insights) = &self.observer.insights else {
+                    return;
+                };
+                let first = {
+                    let st = self.state();
+                    st.queue.in_flight(slot).find(|j| j.id == id).map(|j| j.first)
+                };
+                if let Some(first) = first {
+                    insights.slow(crate::observe::SlowTask {
+                        duration: Duration::from_nanos(ns),
+                        worker: slot,
+                        index: first + index as usize,
+                        input: Some(input).filter(|i| !i.is_empty()),
+                        cpu: cpu_ns.map(Duration::from_nanos),
+                        peak_memory,
+                    });
+                }
+            }
+            Event::Started { .. } | Event::Output { .. } => {}
+        }
     }
 
     /// A batch of results of the job worker `slot` runs: they are delivered, decoded straight
@@ -623,6 +673,7 @@ impl Core {
                 ));
             }
             job.delivered += tasks;
+            job.busy += Duration::from_nanos(b.busy_ns);
             let first = job.first + b.first as usize;
             match job.delivered == job.len {
                 true => (first, st.queue.land(slot, b.id).map(Ok)),
@@ -635,6 +686,7 @@ impl Core {
                 // shutdown). The inputs go first: a caller that sees the last result finds
                 // their arena block free.
                 self.wake[slot].notify_one();
+                self.landed(&job);
                 job.into_call()
             }
             Some(Err(call)) => call,
@@ -642,7 +694,7 @@ impl Core {
         };
         let values = b.values as usize;
         let busy = Duration::from_nanos(b.busy_ns);
-        self.finished(slot, tasks, busy);
+        self.worked(slot, tasks, busy, Duration::from_nanos(b.cpu_ns));
         if values > 0 {
             let bytes = held.as_deref().unwrap_or(inline);
             deliver_values(&call, first, values, bytes, slot, busy);
@@ -650,7 +702,7 @@ impl Core {
         drop(held);
         if let Some(failure) = failure {
             let e = Error::failed(*failure, Stage::Task).with_worker(slot);
-            call.deliver(first + values, 1, Some(slot), || Outcome::Failed(e), busy);
+            call.deliver_failure(first + values, 1, Some(slot), e);
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::Error;
+use crate::observe::{CallProgress, Observer};
 use crate::proto::Body;
 use crate::worker::{LocalChunk, LocalJob, Takeback};
 
@@ -34,6 +35,12 @@ pub(crate) struct Job {
     pub(super) hold: bool,
     /// The workers its first task killed before (`max_retries`), and how each died.
     pub(super) deaths: Vec<(usize, crate::error::Exit)>,
+    /// When it was queued, if its times are sampled for the pool's stats.
+    pub(super) submitted: Option<std::time::Instant>,
+    /// Time its worker spent on it so far.
+    pub(super) busy: Duration,
+    /// When it was sent to its worker (`proto::deadline::coarse_us`), 0 before.
+    pub(super) sent: u64,
 }
 
 impl Job {
@@ -56,6 +63,9 @@ impl Job {
             on_worker: 0,
             hold: false,
             deaths: Vec::new(),
+            submitted: None,
+            busy: Duration::ZERO,
+            sent: 0,
         }
     }
 
@@ -86,6 +96,9 @@ impl Job {
             on_worker: 0,
             hold: false,
             deaths: Vec::new(),
+            submitted: None,
+            busy: Duration::ZERO,
+            sent: 0,
         })
     }
 
@@ -155,6 +168,10 @@ pub(crate) type Locate = fn(inputs: &[u8], index: usize) -> Option<(String, usiz
 /// them and find its inputs, and how long its tasks take.
 pub(crate) struct CallLink {
     cancelled: AtomicBool,
+    /// How far the call has got: what its bar, the pool's stats and the dashboard read.
+    pub(crate) progress: Arc<CallProgress>,
+    /// The pool's counters.
+    pool: Arc<Observer>,
     /// How long each of its tasks may run, in microseconds (0: no limit); set before its first
     /// job is submitted.
     timeout_us: AtomicU64,
@@ -169,11 +186,15 @@ impl CallLink {
     pub(crate) fn new(
         decode: Decode,
         locate: Locate,
+        pool: Arc<Observer>,
+        progress: Arc<CallProgress>,
     ) -> (Arc<CallLink>, UnboundedReceiver<Completion>) {
         let (tx, rx) = unbounded_channel();
         (
             Arc::new(CallLink {
                 cancelled: AtomicBool::new(false),
+                progress,
+                pool,
                 timeout_us: AtomicU64::new(0),
                 decode,
                 locate,
@@ -230,18 +251,21 @@ impl CallLink {
         self.ns_per_task.store(new, Ordering::Relaxed);
     }
 
-    /// Hands the outcome of tasks `first..first + len` (indices in the call) to the call.
-    /// `outcome` makes it, unless the call was cancelled and nobody would read it (a process
-    /// worker's results are then never decoded).
+    /// Hands the outcome of tasks `first..first + len` (indices in the call) to the call, of
+    /// which `failed` failed. `outcome` makes it, unless the call was cancelled and nobody would
+    /// read it (a process worker's results are then never decoded).
     pub(super) fn deliver(
         &self,
         first: usize,
         len: usize,
         worker: Option<usize>,
+        failed: usize,
         outcome: impl FnOnce() -> Outcome,
         busy: Duration,
     ) {
         self.observe(busy, len);
+        self.pool.counters.finished(len, failed, 0, busy);
+        self.progress.finished(len, failed);
         if self.is_cancelled() {
             return;
         }
@@ -251,6 +275,25 @@ impl CallLink {
             worker,
             outcome: outcome(),
             busy,
+        });
+    }
+
+    /// Fails tasks `first..first + len` (indices in the call) with `e`.
+    pub(super) fn deliver_failure(&self, first: usize, len: usize, worker: Option<usize>, e: Error) {
+        let timed_out = if e.is_timeout() { len } else { 0 };
+        self.pool
+            .counters
+            .finished(len, len, timed_out, Duration::ZERO);
+        self.progress.finished(len, len);
+        if self.is_cancelled() {
+            return;
+        }
+        let _ = self.tx.send(Completion {
+            first,
+            len,
+            worker,
+            outcome: Outcome::Failed(e),
+            busy: Duration::ZERO,
         });
     }
 }
@@ -284,5 +327,5 @@ pub(super) fn fail(job: Job, worker: Option<usize>, e: Error) {
         Some(w) => e.with_worker(w),
         None => e,
     };
-    call.deliver(first, len, worker, || Outcome::Failed(e), Duration::ZERO);
+    call.deliver_failure(first, len, worker, e);
 }

@@ -22,6 +22,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Kind, Stage};
+use crate::observe::Observer;
+use crate::observe::registry::{self, WorkerView};
+use crate::observe::Stats;
+use crate::observe::stats::{Cause as RestartCause, Counters};
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
 use crate::worker::{Exited, Watch};
@@ -61,6 +65,8 @@ pub(crate) struct Settings {
 pub(crate) struct Core {
     pub(crate) settings: Settings,
     pub(crate) spec: Spec,
+    /// What the pool shows of itself: counters, insights, calls, bars.
+    pub(crate) observer: Arc<Observer>,
     start: Box<dyn Start>,
     st: Mutex<State>,
     /// Per process slot: there may be a job for this slot's writer.
@@ -100,10 +106,17 @@ struct State {
     retired: Vec<Result<Exited, Error>>,
     /// What each thread worker shares with the pool about the task it runs.
     watches: Vec<Option<Arc<Watch>>>,
+    /// Per slot: how many times a worker was started again in it, and how the last one ended.
+    ends: Vec<(u64, Option<String>)>,
 }
 
 impl Core {
-    pub(crate) fn new(settings: Settings, spec: Spec, start: Box<dyn Start>) -> Arc<Core> {
+    pub(crate) fn new(
+        settings: Settings,
+        spec: Spec,
+        start: Box<dyn Start>,
+        observer: Arc<Observer>,
+    ) -> Arc<Core> {
         let n = settings.workers;
         let local = settings.method == StartMethod::Threading;
         let per_writer = |_| Notify::new();
@@ -116,6 +129,7 @@ impl Core {
                 exits: (0..n).map(|_| None).collect(),
                 retired: Vec::new(),
                 watches: vec![None; n],
+                ends: vec![(0, None); n],
             }),
             wake: (0..if local { 0 } else { n }).map(per_writer).collect(),
             kill: (0..if local { 0 } else { n }).map(per_writer).collect(),
@@ -125,6 +139,7 @@ impl Core {
             sleep: Sleep::default(),
             settings,
             spec,
+            observer,
             start,
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -192,8 +207,12 @@ impl Core {
             let t0 = std::time::Instant::now();
             let e = match self.start_worker(slot).await {
                 Ok(conn) => {
-                    let took = t0.elapsed().as_nanos() as u64;
-                    self.lives[slot][1].store(took, Ordering::Relaxed);
+                    let took = t0.elapsed();
+                    self.lives[slot][1].store(took.as_nanos() as u64, Ordering::Relaxed);
+                    if let Some(insights) = &self.observer.insights {
+                        let init = conn.init_time();
+                        insights.started(slot, took.saturating_sub(init), init);
+                    }
                     return Ok(conn);
                 }
                 Err(e) if !e.is_retryable_start() => return Err(e),
@@ -252,8 +271,12 @@ impl Core {
         }
     }
 
-    /// Worker `slot` finished `tasks` tasks in `busy`: how long its tasks take.
-    pub(super) fn finished(&self, slot: usize, tasks: usize, busy: Duration) {
+    /// Worker `slot` finished `tasks` tasks in `busy`, using `cpu` of processor time (when it
+    /// measured it): for insights, and for its lifespan, how long its tasks take.
+    pub(super) fn worked(&self, slot: usize, tasks: usize, busy: Duration, cpu: Duration) {
+        if let Some(insights) = &self.observer.insights {
+            insights.worked(slot, tasks, busy, cpu);
+        }
         if self.spec.lifespan.is_none() || tasks == 0 || busy.is_zero() {
             return;
         }
@@ -266,6 +289,31 @@ impl Core {
             (old * 7 + sample * 3) / 10
         };
         per_task.store(avg.max(1), Ordering::Relaxed);
+    }
+
+    /// Worker `slot` ended for `cause` (described by `how`): it is replaced.
+    pub(super) fn ended(&self, slot: usize, cause: RestartCause, how: String) {
+        self.observer.counters.restarted(cause);
+        if let Some(insights) = &self.observer.insights {
+            insights.stopped(slot);
+        }
+        let mut st = self.state();
+        st.ends[slot].0 += 1;
+        st.ends[slot].1 = Some(how);
+    }
+
+    /// Worker `slot` starts its exit function.
+    pub(super) fn exit_starts(&self, slot: usize) {
+        if let Some(insights) = &self.observer.insights {
+            insights.exit_started(slot);
+        }
+    }
+
+    /// `job` landed: every task of it is done. Its times go to the stats, when sampled.
+    pub(super) fn landed(&self, job: &Job) {
+        if let Some(submitted) = job.submitted {
+            self.observer.counters.timed(submitted, job.len, job.busy);
+        }
     }
 
     /// Whether slot `slot` wants a successor started (and forgets that it did).
@@ -312,6 +360,10 @@ impl Core {
         }
         if !st.queue.admits(job.len, room) {
             return Ok(Err(job));
+        }
+        let mut job = job;
+        if Counters::sample(job.seq, job.call.ns_per_task()) {
+            job.submitted = Some(std::time::Instant::now());
         }
         let target = self
             .settings
@@ -395,6 +447,9 @@ impl Core {
 
     /// Records a worker's exit result (or the panic of its exit function).
     fn store_exit(&self, slot: usize, r: Result<Exited, Failure>) -> driver::Ended {
+        if let Some(insights) = &self.observer.insights {
+            insights.exited(slot);
+        }
         let r = r.map_err(|failure| Error::failed(failure, Stage::Exit).with_worker(slot));
         self.put_exit(slot, r);
         driver::Ended::Done
@@ -409,8 +464,11 @@ impl Core {
         }
     }
 
-    /// The exit result of a worker that retired.
-    fn store_retired(&self, r: Result<Exited, Error>) {
+    /// The exit result of a worker of `slot` that retired.
+    fn store_retired(&self, slot: usize, r: Result<Exited, Error>) {
+        if let Some(insights) = &self.observer.insights {
+            insights.exited(slot);
+        }
         self.state().retired.push(r);
     }
 
@@ -421,6 +479,17 @@ impl Core {
         let e = Error::timeout(Stage::Exit, limit, None).with_worker(slot);
         self.put_exit(slot, Err(e));
         driver::Ended::Done
+    }
+
+    /// A snapshot of the pool's counters.
+    pub(crate) fn stats(&self) -> Stats {
+        let (queued, in_flight) = {
+            let st = self.state();
+            (st.queue.queued_tasks(), st.queue.tasks_in_flight())
+        };
+        self.observer
+            .counters
+            .read(self.settings.workers, queued, in_flight)
     }
 
     /// Chunks waiting in the queue, and chunks in flight on workers.
@@ -490,5 +559,37 @@ impl Core {
         {
             d.abort();
         }
+    }
+}
+
+impl registry::Source for Core {
+    fn workers(&self) -> Vec<WorkerView> {
+        let st = self.state();
+        (0..self.settings.workers)
+            .map(|slot| {
+                let running = st.queue.running(slot);
+                WorkerView {
+                    id: slot,
+                    pid: st.pids[slot],
+                    state: match (st.queue.is_live(slot), running) {
+                        (false, _) => "starting",
+                        (true, None) => "idle",
+                        (true, Some(_)) => "busy",
+                    },
+                    // How long the job it runs has been there: its own time, or since the one
+                    // before it landed.
+                    task_age: running.map(|j| {
+                        let now = crate::proto::deadline::coarse_us();
+                        now.saturating_sub(j.sent) as f64 / 1e6
+                    }),
+                    restarts: st.ends[slot].0,
+                    last_exit: st.ends[slot].1.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Stats {
+        Core::stats(self)
     }
 }

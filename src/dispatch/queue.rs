@@ -24,6 +24,8 @@ pub(crate) enum Outgoing {
         chunk: LocalChunk,
         /// How long its tasks may run (microseconds), if they have deadlines.
         timed: Option<u64>,
+        /// Its call's progress: a pool built by one of its tasks nests its bars under it.
+        progress: Arc<crate::observe::CallProgress>,
     },
     Remote {
         id: u64,
@@ -150,6 +152,20 @@ impl Queue {
         false
     }
 
+    /// How many tasks are in flight on workers, not finished.
+    pub(crate) fn tasks_in_flight(&self) -> usize {
+        self.inflight
+            .iter()
+            .flatten()
+            .map(|j| j.len - j.delivered)
+            .sum()
+    }
+
+    /// Whether a worker runs in `slot`.
+    pub(crate) fn is_live(&self, slot: usize) -> bool {
+        self.seats[slot].live
+    }
+
     /// How many tasks are queued and not yet sent to a worker.
     pub(crate) fn queued_tasks(&self) -> usize {
         self.queued_tasks
@@ -271,6 +287,11 @@ impl Queue {
         self.inflight[slot].iter().any(|j| j.hold)
     }
 
+    /// The jobs in flight on `slot`, oldest first.
+    pub(crate) fn in_flight(&self, slot: usize) -> impl Iterator<Item = &Job> {
+        self.inflight[slot].iter()
+    }
+
     /// The jobs in flight on `slot` behind the one it runs (or runs next).
     pub(crate) fn waiting_on(&self, slot: usize) -> impl Iterator<Item = &Job> {
         self.inflight[slot].iter().skip(1)
@@ -316,6 +337,7 @@ impl Queue {
                     id: job.id,
                     chunk: chunk.take()?,
                     timed: takeback.is_timed().then(|| job.call.timeout_us()),
+                    progress: job.call.progress.clone(),
                 },
                 Payload::Remote { entry, body, skip } => {
                     let seat = &mut self.seats[slot];
@@ -335,6 +357,7 @@ impl Queue {
                 }
             };
             self.seats[slot].tasks += job.len as u64;
+            job.sent = crate::proto::deadline::coarse_us();
             self.inflight[slot].push_back(job);
             return Some(send);
         }
@@ -515,7 +538,16 @@ mod tests {
         fn locate(_: &[u8], _: usize) -> Option<(String, usize)> {
             None
         }
-        CallLink::new(decode, locate).0
+        let pool = crate::observe::Observer::new(
+            None,
+            "fork",
+            2,
+            std::panic::Location::caller(),
+            false,
+            None,
+        );
+        let progress = pool.call("map", std::panic::Location::caller());
+        CallLink::new(decode, locate, pool, progress).0
     }
 
     fn job(call: &Arc<CallLink>, seq: u64) -> Job {

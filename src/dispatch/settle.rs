@@ -98,6 +98,10 @@ impl Core {
                 if earlier.len() < self.settings.max_retries as usize && !job.call.is_cancelled() {
                     match remainder(job, from) {
                         Ok(mut rest) => {
+                            self.observer
+                                .counters
+                                .retried
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             rest.deaths = earlier;
                             rest.deaths.push((slot, exit));
                             again.push(rest);
@@ -135,7 +139,7 @@ impl Core {
                     deliver_values(&call, first, count, bytes, slot, Duration::ZERO)
                 }
                 Later::Failed(call, index, e) => {
-                    call.deliver(index, 1, Some(slot), || Outcome::Failed(e), Duration::ZERO)
+                    call.deliver_failure(index, 1, Some(slot), e)
                 }
             }
         }
@@ -226,23 +230,17 @@ pub(super) fn deliver_values(
     match catch_unwind(AssertUnwindSafe(|| decode(bytes, count))) {
         Ok((out, decoded, error)) => {
             if decoded > 0 {
-                call.deliver(first, decoded, Some(slot), || Outcome::Local(out), busy);
+                call.deliver(first, decoded, Some(slot), 0, || Outcome::Local(out), busy);
             }
             if let Some(e) = error {
                 let e = Error::codec("could not deserialise a result", e).with_worker(slot);
-                call.deliver(
-                    first + decoded,
-                    count - decoded,
-                    Some(slot),
-                    || Outcome::Failed(e),
-                    Duration::ZERO,
-                );
+                call.deliver_failure(first + decoded, count - decoded, Some(slot), e);
             }
         }
         Err(_) => {
             let e = Error::codec("could not deserialise a result", "its Deserialize panicked")
                 .with_worker(slot);
-            call.deliver(first, count, Some(slot), || Outcome::Failed(e), busy);
+            call.deliver_failure(first, count, Some(slot), e);
         }
     }
 }

@@ -14,6 +14,8 @@ use super::job::Outcome;
 use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind, Stage};
+use crate::observe::stats::Cause as RestartCause;
+use crate::observe::{progress, registry};
 use crate::proto::Failure;
 use crate::worker::{Exited, LocalChunk, LocalDone, LocalNext, LocalQueue, Watch};
 
@@ -96,6 +98,7 @@ impl LocalQueue for Core {
             } else if st.closing && st.queue.drained(slot) {
                 // Its driver watches the exit function's deadline from now.
                 watch.exiting.notify_one();
+                self.exit_starts(slot);
                 return LocalNext::Shutdown;
             }
             st = sleep.park(self, st, spin);
@@ -115,20 +118,24 @@ impl LocalQueue for Core {
         let LocalDone {
             out,
             ran,
+            failed,
+            slow,
             rest,
             abandoned,
         } = done;
-        let outcome = match out {
-            Ok(b) => Outcome::Local(b),
-            Err(m) => Outcome::Failed(Error::new(Kind::Protocol(m))),
-        };
         let (job, next) = {
             let mut st = self.state();
             // The pool took an abandoned thread's job over; it hands nothing over and leaves.
             if abandoned || watch.is_abandoned() {
                 return None;
             }
-            let job = st.queue.land(slot, id);
+            let job = st.queue.land(slot, id).map(|mut job| {
+                job.busy += busy;
+                job
+            });
+            if let Some(job) = &job {
+                self.landed(job);
+            }
             if let (Some(job), Some(rest)) = (&job, rest) {
                 // The worker's budget ran out: what it did not run goes back to the front.
                 st.queue.requeue(vec![job.local_rest(ran, rest)]);
@@ -145,9 +152,24 @@ impl LocalQueue for Core {
         if let Some(job) = job {
             let (call, first) = (job.call.clone(), job.first);
             drop(job);
-            call.deliver(first, ran, Some(slot), || outcome, busy);
+            if let Some(insights) = &self.observer.insights {
+                for (i, m) in slow {
+                    insights.slow(crate::observe::SlowTask {
+                        duration: m.time,
+                        worker: slot,
+                        index: first + i as usize,
+                        input: None,
+                        cpu: m.cpu,
+                        peak_memory: None,
+                    });
+                }
+            }
+            match out {
+                Ok(out) => call.deliver(first, ran, Some(slot), failed, || Outcome::Local(out), busy),
+                Err(m) => call.deliver_failure(first, ran, Some(slot), Error::new(Kind::Protocol(m))),
+            }
         }
-        self.finished(slot, ran, busy);
+        self.worked(slot, ran, busy, Duration::ZERO);
         next
     }
 
@@ -160,6 +182,9 @@ impl LocalQueue for Core {
         {
             st.watches[slot] = None;
             st.queue.disconnected(slot);
+            drop(st);
+            self.ended(slot, RestartCause::Lifespan, "retired: its lifespan".into());
+            self.exit_starts(slot);
         }
     }
 
@@ -169,7 +194,7 @@ impl LocalQueue for Core {
         }
         match watch.retired.load(Ordering::Acquire) {
             true => self
-                .store_retired(exit.map_err(|f| Error::failed(f, Stage::Exit).with_worker(slot))),
+                .store_retired(slot, exit.map_err(|f| Error::failed(f, Stage::Exit).with_worker(slot))),
             false => drop(self.store_exit(slot, exit)),
         }
     }
@@ -186,10 +211,19 @@ impl Core {
     /// Thread worker `slot` takes `job` (under the state lock): its task is not cancelled, and
     /// a job whose tasks have deadlines wakes the slot's watchdog.
     fn started(&self, slot: usize, watch: &Watch, job: Outgoing) -> Option<(u64, LocalChunk)> {
-        let Outgoing::Local { id, chunk, timed } = job else {
+        let Outgoing::Local {
+            id,
+            chunk,
+            timed,
+            progress,
+        } = job
+        else {
             return None;
         };
         watch.cancelled.store(false, Ordering::Relaxed);
+        // A pool a task of this job builds nests under this pool and call.
+        registry::set_worker(self.observer.id, slot);
+        progress::running_on_this_thread(Some(&progress));
         if let Some(t) = timed {
             self.timed_sent(slot, t);
         }

@@ -76,6 +76,7 @@ impl Core {
                 } => watch.take_task(word).then(|| Salvaged {
                     out: Box::new(()),
                     finished: 0,
+                    failed: 0,
                     rest: None,
                 }),
                 _ => None,
@@ -95,7 +96,12 @@ impl Core {
             (job, salvaged)
         };
         self.wake(None, false);
-        let Salvaged { out, finished, .. } = salvaged;
+        let Salvaged {
+            out,
+            finished,
+            failed,
+            ..
+        } = salvaged;
         let (call, first) = (job.call.clone(), job.first);
         let limit = call.timeout().unwrap_or_default();
         let (_, epoch) = watch.deadline();
@@ -107,6 +113,7 @@ impl Core {
                 first,
                 finished,
                 Some(slot),
+                failed,
                 || Outcome::Local(out),
                 Duration::ZERO,
             );
@@ -118,13 +125,7 @@ impl Core {
         )
         .with_worker(slot)
         .with_task(first + finished);
-        call.deliver(
-            first + finished,
-            1,
-            Some(slot),
-            || Outcome::Failed(e),
-            Duration::ZERO,
-        );
+        call.deliver_failure(first + finished, 1, Some(slot), e);
         true
     }
 }

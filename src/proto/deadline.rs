@@ -22,6 +22,12 @@ pub(crate) fn now_us() -> u64 {
     read_us(nix::time::ClockId::CLOCK_MONOTONIC)
 }
 
+/// Microseconds of `CLOCK_MONOTONIC_COARSE`: `now_us` as of the last timer tick (1 to 4 ms),
+/// for a few nanoseconds.
+pub(crate) fn coarse_us() -> u64 {
+    read_us(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+}
+
 fn read_us(clock: nix::time::ClockId) -> u64 {
     nix::time::clock_gettime(clock)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
@@ -59,7 +65,7 @@ impl Stamper {
     /// The word of a task that starts now and may run for `timeout_us`.
     pub(crate) fn start(&mut self, timeout_us: u64) -> u64 {
         self.generation = self.generation.wrapping_add(1);
-        let now = read_us(nix::time::ClockId::CLOCK_MONOTONIC_COARSE);
+        let now = coarse_us();
         let at = now
             .saturating_sub(self.epoch_us)
             .saturating_add(self.tick_us)

@@ -267,13 +267,62 @@ pub(crate) async fn write_parts<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Where a [`Writer`]'s frames go: written whole, parts in order.
+pub(crate) trait FrameIo {
+    /// Writes `parts` back to back, with nothing of anyone else's between them.
+    fn write_frames(&mut self, parts: &[&[u8]]) -> io::Result<()>;
+}
+
+impl<W: Write> FrameIo for W {
+    fn write_frames(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        parts.iter().try_for_each(|p| self.write_all(p))
+    }
+}
+
+/// A stream that several threads of a worker write frames to: its loop, and whatever else sends
+/// events (a pool running inside one of its tasks). A lock around each write of whole frames
+/// keeps them whole.
+#[derive(Debug)]
+pub(crate) struct Shared(std::sync::Arc<SharedInner>);
+
+#[derive(Debug)]
+pub(crate) struct SharedInner {
+    io: std::fs::File,
+    lock: std::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(io: std::fs::File) -> Shared {
+        Shared(std::sync::Arc::new(SharedInner {
+            io,
+            lock: std::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Another handle to the same stream.
+    pub(crate) fn handle(&self) -> Shared {
+        Shared(self.0.clone())
+    }
+}
+
+impl FrameIo for Shared {
+    fn write_frames(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let _whole = self
+            .0
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        parts.iter().try_for_each(|p| (&self.0.io).write_all(p))
+    }
+}
+
 /// Blocking frame writer (the worker side): frames gather in a buffer until [`Writer::flush`].
 pub(crate) struct Writer<W> {
     io: W,
     buf: Vec<u8>,
 }
 
-impl<W: Write> Writer<W> {
+impl<W: FrameIo> Writer<W> {
     pub(crate) fn new(io: W) -> Self {
         Writer {
             io,
@@ -284,8 +333,9 @@ impl<W: Write> Writer<W> {
     pub(crate) fn send<H: Serialize>(&mut self, header: &H, body: &[u8]) -> io::Result<()> {
         if body.len() > 64 * 1024 {
             encode_head(&mut self.buf, header, body.len());
-            self.flush()?;
-            return self.io.write_all(body);
+            let sent = self.io.write_frames(&[&self.buf, body]);
+            self.buf.clear();
+            return sent;
         }
         encode(&mut self.buf, header, body);
         if self.buf.len() > 256 * 1024 {
@@ -297,7 +347,7 @@ impl<W: Write> Writer<W> {
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.io.write_all(&self.buf)?;
+            self.io.write_frames(&[&self.buf])?;
             self.buf.clear();
         }
         Ok(())

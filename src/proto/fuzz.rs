@@ -97,6 +97,7 @@ fn to_worker(r: &mut Rng) -> ToWorker {
             exit: r.maybe(|r| r.next() as i64),
             lifespan: r.maybe(Rng::next),
             max_memory: r.maybe(Rng::next),
+            insights: r.next() as u8,
         },
         1 => ToWorker::Task {
             id: r.next(),
@@ -120,8 +121,9 @@ fn from_worker(r: &mut Rng) -> FromWorker {
         values: r.next() as u32,
         at: span(r),
         busy_ns: r.next(),
+        cpu_ns: r.next(),
     };
-    match r.below(10) {
+    match r.below(11) {
         0 => FromWorker::Hello {
             magic: r.next() as u32,
             version: r.next() as u16,
@@ -134,9 +136,21 @@ fn from_worker(r: &mut Rng) -> FromWorker {
         4 => FromWorker::Failed(batch(r), Box::new(failure(r))),
         5 => FromWorker::Exit(r.maybe(|r| Box::new(failure(r)))),
         6 => FromWorker::Fatal(r.text()),
-        8 => FromWorker::Retiring,
+        8 => FromWorker::Retiring {
+            memory: r.below(2) == 0,
+        },
+        9 => FromWorker::Event(Event::Slow {
+            id: r.next(),
+            index: r.next() as u32,
+            ns: r.next(),
+            cpu_ns: r.maybe(Rng::next),
+            peak_memory: r.maybe(Rng::next),
+            input: r.text(),
+        }),
         7 => FromWorker::Event(Event::Progress {
             bar: r.next(),
+            parent: r.maybe(Rng::next),
+            label: r.text(),
             done: r.next(),
             total: r.maybe(Rng::next),
             failed: r.next(),

@@ -6,11 +6,11 @@
 //! it); the pool checks the protocol version and the worker's identity in `Hello`, then waits for
 //! `Ready` (set-up done) or the reason there is none.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::frame::{self, AsyncReader, Frame, Reader, Writer};
+use super::frame::{self, AsyncReader, FrameIo, Frame, Reader, Writer};
 use super::{Failure, FromWorker, MAGIC, ToWorker, VERSION};
 use crate::sys::image::{self, Identity};
 
@@ -34,14 +34,14 @@ pub(crate) enum Refusal {
 }
 
 /// The pool's side: sends `setup` with `body` after it, then waits for the worker to be ready,
-/// its set-up taking at most `init_timeout` from its hello.
+/// its set-up taking at most `init_timeout` from its hello. Returns how long the set-up took.
 pub(crate) async fn offer<R, W>(
     rx: &mut AsyncReader<R>,
     tx: &mut W,
     setup: &ToWorker,
     body: &[u8],
     init_timeout: Option<std::time::Duration>,
-) -> Result<(), Refusal>
+) -> Result<std::time::Duration, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -55,6 +55,7 @@ where
         Err(e) => return Err(Refusal::Protocol(format!("bad hello: {e}"))),
     }
     sent.map_err(Refusal::Send)?;
+    let hello = std::time::Instant::now();
     let ready = match init_timeout {
         Some(t) => tokio::time::timeout(t, rx.next::<FromWorker>())
             .await
@@ -63,7 +64,7 @@ where
     };
     match ready {
         Ok(Some(frame)) => match frame.header {
-            FromWorker::Ready => Ok(()),
+            FromWorker::Ready => Ok(hello.elapsed()),
             FromWorker::InitFailed(failure) => Err(Refusal::InitFailed(*failure)),
             FromWorker::Fatal(m) => Err(Refusal::Protocol(m)),
             other => Err(Refusal::Protocol(format!("expected ready, got {other:?}"))),
@@ -123,7 +124,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// The worker's side, first step: says hello.
-pub(crate) fn greet<W: Write>(wr: &mut Writer<W>) -> io::Result<()> {
+pub(crate) fn greet<W: FrameIo>(wr: &mut Writer<W>) -> io::Result<()> {
     let hello = FromWorker::Hello {
         magic: MAGIC,
         version: VERSION,

@@ -29,6 +29,8 @@ pub(crate) enum ToWorker {
         lifespan: Option<u64>,
         /// ...or after a task that left it with more resident memory than this.
         max_memory: Option<u64>,
+        /// Measure each task for insights: 0 no, 1 yes, 2 with its peak memory.
+        insights: u8,
     },
     /// Run `count` tasks through the chunk entry `entry`; the inputs are in the arena at
     /// `arena`, or else in the body. `seq` numbers the jobs of one worker in the order they are
@@ -71,10 +73,10 @@ pub(crate) enum FromWorker {
     Failed(Batch, Box<Failure>),
     /// The exit function's result; on success the body holds the serialised value.
     Exit(Option<Box<Failure>>),
-    /// The worker's life is over (`worker_lifespan`, `worker_max_memory`): it runs no other
-    /// task, and every task sent to it whose result it has not sent is the pool's again. It
-    /// runs its exit function next, sends `Exit` and leaves.
-    Retiring,
+    /// The worker's life is over (`worker_lifespan`, or `worker_max_memory` when `memory`): it
+    /// runs no other task, and every task sent to it whose result it has not sent is the pool's
+    /// again. It runs its exit function next, sends `Exit` and leaves.
+    Retiring { memory: bool },
     /// A task could not be decoded or named; the worker leaves after sending this.
     Fatal(String),
     /// Something the worker tells the pool at any time, between any two other messages.
@@ -83,18 +85,31 @@ pub(crate) enum FromWorker {
 
 /// What a worker may tell the pool at any time. The pool takes each as news and answers none;
 /// one it has no use for is dropped, never a reason to kill the worker.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Event {
     /// Task `index` of job `id` started.
     Started { id: u64, index: u32 },
-    /// Where a pool running inside the worker stands: absolute counts, so that events can be
-    /// merged or dropped on the way.
+    /// Where a call of a pool running inside the worker stands: absolute counts, so that events
+    /// can be merged or dropped on the way. `bar` names it (unique on the machine); `parent`,
+    /// the bar it nests under, or none for the call the worker runs.
     Progress {
         bar: u64,
+        parent: Option<u64>,
+        label: String,
         done: u64,
         total: Option<u64>,
         failed: u64,
         closed: bool,
+    },
+    /// Task `index` of job `id` is among the slowest the worker ran (insights): how long it ran,
+    /// the processor time and peak memory it used when measured, and its input's `Debug`.
+    Slow {
+        id: u64,
+        index: u32,
+        ns: u64,
+        cpu_ns: Option<u64>,
+        peak_memory: Option<u64>,
+        input: String,
     },
     /// A line the worker printed.
     Output { stderr: bool, line: Vec<u8> },
@@ -111,6 +126,8 @@ pub(crate) struct Batch {
     pub at: Span,
     /// Time the tasks of the batch took.
     pub busy_ns: u64,
+    /// Processor time the worker used since its last batch, when it measures it (insights).
+    pub cpu_ns: u64,
 }
 
 /// How a task (or `worker_init`/`worker_exit`) failed, as data.

@@ -83,14 +83,21 @@ impl StartMethod {
     }
 }
 
-impl std::fmt::Display for StartMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl StartMethod {
+    /// Its name, as `Display` writes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
             StartMethod::Threading => "threading",
             StartMethod::Spawn => "spawn",
             StartMethod::Fork => "fork",
             StartMethod::Forkserver => "forkserver",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -119,6 +126,8 @@ pub(crate) struct Spec {
     pub lifespan: Option<u64>,
     /// A process worker leaves after a task that left it with more resident memory than this.
     pub max_memory: Option<u64>,
+    /// What workers measure of their tasks for insights: 0 nothing, 1 times, 2 times and memory.
+    pub insights: u8,
 }
 
 /// The pool's queue, for workers that take their jobs themselves (threads).
@@ -185,6 +194,8 @@ pub(crate) enum Connected {
         rx: Rx,
         journal: Option<Arc<Journal>>,
         proc: Box<dyn Process>,
+        /// How long its set-up (`worker_init`) took.
+        init: Duration,
     },
 }
 
@@ -193,6 +204,14 @@ impl Connected {
         match self {
             Connected::Thread { .. } => None,
             Connected::Process { proc, .. } => Some(proc.pid()),
+        }
+    }
+
+    /// How long its set-up (`worker_init`) took.
+    pub(crate) fn init_time(&self) -> Duration {
+        match self {
+            Connected::Thread { watch, .. } => watch.init_time(),
+            Connected::Process { init, .. } => *init,
         }
     }
 }
@@ -266,6 +285,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 exit: spec.exit.map(|e| e.offset),
                 lifespan: spec.lifespan,
                 max_memory: spec.max_memory,
+                insights: spec.insights,
             };
             let body: &[u8] = if inherits {
                 &[]
@@ -299,7 +319,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 Err(_) => Err(late(spec)),
             };
             match result {
-                Ok(()) => Ok(Connected::Process {
+                Ok(init) => Ok(Connected::Process {
                     tx: Tx {
                         io: tx,
                         buf: Vec::new(),
@@ -307,6 +327,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     rx,
                     journal,
                     proc,
+                    init,
                 }),
                 Err(e) => {
                     proc.kill();

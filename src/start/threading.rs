@@ -34,6 +34,7 @@ impl Start for Threading {
             let worker = ThreadWorker {
                 id,
                 lifespan: spec.lifespan,
+                insights: spec.insights,
                 shared: spec.shared.clone(),
                 setup: spec.setup.ptr,
                 exit: spec.exit.map(|e| e.ptr),

@@ -19,6 +19,8 @@ pub(crate) struct Lifespan {
     left: u64,
     memory: Option<Memory>,
     over: bool,
+    /// It is over for its memory, not its count.
+    for_memory: bool,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,7 @@ impl Lifespan {
             left: tasks.unwrap_or(u64::MAX),
             memory,
             over: false,
+            for_memory: false,
         }
     }
 
@@ -67,6 +70,11 @@ impl Lifespan {
         self.over
     }
 
+    /// Whether it retires for its memory (not its count).
+    pub(crate) fn for_memory(&self) -> bool {
+        self.for_memory
+    }
+
     #[cold]
     fn check_memory(&mut self) {
         let Some(m) = &mut self.memory else {
@@ -79,6 +87,7 @@ impl Lifespan {
         m.next = now + CHECK_EVERY;
         if resident(&m.statm).is_some_and(|pages| pages * m.page > m.max) {
             self.over = true;
+            self.for_memory = true;
         }
     }
 }

@@ -12,8 +12,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::proto::deadline::Stamper;
-use crate::proto::frame::HEADER_ROOM;
-use crate::proto::{self, Failure, FromWorker, Reader, Span, ToWorker, Writer, handshake};
+use crate::proto::frame::{HEADER_ROOM, Shared};
+use crate::proto::frame::FrameIo;
+use crate::proto::{self, Event, Failure, FromWorker, Reader, Span, ToWorker, Writer, handshake};
 use crate::sys::image::{self, EntryFn};
 use crate::sys::journal;
 use crate::sys::local::ProcessLocal;
@@ -21,11 +22,13 @@ use crate::sys::shm::View;
 
 mod catch;
 mod lifespan;
+mod probe;
 mod results;
 mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
 pub(crate) use lifespan::Lifespan;
+pub(crate) use probe::{Measured, Probe};
 pub(crate) use results::Results;
 pub(crate) use thread::{
     LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, Takeback, ThreadEnd,
@@ -43,6 +46,9 @@ pub(crate) struct Context {
     pub watch: Arc<Watch>,
     /// A thread worker's deadline words (a process worker's are made by its `Results`).
     pub stamper: Stamper,
+    /// A thread worker's measurements of its tasks, when insights are on (a process worker's
+    /// are in its `Results`).
+    pub probe: Option<Probe>,
 }
 
 /// Initialises every lazily created global a worker uses (panic hook, image identity), so that a
@@ -75,9 +81,10 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         Err(_) => return 2,
     };
     let in_arena = |span: Span| arena.as_ref().and_then(|a| a.get(span.offset, span.len));
-    let _ = RESULT_PIPE.get_or_try_init(|| ends.results.try_clone().map(File::from));
+    let results = Shared::new(File::from(ends.results));
+    let _ = RESULT_PIPE.get_or_try_init(|| Ok::<_, ()>(results.handle()));
     let mut rd = Reader::new(File::from(ends.tasks), proto::DEFAULT_MAX_FRAME);
-    let mut wr = Writer::new(File::from(ends.results));
+    let mut wr = Writer::new(results);
     // The set-up was sent at once; it is read before the hello only so that a test can make a
     // worker fail to start.
     let setup = handshake::accept(&mut rd);
@@ -92,7 +99,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     if handshake::greet(&mut wr).is_err() {
         return 2;
     }
-    let fatal = |wr: &mut Writer<File>, msg: String| {
+    let fatal = |wr: &mut Writer<Shared>, msg: String| {
         let _ = wr.send(&FromWorker::Fatal(msg), &[]);
         let _ = wr.flush();
         3
@@ -103,6 +110,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         state: None,
         watch: Arc::default(),
         stamper: Stamper::new(0),
+        probe: None,
     };
     let frame = match setup {
         Ok(frame) => frame,
@@ -120,6 +128,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         exit,
         lifespan,
         max_memory,
+        insights,
     } = frame.header
     else {
         return fatal(&mut wr, "expected set-up".into());
@@ -148,8 +157,9 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
     }
     rd.set_max(max_frame);
     let budget = max_frame.saturating_sub(HEADER_ROOM);
+    let probe = (insights > 0).then(|| Probe::new(insights > 1));
     let mut call = ChunkCall::new(
-        Results::new(wr, ring, budget),
+        Results::new(wr, ring, budget, probe),
         Lifespan::new(lifespan, max_memory),
     );
     let mut last: Option<(i64, EntryFn)> = None;
@@ -219,7 +229,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     call.results.flush();
                     let wr = call.results.writer();
                     if wr
-                        .send(&FromWorker::Retiring, &[])
+                        .send(&FromWorker::Retiring { memory: call.lifespan.for_memory() }, &[])
                         .and_then(|()| wr.flush())
                         .is_err()
                     {
@@ -240,7 +250,7 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
 /// process ends then, as with `std::process::exit`: the state is not dropped. Freeing a large
 /// state piece by piece (a map of millions of keys) took longer than the whole exit function; the
 /// kernel takes the memory back at once.
-fn leave(wr: &mut Writer<File>, exit: Option<i64>, mut cx: Context) -> i32 {
+fn leave(wr: &mut Writer<Shared>, exit: Option<i64>, mut cx: Context) -> i32 {
     let (reply, body) = match exit.map(image::entry) {
         None => (FromWorker::Exit(None), Vec::new()),
         Some(None) => {
@@ -344,40 +354,62 @@ pub(crate) fn run_exit(f: EntryFn, cx: &mut Context, local: bool) -> Result<Exit
     call.result
 }
 
-static RESULT_PIPE: ProcessLocal<File> = ProcessLocal::new();
+/// This process's result stream, when it is a process worker.
+static RESULT_PIPE: ProcessLocal<Shared> = ProcessLocal::new();
+
+/// Whether this process is a process worker of some pool (a pool built in one of its tasks is
+/// then a nested pool, whose progress travels to that pool).
+pub(crate) fn in_process_worker() -> bool {
+    RESULT_PIPE.get().is_some()
+}
+
+/// Sends `event` to the pool that owns this worker process, from any thread; `false` when this
+/// process is not a worker, or the stream is gone.
+pub(crate) fn send_event(event: &Event) -> bool {
+    let Some(pipe) = RESULT_PIPE.get() else {
+        return false;
+    };
+    let mut frame = Vec::new();
+    proto::frame::encode(&mut frame, &FromWorker::Event(event.clone()), &[]);
+    pipe.handle().write_frames(&[&frame]).is_ok()
+}
 
 /// Fault injection for tests: sends one event of each kind to the pool, from inside a task.
 /// Returns `false` outside a process worker. Not part of the API.
 #[doc(hidden)]
 pub fn send_events() -> bool {
-    use crate::proto::Event;
     let events = [
         Event::Started { id: 1, index: 2 },
         Event::Progress {
             bar: 7,
+            parent: Some(3),
+            label: "a nested pool".into(),
             done: 3,
             total: Some(10),
             failed: 1,
-            closed: false,
+            closed: true,
         },
         Event::Output {
             stderr: true,
             line: b"a line".to_vec(),
         },
+        Event::Slow {
+            id: u64::MAX,
+            index: 0,
+            ns: 1,
+            cpu_ns: None,
+            peak_memory: None,
+            input: "no such job".into(),
+        },
     ];
-    let mut bytes = Vec::new();
-    for event in events {
-        proto::frame::encode(&mut bytes, &FromWorker::Event(event), &[]);
-    }
-    inject_raw_result_bytes(&bytes)
+    events.iter().all(send_event)
 }
 
 /// Fault injection for tests: writes `bytes` raw (unframed) into this worker's result pipe.
 /// Returns `false` outside a process worker. Not part of the API.
 #[doc(hidden)]
 pub fn inject_raw_result_bytes(bytes: &[u8]) -> bool {
-    use std::io::Write;
     RESULT_PIPE
         .get()
-        .is_some_and(|mut f| f.write_all(bytes).and_then(|()| f.flush()).is_ok())
+        .is_some_and(|p| p.handle().write_frames(&[bytes]).is_ok())
 }

@@ -14,16 +14,17 @@
 //! Without a journal (a link that is not shared memory), or for a result larger than the ring,
 //! results travel in the frame's body, one task each, flushed at once.
 
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::proto::body::{SliceSink, serialized_size, serializer};
 use crate::proto::deadline::Stamper;
-use crate::proto::{Batch, Failure, Fault, FromWorker, Span, Writer};
+use crate::proto::frame::Shared;
+use crate::proto::{Batch, Event, Failure, Fault, FromWorker, Span, Writer};
 
 use crate::sys::journal::{self, RECORDS, Record};
+use crate::worker::probe::{Measured, Probe};
 
 /// A batch of at most this many bytes of results travels in its frame: the pool need not reach
 /// into the journal for it, and once flushed the worker writes later batches over it.
@@ -34,7 +35,7 @@ pub(crate) const FLUSH_AFTER: Duration = Duration::from_micros(50);
 
 /// Where the results of a worker's tasks go.
 pub(crate) struct Results {
-    wr: Writer<File>,
+    wr: Writer<Shared>,
     ring: Option<journal::Writer>,
     /// The most a batch's results may take (what a frame holds besides its header).
     budget: usize,
@@ -60,10 +61,17 @@ pub(crate) struct Results {
     /// How long each task of the job may run (0: no limit), and the deadlines published.
     timeout_us: u64,
     stamper: Stamper,
+    /// What it measures of its tasks, when the pool's insights are on.
+    probe: Option<Probe>,
 }
 
 impl Results {
-    pub(crate) fn new(wr: Writer<File>, ring: Option<journal::Writer>, budget: usize) -> Results {
+    pub(crate) fn new(
+        wr: Writer<Shared>,
+        ring: Option<journal::Writer>,
+        budget: usize,
+        probe: Option<Probe>,
+    ) -> Results {
         Results {
             wr,
             budget,
@@ -80,11 +88,12 @@ impl Results {
             timeout_us: 0,
             stamper: Stamper::new(ring.as_ref().map_or(0, journal::Writer::epoch)),
             ring,
+            probe,
         }
     }
 
     /// The frame writer, for messages other than results.
-    pub(crate) fn writer(&mut self) -> &mut Writer<File> {
+    pub(crate) fn writer(&mut self) -> &mut Writer<Shared> {
         &mut self.wr
     }
 
@@ -115,6 +124,41 @@ impl Results {
                 ring.set_deadline(self.stamper.start(self.timeout_us));
             }
         }
+        if let Some(probe) = &mut self.probe {
+            probe.starting();
+        }
+    }
+
+    /// Task `index` of the job, whose input `input` describes, finished (its result or failure
+    /// is in): with insights on, it is reported if it is among the worker's slowest.
+    #[inline(always)]
+    pub(crate) fn task_done(&mut self, index: u32, input: impl FnOnce() -> String) {
+        if let Some(probe) = &mut self.probe {
+            if let Some(m) = probe.finished() {
+                self.report_slow(index, m, input());
+            }
+        }
+    }
+
+    #[cold]
+    fn report_slow(&mut self, index: u32, m: Measured, input: String) {
+        let event = Event::Slow {
+            id: self.job,
+            index,
+            ns: m.time.as_nanos() as u64,
+            cpu_ns: m.cpu.map(|c| c.as_nanos() as u64),
+            peak_memory: m.peak_memory,
+            input,
+        };
+        let sent = self.wr.send(&FromWorker::Event(event), &[]);
+        self.sent(sent);
+    }
+
+    /// Processor time used since the last batch, when measured.
+    fn cpu_ns(&mut self) -> u64 {
+        self.probe
+            .as_mut()
+            .map_or(0, |p| p.take_cpu().as_nanos() as u64)
     }
 
     fn begin(&mut self) {
@@ -193,6 +237,7 @@ impl Results {
             values: 1,
             at: Span::default(),
             busy_ns: self.t0.elapsed().as_nanos() as u64,
+            cpu_ns: self.cpu_ns(),
         };
         let sent = self.wr.send(&FromWorker::Done(batch), &self.inline);
         self.sent(sent);
@@ -241,6 +286,7 @@ impl Results {
                 },
             },
             busy_ns: (now - self.t0).as_nanos() as u64,
+            cpu_ns: self.cpu_ns(),
         };
         let record = Record {
             job: self.job,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::catch::install_panic_hook;
+use super::probe::{Measured, Probe};
 use super::{Context, Exited, SetupCall, run_exit};
 use crate::proto::Failure;
 use crate::proto::deadline::Stamper;
@@ -51,8 +52,13 @@ impl Takeback {
 pub(crate) struct LocalDone {
     /// A boxed `ChunkOut<R>` of the tasks that ran, or why the chunk could not run at all.
     pub out: Result<Box<dyn Any + Send>, String>,
-    /// How many tasks ran (fewer than the chunk's when its budget ran out).
+    /// How many tasks ran (fewer than the chunk's when its budget ran out)...
     pub ran: usize,
+    /// ...and how many of them failed.
+    pub failed: usize,
+    /// Tasks among the worker's slowest (insights): their index in the chunk, and what they
+    /// used.
+    pub slow: Vec<(u32, Measured)>,
     /// The tasks it did not run, to queue again.
     pub rest: Option<LocalJob>,
     /// The pool took the chunk over (its task ran past its deadline): there is nothing to hand
@@ -66,6 +72,8 @@ impl LocalDone {
         LocalDone {
             out: Err(why),
             ran: 0,
+            failed: 0,
+            slow: Vec::new(),
             rest: None,
             abandoned: false,
         }
@@ -85,6 +93,8 @@ pub(crate) trait Salvage: Send + Sync {
 pub(crate) struct Salvaged {
     pub out: Box<dyn Any + Send>,
     pub finished: usize,
+    /// How many of the finished tasks failed.
+    pub failed: usize,
     pub rest: Option<LocalJob>,
 }
 
@@ -108,6 +118,8 @@ pub(crate) struct Watch {
     pub exiting: tokio::sync::Notify,
     /// Its lifespan is over: it is not its slot's worker any more.
     pub retired: AtomicBool,
+    /// How long its set-up (`worker_init`) took, in nanoseconds.
+    init_ns: AtomicU64,
 }
 
 impl Watch {
@@ -147,6 +159,11 @@ impl Watch {
             count.fetch_add(1, Ordering::AcqRel);
         }
         self.abandoned.store(true, Ordering::Release);
+    }
+
+    /// How long its set-up took.
+    pub(crate) fn init_time(&self) -> Duration {
+        Duration::from_nanos(self.init_ns.load(Ordering::Relaxed))
     }
 
     /// The deadline word of the running task, and its epoch.
@@ -205,6 +222,8 @@ pub(crate) enum ThreadEnd {
 /// The loop of a thread worker.
 pub(crate) struct ThreadWorker {
     pub id: usize,
+    /// What it measures of its tasks for insights: 0 nothing, 1 their times.
+    pub insights: u8,
     /// It retires after this many tasks.
     pub lifespan: Option<u64>,
     pub shared: Arc<dyn Any + Send + Sync>,
@@ -222,6 +241,7 @@ impl ThreadWorker {
         install_panic_hook();
         let ThreadWorker {
             id,
+            insights,
             lifespan,
             shared,
             setup,
@@ -247,9 +267,15 @@ impl ThreadWorker {
             state: None,
             stamper: Stamper::new(watch.epoch_us),
             watch: watch.clone(),
+            // Threads share one resident set: their peak memory says nothing of a task.
+            probe: (insights > 0).then(|| Probe::new(false)),
         };
         let mut call = SetupCall::new(false);
+        let t0 = Instant::now();
         setup(&mut cx, &[], &mut call);
+        watch
+            .init_ns
+            .store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let result = call.result;
         let failed = result.is_err();
         // Without a waiting pool (no `worker_init`), a failed set-up just ends the thread, and

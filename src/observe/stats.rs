@@ -1,0 +1,367 @@
+//! [`Stats`]: a cheap live snapshot of a pool, and the counters behind it.
+//!
+//! The pool pays for counting, not for reading: a finished chunk adds to a few relaxed atomics
+//! (no lock, no allocation), and times are taken from what the workers measure anyway, or from a
+//! sample of the chunks (see [`Counters::sample`]). [`AsyncPool::stats`](crate::AsyncPool::stats)
+//! reads them, and does the arithmetic, when asked.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Why a worker was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Cause {
+    /// It died: a signal, `abort`, `exit` (in a task, or while it started).
+    Died,
+    /// A task ran past its deadline.
+    Timeout,
+    /// A task of a dropped call ran on it.
+    Cancelled,
+    /// It broke the wire protocol.
+    Protocol,
+    /// Its `worker_lifespan` ended.
+    Lifespan,
+    /// It grew past `worker_max_memory`.
+    Memory,
+}
+
+const CAUSES: usize = 6;
+
+/// How many workers were replaced, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Restarts {
+    /// Workers that died (a signal, `abort`, `exit`).
+    pub died: u64,
+    /// Workers killed (or threads abandoned) for a task past its deadline.
+    pub timed_out: u64,
+    /// Workers killed because a task of a dropped call ran on them.
+    pub cancelled: u64,
+    /// Workers killed for breaking the wire protocol.
+    pub protocol: u64,
+    /// Workers that retired at the end of their `worker_lifespan`.
+    pub lifespan: u64,
+    /// Workers that retired for their `worker_max_memory`.
+    pub memory: u64,
+}
+
+impl Restarts {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.died + self.timed_out + self.cancelled + self.protocol + self.lifespan + self.memory
+    }
+}
+
+/// A distribution of durations in power-of-two buckets: bucket `i` counts durations from `2^i`
+/// to `2^(i+1)` nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    sum_ns: u64,
+}
+
+impl Histogram {
+    /// How many durations it holds.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Their mean, if there are any.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration::from_nanos(self.sum_ns / self.count))
+    }
+
+    /// The duration below which a fraction `q` of them fall (`0.5`: the median), as the upper
+    /// edge of its bucket: within a factor of two.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_nanos(upper(i)));
+            }
+        }
+        Some(Duration::from_nanos(upper(self.buckets.len().saturating_sub(1))))
+    }
+
+    /// The non-empty buckets: each one's upper edge and count.
+    pub fn buckets(&self) -> impl Iterator<Item = (Duration, u64)> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(i, &n)| (Duration::from_nanos(upper(i)), n))
+    }
+}
+
+fn upper(bucket: usize) -> u64 {
+    1u64.checked_shl(bucket as u32 + 1).unwrap_or(u64::MAX)
+}
+
+const BUCKETS: usize = 48;
+
+/// The atomics behind a [`Histogram`].
+pub(crate) struct Buckets {
+    counts: [AtomicU64; BUCKETS],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Buckets {
+    /// Records `n` durations of `each`.
+    pub(crate) fn record(&self, each: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let ns = (each.as_nanos() as u64).max(1);
+        let bucket = (63 - ns.leading_zeros() as usize).min(BUCKETS - 1);
+        self.counts[bucket].fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Histogram {
+        let buckets: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let last = buckets.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        Histogram {
+            count: buckets.iter().sum(),
+            buckets: buckets[..last].to_vec(),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A pool's counters: what [`Stats`] is read from.
+pub(crate) struct Counters {
+    pub started: Instant,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub retried: AtomicU64,
+    /// Nanoseconds the workers spent running tasks.
+    pub busy_ns: AtomicU64,
+    restarts: [AtomicU64; CAUSES],
+    pub waiting: Buckets,
+    pub running: Buckets,
+    pub end_to_end: Buckets,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            started: Instant::now(),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            restarts: std::array::from_fn(|_| AtomicU64::new(0)),
+            waiting: Buckets::default(),
+            running: Buckets::default(),
+            end_to_end: Buckets::default(),
+        }
+    }
+}
+
+impl Counters {
+    /// A worker was replaced because of `cause`.
+    pub(crate) fn restarted(&self, cause: Cause) {
+        self.restarts[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether chunk number `seq` of a call whose tasks take `ns_per_task` is timed end to end
+    /// (two clock reads): every chunk of tasks long enough that the reads are lost in them, one
+    /// chunk in 32 of tiny ones.
+    pub(crate) fn sample(seq: u64, ns_per_task: u64) -> bool {
+        ns_per_task >= 20_000 || seq % 32 == 0
+    }
+
+    /// `len` tasks finished, `failed` of them failing (`timed_out` by their deadline), in
+    /// `busy` of their workers' time.
+    pub(crate) fn finished(&self, len: usize, failed: usize, timed_out: usize, busy: Duration) {
+        self.done
+            .fetch_add((len - failed) as u64, Ordering::Relaxed);
+        if failed > 0 {
+            self.failed.fetch_add(failed as u64, Ordering::Relaxed);
+            self.timed_out
+                .fetch_add(timed_out as u64, Ordering::Relaxed);
+        }
+        if len > 0 && !busy.is_zero() {
+            self.busy_ns
+                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+            self.running.record(busy / len as u32, len as u64);
+        }
+    }
+
+    /// A sampled chunk of `len` tasks was submitted at `submitted` and finished now, after
+    /// `busy` of work.
+    pub(crate) fn timed(&self, submitted: Instant, len: usize, busy: Duration) {
+        let end_to_end = submitted.elapsed();
+        let each = end_to_end / len.max(1) as u32;
+        self.end_to_end.record(end_to_end, len as u64);
+        self.waiting
+            .record(end_to_end.saturating_sub(busy).max(each / 2), len as u64);
+    }
+
+    /// A snapshot; `queued` and `in_flight` are counted by the caller, under the pool's lock.
+    pub(crate) fn read(&self, workers: usize, queued: usize, in_flight: usize) -> Stats {
+        let r = |c: Cause| self.restarts[c as usize].load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        let busy = Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed));
+        let capacity = elapsed.as_secs_f64() * workers as f64;
+        Stats {
+            queued,
+            in_flight,
+            done: self.done.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            restarts: Restarts {
+                died: r(Cause::Died),
+                timed_out: r(Cause::Timeout),
+                cancelled: r(Cause::Cancelled),
+                protocol: r(Cause::Protocol),
+                lifespan: r(Cause::Lifespan),
+                memory: r(Cause::Memory),
+            },
+            busy,
+            elapsed,
+            utilisation: match capacity > 0.0 {
+                true => (busy.as_secs_f64() / capacity).min(1.0),
+                false => 0.0,
+            },
+            waiting: self.waiting.read(),
+            running: self.running.read(),
+            end_to_end: self.end_to_end.read(),
+        }
+    }
+}
+
+/// A live snapshot of a pool: [`AsyncPool::stats`](crate::AsyncPool::stats).
+///
+/// Counts are since the pool was built. Time distributions are per task: running time from what
+/// the workers measure (a chunk's time shared among its tasks), waiting and end-to-end time from
+/// every chunk of tasks that take 20 µs or more and one chunk in 32 of shorter ones.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tasks waiting in the pool's queue.
+    pub queued: usize,
+    /// Tasks sent to workers and not finished (running, or waiting in a worker's pipe).
+    pub in_flight: usize,
+    /// Tasks that succeeded.
+    pub done: u64,
+    /// Tasks that failed, for any reason...
+    pub failed: u64,
+    /// ...of which by running past their deadline.
+    pub timed_out: u64,
+    /// Tasks run again after their worker died (`max_retries`).
+    pub retried: u64,
+    /// Workers replaced, by cause.
+    pub restarts: Restarts,
+    /// Time the workers spent running tasks, all together.
+    #[serde(serialize_with = "seconds")]
+    pub busy: Duration,
+    /// Time since the pool was built.
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
+    /// `busy` over `elapsed` times the number of workers, between 0 and 1.
+    pub utilisation: f64,
+    /// From a task's chunk being queued to its start.
+    pub waiting: Histogram,
+    /// A task's own time on its worker.
+    pub running: Histogram,
+    /// From a task's chunk being queued to its result.
+    pub end_to_end: Histogram,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "tasks: {} done, {} failed ({} timed out), {} retried; {} queued, {} in flight",
+            self.done, self.failed, self.timed_out, self.retried, self.queued, self.in_flight
+        )?;
+        writeln!(
+            f,
+            "workers: {:.1}% busy over {:.3?}; {} restarts",
+            self.utilisation * 100.0,
+            self.elapsed,
+            self.restarts.total()
+        )?;
+        for (name, h) in [
+            ("waiting", &self.waiting),
+            ("running", &self.running),
+            ("end to end", &self.end_to_end),
+        ] {
+            match (h.quantile(0.5), h.quantile(0.99)) {
+                (Some(p50), Some(p99)) => {
+                    writeln!(f, "{name}: median < {p50:?}, 99% < {p99:?}")?
+                }
+                _ => writeln!(f, "{name}: no samples")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_and_ranks() {
+        let b = Buckets::default();
+        b.record(Duration::from_micros(1), 90);
+        b.record(Duration::from_millis(1), 10);
+        let h = b.read();
+        assert_eq!(h.count(), 100);
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(p50 >= Duration::from_micros(1) && p50 <= Duration::from_micros(2), "{p50:?}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(p99 >= Duration::from_millis(1) && p99 <= Duration::from_millis(2), "{p99:?}");
+        assert_eq!(h.buckets().count(), 2);
+        assert_eq!(Buckets::default().read().quantile(0.5), None);
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let c = Counters::default();
+        c.finished(10, 2, 1, Duration::from_millis(10));
+        c.restarted(Cause::Died);
+        c.restarted(Cause::Lifespan);
+        let s = c.read(2, 3, 4);
+        assert_eq!((s.done, s.failed, s.timed_out), (8, 2, 1));
+        assert_eq!((s.queued, s.in_flight), (3, 4));
+        assert_eq!(s.restarts.total(), 2);
+        assert_eq!(s.running.count(), 10);
+        assert!(s.utilisation > 0.0 && s.utilisation <= 1.0);
+    }
+}
