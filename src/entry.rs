@@ -42,13 +42,14 @@ pub(crate) fn divert_if_child() {
     mark_initialized();
     sys::fd::ignore_sigpipe();
     let code = std::panic::catch_unwind(|| match role.to_str() {
-        Some(ROLE_WORKER) => match [3, 4, 5, 6].map(sys::fd::adopt) {
-            [Some(tasks), Some(results), arena, journal] => {
+        Some(ROLE_WORKER) => match [3, 4, 5, 6, 7, 8].map(sys::fd::adopt) {
+            [Some(tasks), Some(results), arena, journal, out, err] => {
                 let ends = crate::worker::Ends {
                     tasks,
                     results,
                     arena,
                     journal,
+                    output: out.zip(err).map(|(o, e)| [o, e]),
                 };
                 crate::worker::serve(ends, None)
             }

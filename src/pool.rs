@@ -558,6 +558,14 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             lifespan: self.lifespan,
             max_memory: self.max_memory,
             insights: self.insights,
+            // Process workers' output goes through the pool where bars may be drawn over it.
+            relay: match (&self.bars, self.method.is_process()) {
+                (Some(bars), true) => Some(bars.clone()),
+                (None, true) if crate::observe::progress::visible() => {
+                    Some(crate::observe::progress::multi().clone())
+                }
+                _ => None,
+            },
         };
         let settings = Settings {
             method: self.method,
@@ -575,7 +583,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             workers,
             self.site,
             self.insights > 0,
-            self.bars,
+            self.bars.clone(),
         );
         let core = Core::new(settings, spec, backend(self.method), observer);
         // Started side by side on this task: no hand-off to another thread, and dropping
@@ -751,7 +759,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(WithWorker::new(f), "map"), items.into_iter(), true)
+        Map::new(
+            self.target(WithWorker::new(f), "map"),
+            items.into_iter(),
+            true,
+        )
     }
 
     /// Like [`map`](Self::map), with results in the order they complete.
@@ -763,7 +775,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(Plain::new(f), "map_unordered"), items.into_iter(), false)
+        Map::new(
+            self.target(Plain::new(f), "map_unordered"),
+            items.into_iter(),
+            false,
+        )
     }
 
     /// Like [`map_unordered`](Self::map_unordered), with the [`Worker`] context.
@@ -775,7 +791,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        Map::new(self.target(WithWorker::new(f), "map_unordered"), items.into_iter(), false)
+        Map::new(
+            self.target(WithWorker::new(f), "map_unordered"),
+            items.into_iter(),
+            false,
+        )
     }
 
     /// Runs `f` on every item of a stream and yields the results in input order, each a
@@ -815,7 +835,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(Plain::new(f), "map_stream_unordered"), input, false)
+        MapStream::new(
+            self.target(Plain::new(f), "map_stream_unordered"),
+            input,
+            false,
+        )
     }
 
     /// Like [`map_stream_unordered`](Self::map_stream_unordered), with the [`Worker`] context.
@@ -827,7 +851,11 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
         A: Input,
         R: Output,
     {
-        MapStream::new(self.target(WithWorker::new(f), "map_stream_unordered"), input, false)
+        MapStream::new(
+            self.target(WithWorker::new(f), "map_stream_unordered"),
+            input,
+            false,
+        )
     }
 
     /// Where a call of the task function `T` goes, and how its inputs are encoded.

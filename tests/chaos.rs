@@ -66,8 +66,11 @@ each_method! {
         let processes = m.is_process();
         let log = RunLog::new(&format!("chaos-{m}"));
         let path = log.path();
+        // A panic's backtrace is symbolised in the worker, within the task's time: the first
+        // in a fresh worker of this debug build reads its debug info, which on a loaded machine
+        // takes a few hundred milliseconds. The timeout leaves room for it.
         let pool = AsyncPool::builder().workers(2).start_method(m)
-            .task_timeout(Duration::from_millis(300)).max_retries(1).build().await.unwrap();
+            .task_timeout(Duration::from_secs(1)).max_retries(1).build().await.unwrap();
         let inputs = stream::iter((0..TASKS).map(|x| (x, processes, path.clone())));
         let out: Vec<Result<u64, Error>> = pool.map_stream_with(chaos, inputs).collect().await;
         assert_eq!(out.len(), TASKS as usize);

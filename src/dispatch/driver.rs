@@ -235,8 +235,9 @@ pub(super) async fn serve(core: &Arc<Core>, slot: usize, conn: Connected) -> End
             rx,
             journal,
             proc,
+            relays,
             ..
-        } => serve_process(core, slot, tx, rx, journal, proc).await,
+        } => serve_process(core, slot, tx, rx, journal, proc, relays).await,
     }
 }
 
@@ -331,6 +332,7 @@ async fn serve_process(
     mut rx: Rx,
     journal: Option<Arc<Journal>>,
     mut proc: Box<dyn Process>,
+    relays: Vec<JoinHandle<()>>,
 ) -> Ended {
     let (exiting, exit_started) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(write_loop(core.clone(), slot, tx, journal.clone(), exiting));
@@ -413,14 +415,28 @@ async fn serve_process(
         };
         core.ended(slot, reason.0, reason.1.to_owned());
         core.exit_starts(slot);
-        return Ended::Retired(Box::pin(retire(core.clone(), slot, rx, proc)));
+        return Ended::Retired(Box::pin(retire(core.clone(), slot, rx, proc, relays)));
     }
-    finish(core, slot, writer, proc, journal, why).await
+    finish(core, slot, writer, proc, journal, why, relays).await
+}
+
+/// Waits for what a worker printed to have been relayed: its relays end when its output does,
+/// soon after it (not at once if a process it started still holds its output open).
+async fn relayed(relays: Vec<JoinHandle<()>>) {
+    for r in relays {
+        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    }
 }
 
 /// The rest of a retired worker's life: its exit function, within `worker_exit_timeout`. Its
 /// exit result is kept with the pool's, and it is reaped.
-async fn retire(core: Arc<Core>, slot: usize, mut rx: Rx, mut proc: Box<dyn Process>) {
+async fn retire(
+    core: Arc<Core>,
+    slot: usize,
+    mut rx: Rx,
+    mut proc: Box<dyn Process>,
+    relays: Vec<JoinHandle<()>>,
+) {
     let exit = async {
         loop {
             match event(&mut rx).await {
@@ -453,6 +469,7 @@ async fn retire(core: Arc<Core>, slot: usize, mut rx: Rx, mut proc: Box<dyn Proc
             proc.wait().await
         }
     };
+    relayed(relays).await;
     let r = match heard {
         Ok(r) => r
             .map(Exited::Bytes)
@@ -470,6 +487,7 @@ async fn finish(
     mut proc: Box<dyn Process>,
     journal: Option<&Journal>,
     why: Why,
+    relays: Vec<JoinHandle<()>>,
 ) -> Ended {
     // Stop the writer for good before touching the jobs in flight: a writer still running could
     // otherwise move a job into flight after they were requeued, and it would be lost. After an
@@ -487,6 +505,7 @@ async fn finish(
             proc.wait().await
         }
     };
+    relayed(relays).await;
     {
         let mut st = core.state();
         st.pids[slot] = None;
@@ -500,7 +519,11 @@ async fn finish(
         Why::Retiring(_) => unreachable!("a retiring worker is not finished here"),
         Why::Stopped => Ended::Stopped,
         Why::Cancelled => {
-            core.ended(slot, RestartCause::Cancelled, "killed: a task of a dropped call".into());
+            core.ended(
+                slot,
+                RestartCause::Cancelled,
+                "killed: a task of a dropped call".into(),
+            );
             // It ran a job of a cancelled call: nobody reads this error.
             core.settle(slot, journal, Cause::Task(Error::closed()), true);
             Ended::Died
@@ -518,7 +541,11 @@ async fn finish(
             Ended::Died
         }
         Why::TimedOut(word) => {
-            core.ended(slot, RestartCause::Timeout, "killed: a task past its deadline".into());
+            core.ended(
+                slot,
+                RestartCause::Timeout,
+                "killed: a task past its deadline".into(),
+            );
             // The task is blamed only if it still ran when the worker died: one that finished
             // between the watchdog's look and the kill is not, and the one after it runs again.
             let (now, epoch) = journal.map_or((0, 0), Journal::deadline);
@@ -595,7 +622,11 @@ impl Core {
     fn heard(&self, slot: usize, event: Event) {
         match event {
             Event::Progress { .. } => {
-                let running = self.state().queue.running(slot).map(|j| j.call.progress.clone());
+                let running = self
+                    .state()
+                    .queue
+                    .running(slot)
+                    .map(|j| j.call.progress.clone());
                 crate::observe::progress::heard(&self.observer, slot, running, event);
             }
             Event::Slow {
@@ -611,7 +642,10 @@ impl Core {
                 };
                 let first = {
                     let st = self.state();
-                    st.queue.in_flight(slot).find(|j| j.id == id).map(|j| j.first)
+                    st.queue
+                        .in_flight(slot)
+                        .find(|j| j.id == id)
+                        .map(|j| j.first)
                 };
                 if let Some(first) = first {
                     insights.slow(crate::observe::SlowTask {

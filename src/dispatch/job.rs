@@ -279,7 +279,13 @@ impl CallLink {
     }
 
     /// Fails tasks `first..first + len` (indices in the call) with `e`.
-    pub(super) fn deliver_failure(&self, first: usize, len: usize, worker: Option<usize>, e: Error) {
+    pub(super) fn deliver_failure(
+        &self,
+        first: usize,
+        len: usize,
+        worker: Option<usize>,
+        e: Error,
+    ) {
         let timed_out = if e.is_timeout() { len } else { 0 };
         self.pool
             .counters

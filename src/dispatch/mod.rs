@@ -23,9 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Kind, Stage};
 use crate::observe::Observer;
-use crate::observe::registry::{self, WorkerView};
 use crate::observe::Stats;
+use crate::observe::registry;
 use crate::observe::stats::{Cause as RestartCause, Counters};
+use crate::observe::view::WorkerView;
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
 use crate::worker::{Exited, Watch};

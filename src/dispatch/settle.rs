@@ -138,9 +138,7 @@ impl Core {
                 Later::Values(call, first, count, bytes) => {
                     deliver_values(&call, first, count, bytes, slot, Duration::ZERO)
                 }
-                Later::Failed(call, index, e) => {
-                    call.deliver_failure(index, 1, Some(slot), e)
-                }
+                Later::Failed(call, index, e) => call.deliver_failure(index, 1, Some(slot), e),
             }
         }
         self.wake(None, false);

@@ -17,7 +17,7 @@ use crate::error::{Error, Kind, Stage};
 use crate::observe::stats::Cause as RestartCause;
 use crate::observe::{progress, registry};
 use crate::proto::Failure;
-use crate::worker::{Exited, LocalChunk, LocalDone, LocalNext, LocalQueue, Watch};
+use crate::worker::{Exited, LocalChunk, LocalDone, LocalNext, LocalQueue, Spent, Watch};
 
 /// How long an idle thread worker watches for work before it blocks.
 const SPIN: Duration = Duration::from_micros(100);
@@ -112,7 +112,7 @@ impl LocalQueue for Core {
         watch: &Watch,
         id: u64,
         done: LocalDone,
-        busy: Duration,
+        Spent { busy, cpu }: Spent,
         more: bool,
     ) -> Option<(u64, LocalChunk)> {
         let LocalDone {
@@ -149,6 +149,8 @@ impl LocalQueue for Core {
             }
             (job, next.and_then(|job| self.started(slot, watch, job)))
         };
+        // Counted before the results are delivered: a caller that has them sees the work.
+        self.worked(slot, ran, busy, cpu);
         if let Some(job) = job {
             let (call, first) = (job.call.clone(), job.first);
             drop(job);
@@ -165,11 +167,14 @@ impl LocalQueue for Core {
                 }
             }
             match out {
-                Ok(out) => call.deliver(first, ran, Some(slot), failed, || Outcome::Local(out), busy),
-                Err(m) => call.deliver_failure(first, ran, Some(slot), Error::new(Kind::Protocol(m))),
+                Ok(out) => {
+                    call.deliver(first, ran, Some(slot), failed, || Outcome::Local(out), busy)
+                }
+                Err(m) => {
+                    call.deliver_failure(first, ran, Some(slot), Error::new(Kind::Protocol(m)))
+                }
             }
         }
-        self.worked(slot, ran, busy, Duration::ZERO);
         next
     }
 
@@ -193,8 +198,10 @@ impl LocalQueue for Core {
             return;
         }
         match watch.retired.load(Ordering::Acquire) {
-            true => self
-                .store_retired(slot, exit.map_err(|f| Error::failed(f, Stage::Exit).with_worker(slot))),
+            true => self.store_retired(
+                slot,
+                exit.map_err(|f| Error::failed(f, Stage::Exit).with_worker(slot)),
+            ),
             false => drop(self.store_exit(slot, exit)),
         }
     }

@@ -110,17 +110,8 @@ impl Slots {
         }
         let mut slowest = self.slowest.lock().unwrap_or_else(PoisonError::into_inner);
         slowest.push(task);
-        slowest.sort_by(|a, b| b.duration.cmp(&a.duration));
+        slowest.sort_by_key(|t| std::cmp::Reverse(t.duration));
         slowest.truncate(SLOWEST);
-    }
-
-    /// The shortest duration a task needs to enter the slowest five now.
-    pub(crate) fn threshold(&self) -> Duration {
-        let slowest = self.slowest.lock().unwrap_or_else(PoisonError::into_inner);
-        match slowest.len() {
-            SLOWEST => slowest[SLOWEST - 1].duration,
-            _ => Duration::ZERO,
-        }
     }
 
     pub(crate) fn read(&self) -> Insights {
@@ -208,7 +199,13 @@ pub struct WorkerInsights {
 
 impl WorkerInsights {
     fn parts(&self) -> [Duration; 5] {
-        [self.start_up, self.init, self.waiting, self.working, self.exit]
+        [
+            self.start_up,
+            self.init,
+            self.waiting,
+            self.working,
+            self.exit,
+        ]
     }
 
     fn total(&self) -> Duration {
@@ -418,18 +415,40 @@ mod tests {
                 let got = hms(d);
                 got == *want || hms(d + Duration::from_micros(500)) == *want
             };
-            assert!(close(t, total) && close(m, mean) && close(s, std), "part {i}: {t:?} {m:?} {s:?}");
+            assert!(
+                close(t, total) && close(m, mean) && close(s, std),
+                "part {i}: {t:?} {m:?} {s:?}"
+            );
             let totals = [0.3, 0.33, 0.7, 79.0, 0.77];
             let want = totals[i] / totals.iter().sum::<f64>();
             assert!((r - want).abs() < 1e-6, "part {i}: {r} vs {want}");
         }
         let text = insights.to_string();
-        assert!(text.starts_with("WorkerPool insights\n-------------------\nTotal number of tasks completed: 5\n"), "{text}");
-        assert!(text.contains("Total working time: 0:01:19s (mean: 0:00:39.500, std: 0:00:02.500, ratio: 97.41%)"), "{text}");
+        assert!(
+            text.starts_with(
+                "WorkerPool insights\n-------------------\nTotal number of tasks completed: 5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Total working time: 0:01:19s (mean: 0:00:39.500, std: 0:00:02.500, ratio: 97.41%)"
+            ),
+            "{text}"
+        );
         assert!(!text.contains("Efficiency warning"), "{text}");
-        assert!(text.contains("Worker 1 - Tasks completed: 3 - start up: 0:00:00.200s"), "{text}");
-        assert!(text.contains("1. Time: 0:00:06 - worker 0, task 0: 3"), "{text}");
-        assert!(text.contains("5. Time: 0:00:00.100 - worker 0, task 0: 5"), "{text}");
+        assert!(
+            text.contains("Worker 1 - Tasks completed: 3 - start up: 0:00:00.200s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1. Time: 0:00:06 - worker 0, task 0: 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("5. Time: 0:00:00.100 - worker 0, task 0: 5"),
+            "{text}"
+        );
     }
 
     #[test]

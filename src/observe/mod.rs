@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 pub(crate) mod insights;
+pub(crate) mod output;
 pub(crate) mod progress;
 pub(crate) mod registry;
 pub(crate) mod stats;
+#[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+pub(crate) mod view;
 
 pub use insights::{Insights, SlowTask, WorkerInsights};
 pub use stats::{Histogram, Restarts, Stats};
@@ -27,7 +30,6 @@ pub(crate) struct Observer {
     pub id: u64,
     pub name: String,
     pub method: &'static str,
-    pub workers: usize,
     /// Where the pool was built.
     pub site: &'static Location<'static>,
     /// The pool and worker this pool runs in, when it is a nested pool of a thread worker.
@@ -56,7 +58,6 @@ impl Observer {
             id,
             name: name.unwrap_or_else(|| format!("pool {id}")),
             method,
-            workers,
             site,
             parent: registry::enclosing(),
             counters: Counters::default(),

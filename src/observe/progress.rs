@@ -12,8 +12,15 @@
 //!   worker, passes it on upward, so bars of pools nested at any depth and under any start
 //!   method reach the top.
 //!
-//! A bar ends when its call finishes (left at its final count), fails fast or is dropped (left
-//! with a message saying so); the bars nested under it end with it.
+//! A bar ends when its call finishes (at its final count), fails fast or is dropped (with a
+//! message saying so). The bars drawn under one top-level call of this process (a *family*: the
+//! call's bar, then the bars of pools nested in its workers, in the order they started) stay
+//! together until that call ends: a nested bar that ends stays in place at its final count. When
+//! the top-level call ends, its nested bars still running stop, and the whole family leaves the
+//! live area as plain lines printed above the bars still running. So what is printed later (a
+//! worker's output, the next call's bars) comes below them; a bar that ended is never wiped by
+//! what is printed after it (indicatif wipes the lines of bars dropped from a `MultiProgress`
+//! at its next `println`, which the families avoid by never dropping a bar that is drawn).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +32,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{CallProgress, Observer};
 use crate::proto::Event;
 
-/// How often a bar of a nested pool is sent, at most.
+/// How often a bar of a nested pool is sent, at most (its first count goes at once).
 const SEND_EVERY: Duration = Duration::from_millis(100);
+
+/// The width of a bar's gauge, in cells (the styles' `{bar:30}`).
+const BAR_WIDTH: usize = 30;
+
+/// `Bar::Sent::last` before the first send.
+const NEVER: u64 = u64::MAX;
 
 /// The bars of this process, on stderr.
 pub(crate) fn multi() -> &'static MultiProgress {
@@ -60,8 +73,12 @@ fn running_here() -> Option<Arc<CallProgress>> {
 
 /// How a call's progress is shown.
 pub(crate) enum Bar {
-    /// A bar drawn in this process.
-    Drawn { bar: ProgressBar, multi: MultiProgress },
+    /// A bar drawn in this process: member `member` of family `family` (0 heads it).
+    Drawn {
+        bar: ProgressBar,
+        family: u64,
+        member: usize,
+    },
     /// Events for the pool that owns this worker process.
     Sent {
         id: u64,
@@ -87,27 +104,36 @@ impl Bar {
         let target = observer.draw_target();
         let label = format!("{} {}", observer.name, call.kind);
         let parent = running_here();
+        // Nested in a thread worker of a pool of this process: labelled as events label it.
+        let nested_label = match (&parent, super::registry::enclosing()) {
+            (Some(_), Some((_, slot))) => Some(format!("  {label} (worker {slot})")),
+            _ => None,
+        };
         if target.is_none() && crate::worker::in_process_worker() {
             return Bar::Sent {
                 id: new_id(),
                 parent: parent.and_then(|p| p.bar.get().and_then(Bar::sent_id)),
                 label,
-                last: AtomicU64::new(0),
+                last: AtomicU64::new(NEVER),
                 origin: Instant::now(),
             };
         }
-        let bar = new_bar(&label, call.counts().2);
-        // Under the bar of the call whose thread worker builds this pool, if it has one.
+        let bar = new_bar(nested_label.as_deref().unwrap_or(&label), call.counts().2);
+        // In the family of the call whose thread worker builds this pool, if it has a bar.
         let under = parent.as_ref().and_then(|p| match p.bar.get() {
-            Some(Bar::Drawn { bar, multi }) => Some((bar.clone(), multi.clone())),
+            Some(Bar::Drawn { family, .. }) => Some(*family),
             _ => None,
         });
-        let (bar, multi) = match (under, target) {
-            (Some((above, multi)), None) => (multi.insert_after(&above, bar), multi),
-            (_, Some(multi)) => (multi.add(bar), multi.clone()),
-            (None, None) => (multi().add(bar), multi().clone()),
+        let (bar, family, member) = match (under, target) {
+            (Some(family), None) => join_or_head(family, bar, multi()),
+            (_, Some(multi)) => head(multi, bar),
+            (None, None) => head(multi(), bar),
         };
-        Bar::Drawn { bar, multi }
+        Bar::Drawn {
+            bar,
+            family,
+            member,
+        }
     }
 
     fn sent_id(&self) -> Option<u64> {
@@ -124,7 +150,7 @@ impl Bar {
             Bar::Sent { last, origin, .. } => {
                 let now = origin.elapsed().as_nanos() as u64;
                 let then = last.load(Ordering::Relaxed);
-                if now.saturating_sub(then) >= SEND_EVERY.as_nanos() as u64
+                if (then == NEVER || now.saturating_sub(then) >= SEND_EVERY.as_nanos() as u64)
                     && last
                         .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
@@ -135,20 +161,25 @@ impl Bar {
         }
     }
 
-    /// The call ended: the bar stops, and so do the bars nested under it.
+    /// The call ended: the bar stops; if it heads its family, the bars nested under it stop,
+    /// and the family leaves the live area.
     pub(crate) fn close(&self, call: &CallProgress, how: Close) {
         match self {
-            Bar::Drawn { bar, .. } => {
+            Bar::Drawn {
+                bar,
+                family,
+                member,
+            } => {
                 show(bar, call.counts());
                 match how {
                     Close::Done => bar.finish(),
                     Close::Failed => bar.abandon_with_message(failed_message(call, "failed")),
                     Close::Dropped => bar.abandon_with_message(failed_message(call, "dropped")),
                 }
+                ended(*family, *member);
             }
             Bar::Sent { .. } => self.send(call, true),
         }
-        close_nested(call);
     }
 
     fn send(&self, call: &CallProgress, closed: bool) {
@@ -220,9 +251,10 @@ fn show(bar: &ProgressBar, (done, failed, total): (u64, u64, Option<u64>)) {
 /// The calls of nested pools this process heard of (and draws), by bar id.
 struct Nested {
     bar: ProgressBar,
-    multi: MultiProgress,
+    family: u64,
+    member: usize,
     /// The call of this process under which it is drawn (directly or through other nested
-    /// bars): it ends with that call.
+    /// bars).
     root: Weak<CallProgress>,
     view: NestedView,
 }
@@ -254,18 +286,6 @@ pub(crate) fn nested_under(call: &CallProgress) -> Vec<NestedView> {
 fn nested() -> &'static Mutex<HashMap<u64, Nested>> {
     static NESTED: OnceLock<Mutex<HashMap<u64, Nested>>> = OnceLock::new();
     NESTED.get_or_init(Default::default)
-}
-
-/// Ends the nested bars drawn under `call`.
-fn close_nested(call: &CallProgress) {
-    let mut nested = nested().lock().unwrap_or_else(PoisonError::into_inner);
-    nested.retain(|_, n| {
-        let mine = n.root.upgrade().is_none_or(|r| std::ptr::eq(&*r, call));
-        if mine {
-            n.bar.abandon();
-        }
-        !mine
-    });
 }
 
 /// A pool running in worker `slot` of `observer`'s pool sent its progress; `running` is the
@@ -305,49 +325,165 @@ pub(crate) fn heard(
         return;
     }
     let mut all = nested().lock().unwrap_or_else(PoisonError::into_inner);
+    if !all.contains_key(&id) {
+        // A new bar: under the nested bar it names, or the call its worker runs.
+        let root = running.as_ref().map(Arc::downgrade).unwrap_or_default();
+        let (under, root) = match parent.and_then(|p| all.get(&p)) {
+            Some(p) => (Some(p.family), p.root.clone()),
+            None => match running.as_ref().and_then(|c| c.bar.get()) {
+                Some(Bar::Drawn { family, .. }) => (Some(*family), root),
+                _ => (None, root),
+            },
+        };
+        let bar = new_bar(&label, total);
+        let (bar, family, member) = match under {
+            Some(family) => join_or_head(family, bar, observer.multi()),
+            None => head(observer.multi(), bar),
+        };
+        let view = NestedView {
+            id,
+            parent,
+            label: label.trim().to_owned(),
+            worker: slot,
+            done,
+            failed,
+            total,
+        };
+        all.insert(
+            id,
+            Nested {
+                bar,
+                family,
+                member,
+                root,
+                view,
+            },
+        );
+    }
+    let Some(n) = all.get_mut(&id) else {
+        return;
+    };
+    show(&n.bar, (done, failed, total));
+    (n.view.done, n.view.failed, n.view.total) = (done, failed, total);
     if closed {
-        if let Some(n) = all.remove(&id) {
-            show(&n.bar, (done, failed, total));
-            n.bar.finish();
+        n.bar.finish();
+        let (family, member) = (n.family, n.member);
+        all.remove(&id);
+        drop(all);
+        ended(family, member);
+    }
+}
+
+/// Bars that stay together on screen until their head's call ends.
+struct Family {
+    multi: MultiProgress,
+    /// In the order they are drawn, the head first; with the line each leaves, once it ended.
+    bars: Vec<(ProgressBar, Option<String>)>,
+}
+
+fn families() -> &'static Mutex<HashMap<u64, Family>> {
+    static FAMILIES: OnceLock<Mutex<HashMap<u64, Family>>> = OnceLock::new();
+    FAMILIES.get_or_init(Default::default)
+}
+
+/// `bar`, drawn at the bottom of `multi`, heads a new family: (bar, family, member).
+fn head(multi: &MultiProgress, bar: ProgressBar) -> (ProgressBar, u64, usize) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let bar = multi.add(bar);
+    let family = Family {
+        multi: multi.clone(),
+        bars: vec![(bar.clone(), None)],
+    };
+    let mut all = families().lock().unwrap_or_else(PoisonError::into_inner);
+    all.insert(id, family);
+    (bar, id, 0)
+}
+
+/// `bar` joins family `id`, drawn under its last bar; or, when that family has left already,
+/// heads a new one at the bottom of `multi`.
+fn join_or_head(id: u64, bar: ProgressBar, multi: &MultiProgress) -> (ProgressBar, u64, usize) {
+    let mut all = families().lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(f) = all.get_mut(&id) else {
+        drop(all);
+        return head(multi, bar);
+    };
+    let last = &f.bars[f.bars.len() - 1].0;
+    let bar = f.multi.insert_after(last, bar);
+    f.bars.push((bar.clone(), None));
+    (bar, id, f.bars.len() - 1)
+}
+
+/// Member `member` of family `id` ended (its bar shows how). The head's end takes the family
+/// off the live area: its bars still running stop, and each leaves a line above the bars that
+/// run on.
+fn ended(id: u64, member: usize) {
+    let mut all = families().lock().unwrap_or_else(PoisonError::into_inner);
+    if member != 0 {
+        if let Some((bar, line)) = all.get_mut(&id).and_then(|f| f.bars.get_mut(member)) {
+            *line = Some(final_line(bar));
         }
         return;
     }
-    if let Some(n) = all.get_mut(&id) {
-        show(&n.bar, (done, failed, total));
-        (n.view.done, n.view.failed, n.view.total) = (done, failed, total);
+    let Some(family) = all.remove(&id) else {
         return;
+    };
+    drop(all);
+    let lines: Vec<String> = family
+        .bars
+        .iter()
+        .map(|(bar, line)| {
+            line.clone().unwrap_or_else(|| {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+                final_line(bar)
+            })
+        })
+        .collect();
+    for (bar, _) in &family.bars {
+        family.multi.remove(bar);
     }
-    // A new bar: under the nested bar it names, or the call its worker runs.
-    let root = running.as_ref().map(Arc::downgrade).unwrap_or_default();
-    let (above, root) = match parent.and_then(|p| all.get(&p)) {
-        Some(p) => (Some((p.bar.clone(), p.multi.clone())), p.root.clone()),
-        None => match running.as_ref().and_then(|c| c.bar.get()) {
-            Some(Bar::Drawn { bar, multi }) => (Some((bar.clone(), multi.clone())), root),
-            _ => (None, root),
-        },
+    let _ = family.multi.println(lines.join("\n"));
+    let mut nested = nested().lock().unwrap_or_else(PoisonError::into_inner);
+    nested.retain(|_, n| n.family != id);
+}
+
+/// The line a bar that ended leaves: its label, its counts, how long it took and how fast it
+/// went, and its message (failures, or how it ended).
+fn final_line(bar: &ProgressBar) -> String {
+    let done = bar.position();
+    let took = bar.elapsed();
+    let counts = match bar.length() {
+        Some(len) => format!("[{}] {done}/{len}", gauge(done, len, BAR_WIDTH)),
+        None => format!("{done} done"),
     };
-    let bar = new_bar(&label, total);
-    let (bar, multi) = match above {
-        Some((above, multi)) => (multi.insert_after(&above, bar), multi),
-        None => (observer.multi().add(bar), observer.multi().clone()),
+    let rate = match took.as_secs_f64() {
+        s if s > 0.0 => done as f64 / s,
+        _ => 0.0,
     };
-    show(&bar, (done, failed, total));
-    let view = NestedView {
-        id,
-        parent,
-        label: label.trim().to_owned(),
-        worker: slot,
-        done,
-        failed,
-        total,
+    let message = bar.message();
+    let message = match message.is_empty() {
+        true => String::new(),
+        false => format!(" {message}"),
     };
-    all.insert(
-        id,
-        Nested {
-            bar,
-            multi,
-            root,
-            view,
-        },
-    );
+    format!(
+        "{} {counts} (took {}, {rate:.1}/s){message}",
+        bar.prefix(),
+        super::insights::hms(took),
+    )
+}
+
+/// A bar of `width` cells, `done` of `len` filled, as indicatif draws it with `=> `.
+fn gauge(done: u64, len: u64, width: usize) -> String {
+    let filled = match len {
+        0 => width,
+        _ => (done.min(len) as u128 * width as u128 / len as u128) as usize,
+    };
+    let mut g = "=".repeat(filled);
+    if filled < width {
+        g.push('>');
+        g.push_str(&" ".repeat(width - filled - 1));
+    }
+    g
 }

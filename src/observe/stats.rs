@@ -89,7 +89,9 @@ impl Histogram {
                 return Some(Duration::from_nanos(upper(i)));
             }
         }
-        Some(Duration::from_nanos(upper(self.buckets.len().saturating_sub(1))))
+        Some(Duration::from_nanos(upper(
+            self.buckets.len().saturating_sub(1),
+        )))
     }
 
     /// The non-empty buckets: each one's upper edge and count.
@@ -192,11 +194,12 @@ impl Counters {
         self.restarts[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether chunk number `seq` of a call whose tasks take `ns_per_task` is timed end to end
-    /// (two clock reads): every chunk of tasks long enough that the reads are lost in them, one
+    /// Whether chunk number `seq` of a call whose tasks take `ns_per_task` (0: not known yet)
+    /// is timed end to end (two clock reads): every chunk until the call's task time is known,
+    /// and after that every chunk of tasks long enough that the reads are lost in them, and one
     /// chunk in 32 of tiny ones.
     pub(crate) fn sample(seq: u64, ns_per_task: u64) -> bool {
-        ns_per_task >= 20_000 || seq % 32 == 0
+        ns_per_task == 0 || ns_per_task >= 20_000 || seq % 32 == 0
     }
 
     /// `len` tasks finished, `failed` of them failing (`timed_out` by their deadline), in
@@ -263,8 +266,9 @@ impl Counters {
 /// A live snapshot of a pool: [`AsyncPool::stats`](crate::AsyncPool::stats).
 ///
 /// Counts are since the pool was built. Time distributions are per task: running time from what
-/// the workers measure (a chunk's time shared among its tasks), waiting and end-to-end time from
-/// every chunk of tasks that take 20 µs or more and one chunk in 32 of shorter ones.
+/// the workers measure of the tasks whose results they send (a chunk's time shared among its
+/// tasks); waiting and end-to-end time from the chunks of a call until its task time is known,
+/// then from every chunk of tasks that take 20 µs or more and one chunk in 32 of shorter ones.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -322,9 +326,7 @@ impl fmt::Display for Stats {
             ("end to end", &self.end_to_end),
         ] {
             match (h.quantile(0.5), h.quantile(0.99)) {
-                (Some(p50), Some(p99)) => {
-                    writeln!(f, "{name}: median < {p50:?}, 99% < {p99:?}")?
-                }
+                (Some(p50), Some(p99)) => writeln!(f, "{name}: median < {p50:?}, 99% < {p99:?}")?,
                 _ => writeln!(f, "{name}: no samples")?,
             }
         }
@@ -344,9 +346,15 @@ mod tests {
         let h = b.read();
         assert_eq!(h.count(), 100);
         let p50 = h.quantile(0.5).unwrap();
-        assert!(p50 >= Duration::from_micros(1) && p50 <= Duration::from_micros(2), "{p50:?}");
+        assert!(
+            p50 >= Duration::from_micros(1) && p50 <= Duration::from_micros(2),
+            "{p50:?}"
+        );
         let p99 = h.quantile(0.99).unwrap();
-        assert!(p99 >= Duration::from_millis(1) && p99 <= Duration::from_millis(2), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_millis(1) && p99 <= Duration::from_millis(2),
+            "{p99:?}"
+        );
         assert_eq!(h.buckets().count(), 2);
         assert_eq!(Buckets::default().read().quantile(0.5), None);
     }

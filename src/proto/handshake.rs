@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::frame::{self, AsyncReader, FrameIo, Frame, Reader, Writer};
+use super::frame::{self, AsyncReader, Frame, FrameIo, Reader, Writer};
 use super::{Failure, FromWorker, MAGIC, ToWorker, VERSION};
 use crate::sys::image::{self, Identity};
 

@@ -27,40 +27,45 @@ pub(crate) struct Fork;
 impl Start for Fork {
     fn launch<'a>(
         &'a self,
-        _id: usize,
+        id: usize,
         spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         let shared: Arc<dyn Any + Send + Sync> = spec.shared.clone();
-        Box::pin(link::local(spec, true, move |ends: ChildEnds| async move {
-            let parent = std::process::id();
-            let (pid, pidfd) = launcher::run(move || {
-                // Everything lazily initialised that the child will use is initialised now, on
-                // this thread: a `Once` that another thread was running at the moment of the fork
-                // would stay "running" in the child forever.
-                crate::worker::prepare_fork();
-                // No thread of ours may be capturing a backtrace (std's global lock) as we fork.
-                let held = crate::worker::capture_lock()
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let pid = sys::fork::fork_with(held, move || {
-                    for fd in ends.parents {
-                        sys::fd::close_inherited(fd);
-                    }
-                    if !launcher::dies_with(parent) {
-                        return 1;
-                    }
-                    crate::worker::serve(ends.into_worker(), Some(shared))
-                })?;
-                let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
-                Ok::<_, std::io::Error>((pid, pidfd))
-            })
-            .await
-            .and_then(|r| r)
-            .map_err(|e| Error::start_io("could not fork", e))?;
-            let child = Child::new(pid, pidfd)
-                .map_err(|e| Error::start_io("could not watch the worker", e))?;
-            Ok(Box::new(child) as _)
-        }))
+        Box::pin(link::local(
+            spec,
+            id,
+            true,
+            move |ends: ChildEnds| async move {
+                let parent = std::process::id();
+                let (pid, pidfd) = launcher::run(move || {
+                    // Everything lazily initialised that the child will use is initialised now, on
+                    // this thread: a `Once` that another thread was running at the moment of the fork
+                    // would stay "running" in the child forever.
+                    crate::worker::prepare_fork();
+                    // No thread of ours may be capturing a backtrace (std's global lock) as we fork.
+                    let held = crate::worker::capture_lock()
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let pid = sys::fork::fork_with(held, move || {
+                        for fd in ends.parents {
+                            sys::fd::close_inherited(fd);
+                        }
+                        if !launcher::dies_with(parent) {
+                            return 1;
+                        }
+                        crate::worker::serve(ends.into_worker(), Some(shared))
+                    })?;
+                    let pidfd = sys::fd::pidfd_open(pid.as_raw())?;
+                    Ok::<_, std::io::Error>((pid, pidfd))
+                })
+                .await
+                .and_then(|r| r)
+                .map_err(|e| Error::start_io("could not fork", e))?;
+                let child = Child::new(pid, pidfd)
+                    .map_err(|e| Error::start_io("could not watch the worker", e))?;
+                Ok(Box::new(child) as _)
+            },
+        ))
     }
 }

@@ -6,7 +6,8 @@
 //! datagram:
 //!
 //! - owner → server: `Spawn { token }` with the worker's two pipe ends, its arena descriptor and
-//!   its journal attached (`SCM_RIGHTS`);
+//!   its journal attached (`SCM_RIGHTS`), and its standard output and error when the pool relays
+//!   them;
 //! - server → owner: `Spawned { token, pid }` with a pidfd of the new worker attached, opened
 //!   before the server could reap it (so the pid cannot have been reused); `Failed { token }`;
 //!   `Exited { pid, exit }` when the server reaped a worker (only a parent can collect a status).
@@ -119,12 +120,12 @@ pub(crate) fn serve(ctl: OwnedFd) -> i32 {
             let Ok(Request::Spawn { token }) = postcard::from_bytes::<Request>(&buf[..n]) else {
                 continue;
             };
-            let reply = match <[OwnedFd; 4]>::try_from(fds) {
-                Ok(fds) => spawn_one(&ctl, &sfd, &old, server, fds, token),
-                Err(_) => Err((
+            let reply = match fds.len() {
+                4 | 6 => spawn_one(&ctl, &sfd, &old, server, fds, token),
+                _ => Err((
                     Reply::Failed {
                         token,
-                        error: "expected four descriptors".into(),
+                        error: "expected four or six descriptors".into(),
                     },
                     None,
                 )),
@@ -147,9 +148,13 @@ fn spawn_one(
     sfd: &SignalFd,
     old: &SigSet,
     server: u32,
-    [tasks, results, arena, journal]: [OwnedFd; 4],
+    fds: Vec<OwnedFd>,
     token: u64,
 ) -> SpawnResult {
+    let mut fds = fds.into_iter();
+    let [tasks, results, arena, journal] =
+        std::array::from_fn(|_| fds.next().expect("four or six descriptors"));
+    let output = fds.next().zip(fds.next()).map(|(o, e)| [o, e]);
     let (ctl_fd, sfd_fd) = (ctl.as_raw_fd(), sfd.as_fd().as_raw_fd());
     let old = *old;
     let forked = sys::fork::fork_with((), move || {
@@ -164,6 +169,7 @@ fn spawn_one(
             results,
             arena: Some(arena),
             journal: Some(journal),
+            output,
         };
         crate::worker::serve(ends, None)
     });
@@ -384,7 +390,7 @@ impl Client {
             token
         };
         let msg = postcard::to_stdvec(&Request::Spawn { token }).map_err(|e| e.to_string())?;
-        let fds = ends.fds().map(|fd| fd.as_raw_fd());
+        let fds: Vec<_> = ends.fds().iter().map(|fd| fd.as_raw_fd()).collect();
         sys::fd::send_with_fds(&self.ctl, &msg, &fds).map_err(|e| {
             self.state().pending.remove(&token);
             e.to_string()
@@ -422,13 +428,13 @@ pub(crate) struct Forkserver;
 impl Start for Forkserver {
     fn launch<'a>(
         &'a self,
-        _id: usize,
+        id: usize,
         spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
             let client = client().await?;
-            link::local(spec, false, |ends: ChildEnds| async move {
+            link::local(spec, id, false, |ends: ChildEnds| async move {
                 let (pid, pidfd) = client
                     .spawn(ends)
                     .await

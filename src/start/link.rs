@@ -12,6 +12,7 @@ use tokio::net::unix::pipe;
 
 use super::{Link, Process, Spec};
 use crate::error::Error;
+use crate::observe::output::{self, Stream};
 use crate::proto::AsyncReader;
 use crate::sys::journal::Journal;
 
@@ -37,19 +38,25 @@ pub(crate) struct ChildEnds {
     pub results: OwnedFd,
     pub arena: OwnedFd,
     pub journal: OwnedFd,
+    /// Its standard output and error, when the pool relays them (see `observe::output`).
+    pub output: Option<[OwnedFd; 2]>,
     pub parents: [RawFd; 2],
 }
 
 impl ChildEnds {
     /// The descriptors, in the order a worker takes them (`worker::Ends`, and descriptors 3 to 6
-    /// of a re-executed worker).
-    pub(crate) fn fds(&self) -> [BorrowedFd<'_>; 4] {
-        [
+    /// of a re-executed worker, then 7 and 8 for its output when the pool relays it).
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![
             self.tasks.as_fd(),
             self.results.as_fd(),
             self.arena.as_fd(),
             self.journal.as_fd(),
-        ]
+        ];
+        if let Some([out, err]) = &self.output {
+            fds.extend([out.as_fd(), err.as_fd()]);
+        }
+        fds
     }
 
     /// What the worker loop takes, once the child runs.
@@ -59,6 +66,7 @@ impl ChildEnds {
             results: self.results,
             arena: Some(self.arena),
             journal: Some(self.journal),
+            output: self.output,
         }
     }
 }
@@ -68,11 +76,16 @@ impl ChildEnds {
 /// largest batch.
 const JOURNAL: usize = 64 << 20;
 
-/// Starts a worker on this machine, the part every process start method shares: makes its pipes,
-/// has `start` create the process with the child's ends, then registers the pool's ends with the
-/// reactor. `inherits` says whether the worker inherits the pool's memory (so the shared object
-/// is not sent).
-pub(crate) async fn local<F, Fut>(spec: &Spec, inherits: bool, start: F) -> Result<Link, Error>
+/// Starts worker `id` on this machine, the part every process start method shares: makes its
+/// pipes, has `start` create the process with the child's ends, then registers the pool's ends
+/// with the reactor (and relays its output, when the pool does). `inherits` says whether the
+/// worker inherits the pool's memory (so the shared object is not sent).
+pub(crate) async fn local<F, Fut>(
+    spec: &Spec,
+    id: usize,
+    inherits: bool,
+    start: F,
+) -> Result<Link, Error>
 where
     F: FnOnce(ChildEnds) -> Fut,
     Fut: Future<Output = Result<Box<dyn Process>, Error>>,
@@ -91,16 +104,30 @@ where
         };
         let journal = Journal::new(JOURNAL, crate::proto::deadline::now_us())?;
         let parents = [tasks_w.as_raw_fd(), results_r.as_raw_fd()];
+        // Its output, when the pool relays it: the pool's read ends, the child's write ends.
+        let output = match spec.relay {
+            Some(_) => {
+                let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+                let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+                Some(([out_r, err_r], [out_w, err_w]))
+            }
+            None => None,
+        };
+        let (ours, theirs) = match output {
+            Some((ours, theirs)) => (Some(ours), Some(theirs)),
+            None => (None, None),
+        };
         let child = ChildEnds {
             tasks: tasks_r,
             results: results_w,
             arena,
             journal: journal.fd().try_clone_to_owned()?,
+            output: theirs,
             parents,
         };
-        Ok((tasks_w, results_r, child, journal))
+        Ok((tasks_w, results_r, child, journal, ours))
     };
-    let (tasks, results, child, journal) =
+    let (tasks, results, child, journal, output) =
         pipes().map_err(|e| Error::start_io("could not make the worker's pipes", e))?;
     let proc = start(child).await?;
     let register = || -> io::Result<(Writes, Reads)> {
@@ -111,11 +138,20 @@ where
     };
     let (writes, reads) =
         register().map_err(|e| Error::start_io("could not register the worker's pipes", e))?;
+    let mut relays = Vec::new();
+    if let (Some([out, err]), Some(bars)) = (output, &spec.relay) {
+        for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
+            let from = pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| Error::start_io("could not register the worker's output", e))?;
+            relays.push(tokio::spawn(output::relay(from, id, stream, bars.clone())));
+        }
+    }
     Ok(Link::Process {
         writes,
         reads,
         journal: Some(Arc::new(journal)),
         proc,
         inherits,
+        relays,
     })
 }

@@ -128,6 +128,8 @@ pub(crate) struct Spec {
     pub max_memory: Option<u64>,
     /// What workers measure of their tasks for insights: 0 nothing, 1 times, 2 times and memory.
     pub insights: u8,
+    /// Where process workers' output is relayed, when it is (the pool's bars can be seen).
+    pub relay: Option<indicatif::MultiProgress>,
 }
 
 /// The pool's queue, for workers that take their jobs themselves (threads).
@@ -149,6 +151,8 @@ pub(crate) enum Link {
         proc: Box<dyn Process>,
         /// Whether the worker inherits the pool's memory (so the shared object is not sent).
         inherits: bool,
+        /// The tasks relaying its output, which end after it.
+        relays: Vec<tokio::task::JoinHandle<()>>,
     },
 }
 
@@ -196,6 +200,8 @@ pub(crate) enum Connected {
         proc: Box<dyn Process>,
         /// How long its set-up (`worker_init`) took.
         init: Duration,
+        /// The tasks relaying its output.
+        relays: Vec<tokio::task::JoinHandle<()>>,
     },
 }
 
@@ -255,6 +261,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             journal,
             mut proc,
             inherits,
+            relays,
         } => {
             // Pinned before it runs anything of ours: it has one thread now, and every thread a
             // task starts inherits the set.
@@ -328,6 +335,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     journal,
                     proc,
                     init,
+                    relays,
                 }),
                 Err(e) => {
                     proc.kill();

@@ -17,11 +17,11 @@ pub(crate) struct Spawn;
 impl Start for Spawn {
     fn launch<'a>(
         &'a self,
-        _id: usize,
+        id: usize,
         spec: &'a Spec,
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
-        Box::pin(link::local(spec, false, |ends: ChildEnds| async move {
+        Box::pin(link::local(spec, id, false, |ends: ChildEnds| async move {
             let (pid, pidfd) = launcher::run(move || {
                 let pid = launcher::spawn_self(launcher::ROLE_WORKER, &ends.fds())?;
                 // The child has its copies now; ours close when this returns, so that EOF can

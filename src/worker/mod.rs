@@ -12,8 +12,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::proto::deadline::Stamper;
-use crate::proto::frame::{HEADER_ROOM, Shared};
 use crate::proto::frame::FrameIo;
+use crate::proto::frame::{HEADER_ROOM, Shared};
 use crate::proto::{self, Event, Failure, FromWorker, Reader, Span, ToWorker, Writer, handshake};
 use crate::sys::image::{self, EntryFn};
 use crate::sys::journal;
@@ -28,11 +28,11 @@ mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
 pub(crate) use lifespan::Lifespan;
-pub(crate) use probe::{Measured, Probe};
+pub(crate) use probe::Probe;
 pub(crate) use results::Results;
 pub(crate) use thread::{
-    LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, Takeback, ThreadEnd,
-    ThreadWorker, Watch,
+    LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, Spent, Takeback,
+    ThreadEnd, ThreadWorker, Watch,
 };
 
 /// What a worker holds across its tasks.
@@ -65,6 +65,8 @@ pub(crate) struct Ends {
     pub results: OwnedFd,
     pub arena: Option<OwnedFd>,
     pub journal: Option<OwnedFd>,
+    /// What becomes its standard output and error, when the pool relays them.
+    pub output: Option<[OwnedFd; 2]>,
 }
 
 /// The loop of a worker process. Returns the exit code; the caller leaves through `_exit`.
@@ -72,6 +74,12 @@ pub(crate) struct Ends {
 /// `inherited` is the pool's shared object when the worker was forked from the pool itself.
 pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -> i32 {
     install_panic_hook();
+    if let Some([out, err]) = &ends.output {
+        // What it prints goes to the pool, which prints it above its bars.
+        if nix::unistd::dup2_stdout(out).is_err() || nix::unistd::dup2_stderr(err).is_err() {
+            return 2;
+        }
+    }
     let arena = match ends.arena.map(View::open).transpose() {
         Ok(arena) => arena,
         Err(_) => return 2,
@@ -229,7 +237,12 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     call.results.flush();
                     let wr = call.results.writer();
                     if wr
-                        .send(&FromWorker::Retiring { memory: call.lifespan.for_memory() }, &[])
+                        .send(
+                            &FromWorker::Retiring {
+                                memory: call.lifespan.for_memory(),
+                            },
+                            &[],
+                        )
                         .and_then(|()| wr.flush())
                         .is_err()
                     {

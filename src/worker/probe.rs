@@ -49,7 +49,10 @@ impl Probe {
         let memory = memory
             .then(|| {
                 Some(Memory {
-                    clear_refs: File::options().write(true).open("/proc/self/clear_refs").ok()?,
+                    clear_refs: File::options()
+                        .write(true)
+                        .open("/proc/self/clear_refs")
+                        .ok()?,
                     status: File::open("/proc/self/status").ok()?,
                 })
             })

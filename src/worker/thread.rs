@@ -66,6 +66,15 @@ pub(crate) struct LocalDone {
     pub abandoned: bool,
 }
 
+/// What a job cost its thread worker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spent {
+    /// From when it took the job to when it finished it.
+    pub busy: Duration,
+    /// Processor time, when measured (insights on).
+    pub cpu: Duration,
+}
+
 impl LocalDone {
     /// A chunk that could not run at all.
     pub(crate) fn failed(why: String) -> LocalDone {
@@ -196,7 +205,7 @@ pub(crate) trait LocalQueue: Send + Sync {
         watch: &Watch,
         id: u64,
         done: LocalDone,
-        busy: Duration,
+        spent: Spent,
         more: bool,
     ) -> Option<(u64, LocalChunk)>;
     /// The worker's lifespan is over: it leaves its slot, and runs its exit function next.
@@ -295,8 +304,12 @@ impl ThreadWorker {
                 LocalNext::Job(job, chunk) => {
                     let t0 = Instant::now();
                     let done = chunk(&mut cx, left);
+                    let spent = Spent {
+                        busy: t0.elapsed(),
+                        cpu: cx.probe.as_mut().map_or(Duration::ZERO, Probe::take_cpu),
+                    };
                     left = left.saturating_sub(done.ran as u64);
-                    next_job = queue.done(id, &watch, job, done, t0.elapsed(), left > 0);
+                    next_job = queue.done(id, &watch, job, done, spent, left > 0);
                     if next_job.is_none() && watch.is_abandoned() {
                         return leave(ended, ThreadEnd::Stopped);
                     }
