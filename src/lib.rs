@@ -145,7 +145,10 @@
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! - `dashboard` (off by default): `ampire::Dashboard`, a live web page (and JSON API) of every
+//!   pool of the process, served by a task on your tokio runtime:
+//!   `ampire::Dashboard::start("127.0.0.1:0").await?`. It has no authentication; read its
+//!   security note before binding anything but a loopback address.
 //!
 //! # Platform support
 //!
@@ -187,6 +190,8 @@
 
 mod call;
 mod cpus;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod dispatch;
 mod entry;
 mod error;
@@ -202,6 +207,8 @@ mod task;
 mod worker;
 
 pub use crate::cpus::Cpus;
+#[cfg(feature = "dashboard")]
+pub use crate::dashboard::Dashboard;
 pub use crate::error::Error;
 pub use crate::handle::{Apply, ApplyFuture, Map, MapFuture, MapStream};
 pub use crate::observe::{Histogram, Insights, Restarts, SlowTask, Stats, WorkerInsights};
