@@ -114,9 +114,58 @@ async fn warm_pool(m: StartMethod) -> AsyncPool {
     if let Some(n) = env_number("AMPIRE_BENCH_LIFESPAN") {
         b = b.worker_lifespan(n);
     }
+    if env_number("AMPIRE_BENCH_INSIGHTS") == Some(1) {
+        b = b.enable_insights(true);
+    }
+    if progress_bars() {
+        // Drawn in full, as on a terminal, into one that discards what it is sent.
+        let sink = indicatif::ProgressDrawTarget::term_like(Box::new(Sink));
+        b = b.__draw_bars_to(sink);
+    }
     let pool = b.build().await.unwrap();
     warm(&pool).await;
     pool
+}
+
+/// Whether W1 and W2 show a progress bar (`AMPIRE_BENCH_PROGRESS=1`).
+fn progress_bars() -> bool {
+    env_number("AMPIRE_BENCH_PROGRESS") == Some(1)
+}
+
+/// A terminal of 100 columns that discards what is drawn on it.
+#[derive(Debug)]
+struct Sink;
+
+impl indicatif::TermLike for Sink {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        black_box(s);
+        Ok(())
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        black_box(s);
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -178,7 +227,7 @@ fn w1_w2(a: &Args, rt: &tokio::runtime::Runtime, n: u64, chunk: Option<usize>) {
         "ampire" => rt.block_on(async {
             let pool = warm_pool(method(a)).await;
             let t = Instant::now();
-            let call = pool.map(double, 0..n);
+            let call = pool.map(double, 0..n).progress_bar(progress_bars());
             let out = match chunk {
                 Some(c) => call.chunk_size(c).await,
                 None => call.await,

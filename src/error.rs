@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{Failure, Fault};
+pub(crate) use crate::sys::reap::Used;
 
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,14 +29,25 @@ impl fmt::Display for Exit {
     }
 }
 
+/// What a dead worker used, as errors and restarts tell it: `peak RSS 11.8 GiB, CPU 3.20 s`.
+pub(crate) fn describe_used(used: &Used) -> String {
+    format!(
+        "peak RSS {}, CPU {:.2} s",
+        crate::human::bytes(used.peak_rss),
+        used.cpu.as_secs_f64()
+    )
+}
+
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A task (or `worker_init`/`worker_exit`) panicked.
     Panic { failure: Failure, during: Stage },
     /// The worker process ended while it ran the task. `earlier`: the deaths this task caused
     /// before, each on a worker of its own, when it was run again (`max_retries`).
+    /// `used`: its peak memory and processor time, when it was reaped with them.
     WorkerDied {
         exit: Exit,
+        used: Option<Used>,
         during: Stage,
         earlier: Vec<(usize, Exit)>,
     },
@@ -171,8 +183,18 @@ impl Error {
     pub(crate) fn died(exit: Exit, during: Stage) -> Error {
         Error::new(Kind::WorkerDied {
             exit,
+            used: None,
             during,
             earlier: Vec::new(),
+        })
+    }
+
+    /// This error, for a worker that died having used `what` (a worker death only).
+    pub(crate) fn with_used(self, what: Option<Used>) -> Error {
+        self.map(|i| {
+            if let Kind::WorkerDied { used, .. } = &mut i.kind {
+                *used = what;
+            }
         })
     }
 
@@ -398,6 +420,26 @@ impl Error {
         }
     }
 
+    /// The peak resident memory of the worker process that died, in bytes, as the kernel
+    /// reported it when the worker was reaped (`wait4`). `None` for other errors. (A `Fork`
+    /// worker counts the pages it shares with the pool's process as resident too.)
+    pub fn peak_memory(&self) -> Option<u64> {
+        self.used().map(|u| u.peak_rss)
+    }
+
+    /// The processor time (user and system) the worker process that died used over its life,
+    /// as the kernel reported it when the worker was reaped. `None` for other errors.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.used().map(|u| u.cpu)
+    }
+
+    fn used(&self) -> Option<Used> {
+        match self.0.kind {
+            Kind::WorkerDied { used, .. } => used,
+            _ => None,
+        }
+    }
+
     /// How many workers the task killed: 1 for a task whose worker died, more for a task that
     /// was run again ([`max_retries`](crate::Builder::max_retries)) and killed each worker it
     /// ran on; 0 for every other error. The message lists each death.
@@ -425,10 +467,12 @@ impl Kind {
             },
             Kind::WorkerDied {
                 exit,
+                used,
                 during,
                 earlier,
             } => Kind::WorkerDied {
                 exit: *exit,
+                used: *used,
                 during: *during,
                 earlier: earlier.clone(),
             },
@@ -477,11 +521,16 @@ impl fmt::Display for Error {
             }
             Kind::WorkerDied {
                 exit,
+                used,
                 during,
                 earlier,
             } => {
                 worker(f)?;
-                write!(f, " {exit} while running {during}")?;
+                write!(f, " {exit}")?;
+                if let Some(used) = used {
+                    write!(f, ", {},", describe_used(used))?;
+                }
+                write!(f, " while running {during}")?;
                 if !earlier.is_empty() {
                     write!(f, "; it had killed {} workers before:", earlier.len())?;
                     for (i, (w, exit)) in earlier.iter().enumerate() {

@@ -122,6 +122,10 @@
 //!   exit status. A `worker_init` that panics breaks it at once ([`Error::is_init`]).
 //! - **A worker that breaks the protocol** (a malformed frame) is killed and replaced; the first
 //!   task whose result had not arrived fails ([`Error::is_protocol`]).
+//! - A process worker's death also says what the worker used over its life, as the kernel
+//!   reported when it was reaped (`wait4`, through the forkserver too): "worker 0 was killed by
+//!   signal 9 (SIGKILL), peak RSS 11.8 GiB, CPU 3.20 s, while running a task"
+//!   ([`Error::peak_memory`], [`Error::cpu_time`]).
 //! - **A task past its deadline** ([`Builder::task_timeout`], or the call's own
 //!   `task_timeout`; [`Error::is_timeout`]): the clock starts when the task starts. A process
 //!   worker running it is killed and settled like a death: the task fails with how long it ran,
@@ -143,8 +147,34 @@
 //! whole shutdown. [`Builder::cpu_ids`] pins workers to CPUs; [`Builder::max_queued_tasks`]
 //! bounds the queue ([`AsyncPool::try_apply`] is refused when it is full, other calls wait).
 //!
+//! # Seeing the work
+//!
+//! - **Progress bars**: `.progress_bar(true)` on a call ([`Map::progress_bar`],
+//!   [`MapStream::progress_bar`], [`Apply::progress_bar`]) draws its bar on stderr when it is a
+//!   terminal: done and total, rate, time left, failures (a stream of unknown length: count and
+//!   rate). A bar ends when its call finishes, fails fast or is dropped, saying so. Pools built
+//!   inside workers, under any start method, draw nothing themselves: their progress travels to
+//!   the pool that owns the worker, whose bars show theirs underneath. While bars are shown, what
+//!   process workers print comes through the pool, a line at a time, above the bars, with the
+//!   worker's id (`[w1] ...`).
+//! - **Worker insights** ([`Builder::enable_insights`], [`AsyncPool::insights`]): MPIRE's, each
+//!   worker's start-up, `worker_init`, waiting, working and `worker_exit` time, its tasks and
+//!   their processor time, the slowest tasks with their inputs; per task peak memory too with
+//!   [`Builder::insights_memory`]. Its `Display` is MPIRE's `print_insights`.
+//! - **Stats** ([`AsyncPool::stats`]): tasks queued, in flight, done, failed, timed out and
+//!   retried; restarts by cause; utilisation; histograms of waiting, running and end-to-end time.
+//!   Counted as the pool runs, read when asked.
+//! - **`tracing`**: a span per pool (`ampire.pool`) and per call (`ampire.call`); the workers'
+//!   lives as events in the pool's span: started (DEBUG), died or killed for a deadline (WARN,
+//!   with how), retired (DEBUG), exited (DEBUG); the pool's start and shutdown (INFO). Nothing per
+//!   task.
+//!
 //! # Feature flags
 //!
+//! - `metrics` (off by default): each pool's counters through the `metrics` facade:
+//!   `ampire_tasks_total{pool, outcome}`, `ampire_task_seconds{pool}`,
+//!   `ampire_queue_depth{pool}`, `ampire_worker_restarts_total{pool, cause}`. Install the
+//!   recorder before building the pool.
 //! - `dashboard` (off by default): `ampire::Dashboard`, a live web page (and JSON API) of every
 //!   pool of the process, served by a task on your tokio runtime:
 //!   `ampire::Dashboard::start("127.0.0.1:0").await?`. It has no authentication; read its
@@ -196,6 +226,7 @@ mod dispatch;
 mod entry;
 mod error;
 mod handle;
+mod human;
 mod observe;
 mod pool;
 mod proto;

@@ -454,6 +454,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
     /// - a worker could not be started, or runs a different binary.
     pub async fn build(self) -> Result<AsyncPool<S, W, E>, Error> {
         crate::entry::keep();
+        let began = std::time::Instant::now();
         let workers = match self.workers {
             Some(0) => return Err(Error::config("workers must be at least 1")),
             Some(n) => n,
@@ -605,6 +606,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             return Err(e); // the started workers are killed as `conns` drops
         }
         core.run(conns);
+        crate::observe::trace::pool_started(&core.observer.span, workers, began.elapsed());
         let source: std::sync::Weak<Core> = Arc::downgrade(&core);
         crate::observe::registry::attach(&core.observer, source);
         Ok(AsyncPool {
@@ -903,7 +905,9 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     /// killed, or its thread abandoned; the error names it), or a pool broken by a failing
     /// `worker_init`.
     pub async fn shutdown(self) -> Result<Vec<E>, Error> {
-        let exits = self.core.shutdown().await?;
+        let exits = self.core.shutdown().await;
+        crate::observe::trace::pool_shut_down(&self.core.observer.span);
+        let exits = exits?;
         exits
             .into_iter()
             .map(|r| match r? {

@@ -10,6 +10,17 @@ fn kill_self_at_5(x: u64) -> u64 {
     x
 }
 
+/// Makes `mib` MiB resident, then kills its worker (as the kernel's OOM killer would).
+fn grow_then_die(mib: usize) -> u64 {
+    let mut v = vec![0u8; mib << 20];
+    for page in v.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&v);
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+    unreachable!()
+}
+
 fn abort_at_3(x: u64) -> u64 {
     if x == 3 {
         std::process::abort();
@@ -40,9 +51,27 @@ each_method! {
         assert!(e.is_worker_died(), "{e}");
         assert_eq!(e.signal(), Some(9));
         assert_eq!(e.task_index(), Some(5));
-        assert!(e.to_string().contains("was killed by signal 9 (SIGKILL) while running a task"), "{e}");
+        assert!(e.to_string().contains("was killed by signal 9 (SIGKILL), peak RSS "), "{e}");
+        assert!(e.to_string().contains(" while running a task"), "{e}");
         // Replaced: the pool serves the next call.
         assert_eq!(pool.map(kill_self_at_5, 6..50u64).await.unwrap(), (6..50).collect::<Vec<_>>());
+        pool.shutdown().await.unwrap();
+    }
+
+    processes async fn a_death_says_what_the_worker_used(m: StartMethod) {
+        let pool = pool(m, 1).await;
+        let e = pool.apply(grow_then_die, 300).await.unwrap_err();
+        assert_eq!(e.signal(), Some(9), "{e}");
+        let peak = e.peak_memory().expect("reaped with its usage");
+        assert!(peak >= 300 << 20, "{e}");
+        assert!(e.cpu_time().is_some_and(|t| t > std::time::Duration::ZERO), "{e}");
+        // "worker 0 was killed by signal 9 (SIGKILL), peak RSS 301.2 MiB, CPU 0.09 s, while ..."
+        let text = e.to_string();
+        assert!(text.contains("(SIGKILL), peak RSS 3") && text.contains(" MiB, CPU "), "{text}");
+        // The slot's restart says it too.
+        let stats = pool.stats();
+        assert_eq!(stats.restarts.died, 1, "{stats:?}");
+        assert_eq!(pool.apply(kill_self_at_5, 1).await.unwrap(), 1);
         pool.shutdown().await.unwrap();
     }
 

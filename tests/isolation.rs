@@ -216,7 +216,9 @@ each_method! {
                     let e = r.as_ref().unwrap_err();
                     assert!(e.is_worker_died() && e.signal() == Some(9), "{e}");
                     assert_eq!((e.task_index(), e.input()), (Some(5), Some("5")), "{e}");
-                    assert!(e.to_string().contains("was killed by signal 9 (SIGKILL) while running a task (task 5, input: 5)"), "{e}");
+                    let text = e.to_string();
+                    assert!(text.contains("was killed by signal 9 (SIGKILL), peak RSS "), "{e}");
+                    assert!(text.contains(" while running a task (task 5, input: 5)"), "{e}");
                 }
                 _ => assert_eq!(*r.as_ref().unwrap(), i as u64, "task {i}"),
             }

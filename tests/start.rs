@@ -33,10 +33,10 @@ fn assert_died_before_hello(e: &Error) {
         .downcast_ref::<Error>()
         .expect("the death of the last worker");
     assert_eq!(cause.exit_code(), Some(86), "{cause}");
+    let text = cause.to_string();
     assert!(
-        cause
-            .to_string()
-            .contains("exited with status 86 while running its start-up"),
+        text.contains("exited with status 86, peak RSS ")
+            && text.ends_with(" s, while running its start-up"),
         "{cause}"
     );
 }

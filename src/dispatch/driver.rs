@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::Core;
 use super::queue::{Claims, Outgoing};
 use super::settle::{Cause, deliver_values};
-use crate::error::{Error, Exit, Kind, Stage};
+use crate::error::{Error, Exit, Kind, Stage, describe_used};
 use crate::observe::stats::Cause as RestartCause;
 use crate::proto::body::ARENA_MIN;
 use crate::proto::frame;
@@ -475,7 +475,7 @@ async fn retire(
             .map(Exited::Bytes)
             .map_err(|f| Error::failed(f, Stage::Exit)),
         Err(Some(e)) => Err(e),
-        Err(None) => Err(Error::died(status, Stage::Exit)),
+        Err(None) => Err(Error::died(status, Stage::Exit).with_used(proc.used())),
     };
     core.store_retired(slot, r.map_err(|e| e.with_worker(slot)));
 }
@@ -535,8 +535,13 @@ async fn finish(
             Ended::Died
         }
         Why::Died => {
-            core.ended(slot, RestartCause::Died, exit.to_string());
-            let died = Error::died(exit, Stage::Task);
+            let used = proc.used();
+            let how = match &used {
+                Some(used) => format!("{exit}, {}", describe_used(used)),
+                None => exit.to_string(),
+            };
+            core.ended(slot, RestartCause::Died, how);
+            let died = Error::died(exit, Stage::Task).with_used(used);
             core.settle(slot, journal, Cause::Task(died), true);
             Ended::Died
         }

@@ -24,9 +24,10 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Kind, Stage};
 use crate::observe::Observer;
 use crate::observe::Stats;
-use crate::observe::registry;
+use crate::observe::meters::QueueDepth;
 use crate::observe::stats::{Cause as RestartCause, Counters};
 use crate::observe::view::WorkerView;
+use crate::observe::{registry, trace};
 use crate::proto::Failure;
 use crate::start::{Connected, Pool, Spec, Start, StartMethod};
 use crate::worker::{Exited, Watch};
@@ -123,7 +124,13 @@ impl Core {
         let per_writer = |_| Notify::new();
         Arc::new(Core {
             st: Mutex::new(State {
-                queue: Queue::new(n, settings.depth, settings.max_queued, spec.lifespan),
+                queue: Queue::new(
+                    n,
+                    settings.depth,
+                    settings.max_queued,
+                    spec.lifespan,
+                    QueueDepth::new(&observer.name),
+                ),
                 pids: vec![None; n],
                 closing: false,
                 broken: None,
@@ -210,16 +217,26 @@ impl Core {
                 Ok(conn) => {
                     let took = t0.elapsed();
                     self.lives[slot][1].store(took.as_nanos() as u64, Ordering::Relaxed);
+                    let init = conn.init_time();
                     if let Some(insights) = &self.observer.insights {
-                        let init = conn.init_time();
                         insights.started(slot, took.saturating_sub(init), init);
                     }
+                    let (span, pid) = (&self.observer.span, conn.pid());
+                    trace::worker_started(
+                        span,
+                        slot,
+                        pid,
+                        took.saturating_sub(init),
+                        init,
+                        !building,
+                    );
                     return Ok(conn);
                 }
                 Err(e) if !e.is_retryable_start() => return Err(e),
                 Err(e) if building && e.is_timeout() && e.is_init() => return Err(e),
                 Err(e) => e,
             };
+            trace::worker_start_failed(&self.observer.span, slot, &e);
             failures += 1;
             if failures >= START_ATTEMPTS {
                 return Err(Error::gave_up(slot, failures, e));
@@ -294,6 +311,7 @@ impl Core {
 
     /// Worker `slot` ended for `cause` (described by `how`): it is replaced.
     pub(super) fn ended(&self, slot: usize, cause: RestartCause, how: String) {
+        trace::worker_ended(&self.observer.span, slot, cause, &how);
         self.observer.counters.restarted(cause);
         if let Some(insights) = &self.observer.insights {
             insights.stopped(slot);
@@ -456,9 +474,16 @@ impl Core {
         driver::Ended::Done
     }
 
+    /// Logs the exit result `r` of worker `slot`.
+    fn log_exit(&self, slot: usize, r: &Result<Exited, Error>) {
+        let error = r.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+        trace::worker_exited(&self.observer.span, slot, error);
+    }
+
     /// The exit result of worker `slot`'s latest worker; an earlier one's is kept with the
     /// retired.
     fn put_exit(&self, slot: usize, r: Result<Exited, Error>) {
+        self.log_exit(slot, &r);
         let mut st = self.state();
         if let Some(earlier) = st.exits[slot].replace(r) {
             st.retired.push(earlier);
@@ -470,6 +495,7 @@ impl Core {
         if let Some(insights) = &self.observer.insights {
             insights.exited(slot);
         }
+        self.log_exit(slot, &r);
         self.state().retired.push(r);
     }
 

@@ -7,6 +7,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 use super::job::{CallLink, Job, Payload};
+use crate::observe::meters::QueueDepth;
 use crate::proto::{Body, Span};
 use crate::sys::journal::{Journal, MAX_QUEUED};
 use crate::worker::LocalChunk;
@@ -99,6 +100,8 @@ pub(crate) struct Queue {
     depth: usize,
     /// Tasks in `global` and `targeted`: queued, not yet sent to a worker.
     queued_tasks: usize,
+    /// Where `queued_tasks` is published (`metrics` feature).
+    published: QueueDepth,
     /// At most this many tasks may be queued (`max_queued_tasks`)...
     max_queued: Option<usize>,
     /// ...and these calls wait for room.
@@ -113,6 +116,7 @@ impl Queue {
         depth: usize,
         max_queued: Option<usize>,
         lifespan: Option<u64>,
+        published: QueueDepth,
     ) -> Queue {
         Queue {
             global: VecDeque::new(),
@@ -123,6 +127,7 @@ impl Queue {
             next_id: 0,
             depth,
             queued_tasks: 0,
+            published,
             max_queued,
             room: Vec::new(),
             lifespan,
@@ -174,6 +179,7 @@ impl Queue {
     /// `len` tasks left the queue: calls waiting for room look again.
     fn left_queue(&mut self, len: usize) {
         self.queued_tasks -= len;
+        self.published.set(self.queued_tasks);
         if !self.room.is_empty() && self.max_queued.is_some_and(|m| self.queued_tasks < m) {
             self.room.drain(..).for_each(Waker::wake);
         }
@@ -182,6 +188,7 @@ impl Queue {
     /// Queues `job` for any worker, or for worker `target` alone.
     pub(crate) fn push(&mut self, mut job: Job, target: Option<usize>) {
         self.queued_tasks += job.len;
+        self.published.set(self.queued_tasks);
         self.next_id += 1;
         job.id = self.next_id;
         job.target = target;
@@ -195,6 +202,7 @@ impl Queue {
     pub(crate) fn requeue(&mut self, jobs: Vec<Job>) {
         for mut job in jobs.into_iter().rev() {
             self.queued_tasks += job.len - job.delivered;
+            self.published.set(self.queued_tasks);
             if job.id == 0 {
                 self.next_id += 1;
                 job.id = self.next_id;
@@ -562,7 +570,7 @@ mod tests {
 
     /// A queue of two process workers, both connected, and their fakes.
     fn two_workers(depth: usize) -> (Queue, [Arc<FakeWorker>; 2]) {
-        let mut q = Queue::new(2, depth, None, None);
+        let mut q = Queue::new(2, depth, None, None, QueueDepth::default());
         let workers = [
             Arc::new(FakeWorker::default()),
             Arc::new(FakeWorker::default()),

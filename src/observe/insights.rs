@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::human::{bytes, hms};
+
 /// How many of the slowest tasks are kept.
 pub(crate) const SLOWEST: usize = 5;
 
@@ -264,17 +266,6 @@ impl Insights {
     }
 }
 
-/// A duration as MPIRE formats it: `H:MM:SS`, with milliseconds when there are any.
-pub(crate) fn hms(d: Duration) -> String {
-    let secs = d.as_secs();
-    let ms = d.subsec_millis();
-    let base = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    match d.subsec_nanos() {
-        0 => base,
-        _ => format!("{base}.{ms:03}"),
-    }
-}
-
 impl fmt::Display for Insights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "WorkerPool insights")?;
@@ -328,21 +319,6 @@ impl fmt::Display for Insights {
             }
         }
         Ok(())
-    }
-}
-
-/// Bytes in binary units, one decimal: `11.8 GiB`.
-pub(crate) fn bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    match u {
-        0 => format!("{n} B"),
-        _ => format!("{v:.1} {}", units[u]),
     }
 }
 
@@ -449,13 +425,5 @@ mod tests {
             text.contains("5. Time: 0:00:00.100 - worker 0, task 0: 5"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn durations_and_bytes_read_well() {
-        assert_eq!(hms(secs(42.0)), "0:00:42");
-        assert_eq!(hms(secs(3723.5)), "1:02:03.500");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(12_670_000_000), "11.8 GiB");
     }
 }

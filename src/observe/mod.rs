@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 pub(crate) mod insights;
+pub(crate) mod meters;
 pub(crate) mod output;
 pub(crate) mod progress;
 pub(crate) mod registry;
 pub(crate) mod stats;
+pub(crate) mod trace;
 #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
 pub(crate) mod view;
 
@@ -34,6 +36,8 @@ pub(crate) struct Observer {
     pub site: &'static Location<'static>,
     /// The pool and worker this pool runs in, when it is a nested pool of a thread worker.
     pub parent: Option<(u64, usize)>,
+    /// Its `tracing` span: what it logs is inside.
+    pub span: tracing::Span,
     pub counters: Counters,
     /// Per-worker measurements, when insights are on.
     pub insights: Option<Slots>,
@@ -54,13 +58,16 @@ impl Observer {
     ) -> Arc<Observer> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = name.unwrap_or_else(|| format!("pool {id}"));
+        let (span, counters) = (trace::pool_span(id, &name, method), Counters::new(&name));
         let observer = Arc::new(Observer {
             id,
-            name: name.unwrap_or_else(|| format!("pool {id}")),
+            span,
+            name,
             method,
             site,
             parent: registry::enclosing(),
-            counters: Counters::default(),
+            counters,
             insights: insights.then(|| Slots::new(workers)),
             calls: Mutex::new(Vec::new()),
             next_call: AtomicU64::new(1),
@@ -76,8 +83,10 @@ impl Observer {
         kind: &'static str,
         site: &'static Location<'static>,
     ) -> Arc<CallProgress> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let call = Arc::new(CallProgress {
-            id: self.next_call.fetch_add(1, Ordering::Relaxed),
+            id,
+            span: trace::call_span(&self.span, id, kind, &site.to_string()),
             kind,
             site,
             started: Instant::now(),
@@ -127,6 +136,8 @@ pub(crate) struct CallProgress {
     pub total: AtomicU64,
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    /// Its `tracing` span, inside its pool's.
+    pub span: tracing::Span,
     /// Its progress bar, when it asked for one; set before its first task is submitted.
     pub bar: OnceLock<progress::Bar>,
 }
@@ -153,6 +164,8 @@ impl CallProgress {
 
     /// The call ended: its bar (if it has one) says how.
     pub(crate) fn close(&self, how: progress::Close) {
+        let (done, failed, _) = self.counts();
+        trace::call_ended(&self.span, how.name(), done, failed);
         if let Some(bar) = self.bar.get() {
             bar.close(self, how);
         }

@@ -91,10 +91,21 @@ pub(crate) enum Bar {
 }
 
 /// How a call ended, for its bar.
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Close {
     Done,
     Failed,
     Dropped,
+}
+
+impl Close {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Close::Done => "done",
+            Close::Failed => "failed",
+            Close::Dropped => "dropped",
+        }
+    }
 }
 
 impl Bar {
@@ -470,7 +481,7 @@ fn final_line(bar: &ProgressBar) -> String {
     format!(
         "{} {counts} (took {}, {rate:.1}/s){message}",
         bar.prefix(),
-        super::insights::hms(took),
+        crate::human::hms(took),
     )
 }
 

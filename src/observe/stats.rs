@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::meters::Meters;
+
 /// Why a worker was replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Cause {
@@ -28,7 +30,21 @@ pub(crate) enum Cause {
     Memory,
 }
 
-const CAUSES: usize = 6;
+pub(crate) const CAUSES: usize = 6;
+
+impl Cause {
+    /// As logs and metrics label it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cause::Died => "died",
+            Cause::Timeout => "timed_out",
+            Cause::Cancelled => "cancelled",
+            Cause::Protocol => "protocol",
+            Cause::Lifespan => "lifespan",
+            Cause::Memory => "memory",
+        }
+    }
+}
 
 /// How many workers were replaced, by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -169,10 +185,12 @@ pub(crate) struct Counters {
     pub waiting: Buckets,
     pub running: Buckets,
     pub end_to_end: Buckets,
+    meters: Meters,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
+impl Counters {
+    /// The counters of pool `pool` (its name).
+    pub(crate) fn new(pool: &str) -> Self {
         Counters {
             started: Instant::now(),
             done: AtomicU64::new(0),
@@ -184,6 +202,7 @@ impl Default for Counters {
             waiting: Buckets::default(),
             running: Buckets::default(),
             end_to_end: Buckets::default(),
+            meters: Meters::new(pool),
         }
     }
 }
@@ -191,6 +210,7 @@ impl Default for Counters {
 impl Counters {
     /// A worker was replaced because of `cause`.
     pub(crate) fn restarted(&self, cause: Cause) {
+        self.meters.restarted(cause);
         self.restarts[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -205,6 +225,7 @@ impl Counters {
     /// `len` tasks finished, `failed` of them failing (`timed_out` by their deadline), in
     /// `busy` of their workers' time.
     pub(crate) fn finished(&self, len: usize, failed: usize, timed_out: usize, busy: Duration) {
+        self.meters.finished(len, failed, timed_out, busy);
         self.done
             .fetch_add((len - failed) as u64, Ordering::Relaxed);
         if failed > 0 {
@@ -212,10 +233,15 @@ impl Counters {
             self.timed_out
                 .fetch_add(timed_out as u64, Ordering::Relaxed);
         }
-        if len > 0 && !busy.is_zero() {
+        if !busy.is_zero() {
             self.busy_ns
                 .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-            self.running.record(busy / len as u32, len as u64);
+        }
+        // The tasks that answered ran `busy` between them (a batch faster than the worker's
+        // clock reads as zero).
+        let answered = len - failed;
+        if answered > 0 {
+            self.running.record(busy / answered as u32, answered as u64);
         }
     }
 
@@ -296,7 +322,8 @@ pub struct Stats {
     pub utilisation: f64,
     /// From a task's chunk being queued to its start.
     pub waiting: Histogram,
-    /// A task's own time on its worker.
+    /// A task's own time on its worker (of the tasks that returned a value: a batch of results
+    /// counts each of its tasks as the batch's mean).
     pub running: Histogram,
     /// From a task's chunk being queued to its result.
     pub end_to_end: Histogram,
@@ -361,7 +388,7 @@ mod tests {
 
     #[test]
     fn counters_add_up() {
-        let c = Counters::default();
+        let c = Counters::new("test");
         c.finished(10, 2, 1, Duration::from_millis(10));
         c.restarted(Cause::Died);
         c.restarted(Cause::Lifespan);
@@ -369,7 +396,7 @@ mod tests {
         assert_eq!((s.done, s.failed, s.timed_out), (8, 2, 1));
         assert_eq!((s.queued, s.in_flight), (3, 4));
         assert_eq!(s.restarts.total(), 2);
-        assert_eq!(s.running.count(), 10);
+        assert_eq!(s.running.count(), 8);
         assert!(s.utilisation > 0.0 && s.utilisation <= 1.0);
     }
 }

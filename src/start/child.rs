@@ -1,16 +1,18 @@
 //! A worker process that is a child of this process (`Fork` and `Spawn`): watched through its
-//! pidfd, killed through it, reaped with `waitpid`; and the pidfd every worker is killed through.
+//! pidfd, killed through it, reaped with `wait4` (which says what it used); and the pidfd every
+//! worker is killed through.
 
 use std::os::fd::OwnedFd;
 
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::{BoxFuture, Process, launcher};
-use crate::error::Exit;
+use crate::error::{Exit, Used};
 use crate::sys;
+use crate::sys::reap::{self, Status};
 
 /// A pidfd registered with the reactor: it kills its process without a pid-reuse race, and becomes
 /// readable when the process ends.
@@ -27,19 +29,19 @@ impl Pidfd {
     }
 }
 
-/// A child of this process, watched through its pidfd and reaped with `waitpid(pid)`.
+/// A child of this process, watched through its pidfd and reaped with `wait4(pid)`.
 pub(crate) struct Child {
     pid: Pid,
     pidfd: Pidfd,
     exit: Option<Exit>,
+    used: Option<Used>,
 }
 
-fn to_exit(status: WaitStatus) -> Option<Exit> {
+/// A status as errors tell it.
+pub(crate) fn to_exit(status: Status) -> Exit {
     match status {
-        WaitStatus::Exited(_, code) => Some(Exit::Code(code)),
-        WaitStatus::Signaled(_, sig, _) => Some(Exit::Signal(sig as i32)),
-        WaitStatus::StillAlive => None,
-        _ => None,
+        Status::Code(code) => Exit::Code(code),
+        Status::Signal(sig) => Exit::Signal(sig),
     }
 }
 
@@ -50,6 +52,7 @@ impl Child {
             pid,
             pidfd: Pidfd::new(pidfd)?,
             exit: None,
+            used: None,
         })
     }
 }
@@ -72,16 +75,21 @@ impl Process for Child {
                     self.exit = Some(Exit::Unknown);
                     break;
                 };
-                match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(status) => match to_exit(status) {
-                        Some(exit) => self.exit = Some(exit),
-                        None => guard.clear_ready(),
-                    },
+                match reap::wait4(Some(self.pid.as_raw()), false) {
+                    Ok(Some((_, status, used))) => {
+                        self.exit = Some(to_exit(status));
+                        self.used = Some(used);
+                    }
+                    Ok(None) => guard.clear_ready(),
                     Err(_) => self.exit = Some(Exit::Unknown),
                 }
             }
             self.exit.unwrap_or(Exit::Unknown)
         })
+    }
+
+    fn used(&self) -> Option<Used> {
+        self.used
     }
 }
 

@@ -10,7 +10,8 @@
 //!   them;
 //! - server → owner: `Spawned { token, pid }` with a pidfd of the new worker attached, opened
 //!   before the server could reap it (so the pid cannot have been reused); `Failed { token }`;
-//!   `Exited { pid, exit }` when the server reaped a worker (only a parent can collect a status).
+//!   `Exited { pid, status, used }` when the server reaped a worker (only a parent can collect a
+//!   status, and what the worker used).
 //!
 //! The server dies with its owner (`PR_SET_PDEATHSIG` and EOF on the socket), and its workers die
 //! with the server (`PR_SET_PDEATHSIG`, set by the server's only thread).
@@ -23,16 +24,17 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::child::Pidfd;
 use super::link::{self, ChildEnds};
 use super::{BoxFuture, Link, Pool, Process, Spec, Start, launcher};
-use crate::error::{Error, Exit};
+use crate::error::{Error, Exit, Used};
 use crate::sys;
 use crate::sys::local::ProcessLocal;
+use crate::sys::reap::{self, Status};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -51,8 +53,8 @@ enum Reply {
     },
     Exited {
         pid: i32,
-        code: Option<i32>,
-        signal: Option<i32>,
+        status: Status,
+        used: Used,
     },
 }
 
@@ -89,21 +91,8 @@ pub(crate) fn serve(ctl: OwnedFd) -> i32 {
         let chld_ready = fds[1].any().unwrap_or(false);
         if chld_ready {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            loop {
-                let reply = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) => Reply::Exited {
-                        pid: pid.as_raw(),
-                        code: Some(code),
-                        signal: None,
-                    },
-                    Ok(WaitStatus::Signaled(pid, sig, _)) => Reply::Exited {
-                        pid: pid.as_raw(),
-                        code: None,
-                        signal: Some(sig as i32),
-                    },
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => continue,
-                };
+            while let Ok(Some((pid, status, used))) = reap::wait4(None, false) {
+                let reply = Reply::Exited { pid, status, used };
                 if send(&ctl, &reply, &[]).is_err() {
                     return 0;
                 }
@@ -281,9 +270,12 @@ struct ClientState {
     exits: HashMap<i32, ExitSlot>,
 }
 
+/// How a worker ended, and what it used.
+type Reaped = (Exit, Option<Used>);
+
 enum ExitSlot {
-    Waiting(oneshot::Sender<Exit>),
-    Arrived(Exit),
+    Waiting(oneshot::Sender<Reaped>),
+    Arrived(Reaped),
 }
 
 impl Client {
@@ -345,12 +337,8 @@ impl Client {
                         let _ = tx.send(Err(error));
                     }
                 }
-                Reply::Exited { pid, code, signal } => {
-                    let exit = match (code, signal) {
-                        (Some(c), _) => Exit::Code(c),
-                        (_, Some(s)) => Exit::Signal(s),
-                        _ => Exit::Unknown,
-                    };
+                Reply::Exited { pid, status, used } => {
+                    let exit = (super::child::to_exit(status), Some(used));
                     if !st.live.remove(&pid) {
                         continue;
                     }
@@ -371,7 +359,7 @@ impl Client {
         st.pending.clear();
         for (_, slot) in st.exits.drain() {
             if let ExitSlot::Waiting(tx) = slot {
-                let _ = tx.send(Exit::Unknown);
+                let _ = tx.send((Exit::Unknown, None));
             }
         }
         st.live.clear();
@@ -399,7 +387,7 @@ impl Client {
         rx.await.map_err(|_| "the forkserver exited".to_string())?
     }
 
-    fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+    fn watch(&self, pid: i32) -> oneshot::Receiver<Reaped> {
         let (tx, rx) = oneshot::channel();
         let mut st = self.state();
         match st.exits.remove(&pid) {
@@ -407,7 +395,7 @@ impl Client {
                 let _ = tx.send(exit);
             }
             _ if st.dead => {
-                let _ = tx.send(Exit::Unknown);
+                let _ = tx.send((Exit::Unknown, None));
             }
             _ => {
                 st.exits.insert(pid, ExitSlot::Waiting(tx));
@@ -448,6 +436,7 @@ impl Start for Forkserver {
                     client,
                     exit_rx: Some(exit),
                     exit: None,
+                    used: None,
                 }) as _)
             })
             .await
@@ -460,8 +449,9 @@ struct ServerChild {
     pid: i32,
     pidfd: Pidfd,
     client: Arc<Client>,
-    exit_rx: Option<oneshot::Receiver<Exit>>,
+    exit_rx: Option<oneshot::Receiver<Reaped>>,
     exit: Option<Exit>,
+    used: Option<Used>,
 }
 
 impl Process for ServerChild {
@@ -478,15 +468,20 @@ impl Process for ServerChild {
     fn wait(&mut self) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
             if self.exit.is_none() {
-                let exit = match self.exit_rx.as_mut() {
-                    Some(rx) => rx.await.unwrap_or(Exit::Unknown),
-                    None => Exit::Unknown,
+                let (exit, used) = match self.exit_rx.as_mut() {
+                    Some(rx) => rx.await.unwrap_or((Exit::Unknown, None)),
+                    None => (Exit::Unknown, None),
                 };
                 self.exit_rx = None;
                 self.exit = Some(exit);
+                self.used = used;
             }
             self.exit.unwrap_or(Exit::Unknown)
         })
+    }
+
+    fn used(&self) -> Option<Used> {
+        self.used
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::error::{Error, Exit, Kind, Stage};
+use crate::error::{Error, Exit, Kind, Stage, Used};
 use crate::proto::handshake::{self, Refusal};
 use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::journal::Journal;
@@ -183,6 +183,8 @@ pub(crate) trait Process: Send + Sync {
     fn kill(&mut self);
     /// Waits until the process ended and returns how. Cancel-safe.
     fn wait(&mut self) -> BoxFuture<'_, Exit>;
+    /// What it used over its life, once `wait` returned (when it was reaped with that).
+    fn used(&self) -> Option<Used>;
 }
 
 /// The halves of a connected worker.
@@ -342,7 +344,9 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     let exit = proc.wait().await;
                     // A worker that died during set-up is reported with how it died.
                     let e = match e.kind() {
-                        Kind::WorkerDied { during, .. } => Error::died(exit, *during),
+                        Kind::WorkerDied { during, .. } => {
+                            Error::died(exit, *during).with_used(proc.used())
+                        }
                         _ => e,
                     };
                     Err(e.with_worker(id))

@@ -12,6 +12,7 @@
 //! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, inherited descriptors;
 //! - [`shm`]: the shared-memory arena that carries large bodies to process workers;
 //! - [`journal`]: each process worker's journal of results and progress, which survives it;
+//! - [`reap`]: reaping a child with `wait4`, which says what it used;
 //! - [`spawn`]: re-executing this binary with `posix_spawn`, without copying the owner's page
 //!   tables.
 
@@ -23,5 +24,6 @@ pub(crate) mod journal;
 pub(crate) mod local;
 #[cfg(test)]
 pub(crate) mod probe;
+pub(crate) mod reap;
 pub(crate) mod shm;
 pub(crate) mod spawn;
