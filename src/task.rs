@@ -305,6 +305,7 @@ impl<R> Default for ChunkOut<R> {
 /// Runs every input of a thread worker's chunk through `run`, under one `catch_unwind` per run
 /// of successes (not one per task): after a panic, the loop resumes at the next input.
 fn run_chunk<A, R>(
+    first: usize,
     inputs: impl Iterator<Item = A>,
     mut run: impl FnMut(A) -> R,
     out: &mut ChunkOut<R>,
@@ -314,7 +315,7 @@ fn run_chunk<A, R>(
         let mut at = 0u32;
         let finished = catch(|| {
             for (i, a) in inputs.by_ref() {
-                at = i as u32;
+                at = (first + i) as u32;
                 out.values.push(run(a));
             }
         });
@@ -712,26 +713,29 @@ where
         };
         let mut inputs = items.into_iter();
         let mut slow = Vec::new();
-        match parts.probe.take() {
-            None => run_chunk(
-                inputs.by_ref().take(ran),
-                |a| task.call(&mut parts.worker(), a),
-                &mut out,
-            ),
-            // Insights: each task timed, in a `catch_unwind` of its own.
-            Some(probe) => {
-                for (i, a) in inputs.by_ref().take(ran).enumerate() {
-                    probe.starting();
-                    match catch(|| task.call(&mut parts.worker(), a)) {
-                        Ok(v) => out.values.push(v),
-                        Err(f) => out.failures.push((i as u32, f)),
-                    }
-                    if let Some(m) = probe.finished() {
-                        slow.push((i as u32, m));
-                    }
+        // With insights, tasks timed one by one, each in a `catch_unwind` of its own, while
+        // the probe wants them so; the rest of the chunk as without.
+        let mut timed = 0;
+        if let Some(probe) = parts.probe.take() {
+            while timed < ran && probe.per_task() {
+                let a = inputs.next().expect("the chunk has `ran` inputs");
+                probe.starting();
+                match catch(|| task.call(&mut parts.worker(), a)) {
+                    Ok(v) => out.values.push(v),
+                    Err(f) => out.failures.push((timed as u32, f)),
                 }
+                if let Some(m) = probe.finished() {
+                    slow.push((timed as u32, m));
+                }
+                timed += 1;
             }
         }
+        run_chunk(
+            timed,
+            inputs.by_ref().take(ran - timed),
+            |a| task.call(&mut parts.worker(), a),
+            &mut out,
+        );
         let rest: Vec<A> = inputs.collect();
         let failed = out.failures.len();
         LocalDone {

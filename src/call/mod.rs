@@ -320,6 +320,8 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
                 Poll::Ready(Some(c)) => {
                     self.active -= c.len;
                     self.chunker.observe(c.busy, c.len);
+                    // Counted here, by the call's one reader, not by the workers that deliver.
+                    self.link.progress.finished(c.len, c.failed);
                     let done = decode::<R>(c);
                     self.accept(done);
                 }

@@ -264,14 +264,14 @@ impl CallLink {
         busy: Duration,
     ) {
         self.observe(busy, len);
-        self.pool.counters.finished(len, failed, 0, busy);
-        self.progress.finished(len, failed);
+        self.pool.counters.finished(worker, len, failed, 0, busy);
         if self.is_cancelled() {
             return;
         }
         let _ = self.tx.send(Completion {
             first,
             len,
+            failed,
             worker,
             outcome: outcome(),
             busy,
@@ -289,14 +289,14 @@ impl CallLink {
         let timed_out = if e.is_timeout() { len } else { 0 };
         self.pool
             .counters
-            .finished(len, len, timed_out, Duration::ZERO);
-        self.progress.finished(len, len);
+            .finished(worker, len, len, timed_out, Duration::ZERO);
         if self.is_cancelled() {
             return;
         }
         let _ = self.tx.send(Completion {
             first,
             len,
+            failed: len,
             worker,
             outcome: Outcome::Failed(e),
             busy: Duration::ZERO,
@@ -308,6 +308,8 @@ impl CallLink {
 pub(crate) struct Completion {
     pub first: usize,
     pub len: usize,
+    /// How many of them failed.
+    pub failed: usize,
     /// The worker that ran them, if one did.
     pub worker: Option<usize>,
     pub outcome: Outcome,

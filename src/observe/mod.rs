@@ -41,7 +41,9 @@ pub(crate) struct Observer {
     pub counters: Counters,
     /// Per-worker measurements, when insights are on.
     pub insights: Option<Slots>,
-    calls: Mutex<Vec<Weak<CallProgress>>>,
+    /// The calls made, the ended ones swept out whenever the list doubled since the last sweep
+    /// (so that a call costs the same, however many run).
+    calls: Mutex<(Vec<Weak<CallProgress>>, usize)>,
     next_call: AtomicU64,
     /// Where this pool's bars are drawn, when not on the process's stderr (tests).
     draw: Option<indicatif::MultiProgress>,
@@ -59,7 +61,10 @@ impl Observer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = name.unwrap_or_else(|| format!("pool {id}"));
-        let (span, counters) = (trace::pool_span(id, &name, method), Counters::new(&name));
+        let (span, counters) = (
+            trace::pool_span(id, &name, method),
+            Counters::new(&name, workers),
+        );
         let observer = Arc::new(Observer {
             id,
             span,
@@ -69,7 +74,7 @@ impl Observer {
             parent: registry::enclosing(),
             counters,
             insights: insights.then(|| Slots::new(workers)),
-            calls: Mutex::new(Vec::new()),
+            calls: Mutex::new((Vec::new(), 16)),
             next_call: AtomicU64::new(1),
             draw,
         });
@@ -86,7 +91,7 @@ impl Observer {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let call = Arc::new(CallProgress {
             id,
-            span: trace::call_span(&self.span, id, kind, &site.to_string()),
+            span: trace::call_span(&self.span, id, kind, site),
             kind,
             site,
             started: Instant::now(),
@@ -96,8 +101,12 @@ impl Observer {
             bar: OnceLock::new(),
         });
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        calls.retain(|c| c.strong_count() > 0);
-        calls.push(Arc::downgrade(&call));
+        let (list, sweep_at) = &mut *calls;
+        if list.len() >= *sweep_at {
+            list.retain(|c| c.strong_count() > 0);
+            *sweep_at = (list.len() * 2).max(16);
+        }
+        list.push(Arc::downgrade(&call));
         call
     }
 
@@ -117,7 +126,7 @@ impl Observer {
     /// The calls running now.
     pub(crate) fn calls(&self) -> Vec<Arc<CallProgress>> {
         let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        calls.iter().filter_map(Weak::upgrade).collect()
+        calls.0.iter().filter_map(Weak::upgrade).collect()
     }
 }
 

@@ -31,9 +31,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{CallProgress, Observer};
 use crate::proto::Event;
+use crate::proto::deadline::coarse_us;
 
 /// How often a bar of a nested pool is sent, at most (its first count goes at once).
 const SEND_EVERY: Duration = Duration::from_millis(100);
+
+/// How often a drawn bar's counts are handed to indicatif, at most (the last ones always are).
+const SHOW_EVERY_US: u64 = 25_000;
 
 /// The width of a bar's gauge, in cells (the styles' `{bar:30}`).
 const BAR_WIDTH: usize = 30;
@@ -59,9 +63,20 @@ thread_local! {
     static RUNNING: std::cell::RefCell<Option<Weak<CallProgress>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// A thread worker starts a job of `call` (or none) on this thread.
+/// A thread worker starts a job of `call` (or none) on this thread. (The next job is mostly of
+/// the same call, which is then left as it is: no reference count changes hands.)
 pub(crate) fn running_on_this_thread(call: Option<&Arc<CallProgress>>) {
-    let _ = RUNNING.try_with(|r| *r.borrow_mut() = call.map(Arc::downgrade));
+    let _ = RUNNING.try_with(|r| {
+        let mut r = r.borrow_mut();
+        let same = match (&*r, call) {
+            (Some(old), Some(new)) => std::ptr::eq(old.as_ptr(), Arc::as_ptr(new)),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *r = call.map(Arc::downgrade);
+        }
+    });
 }
 
 fn running_here() -> Option<Arc<CallProgress>> {
@@ -73,11 +88,14 @@ fn running_here() -> Option<Arc<CallProgress>> {
 
 /// How a call's progress is shown.
 pub(crate) enum Bar {
-    /// A bar drawn in this process: member `member` of family `family` (0 heads it).
+    /// A bar drawn in this process: member `member` of family `family` (0 heads it). `shown`:
+    /// when its counts were last handed to indicatif (`coarse_us`), which is done at most
+    /// every `SHOW_EVERY_US` (indicatif draws at most 20 times a second anyway).
     Drawn {
         bar: ProgressBar,
         family: u64,
         member: usize,
+        shown: AtomicU64,
     },
     /// Events for the pool that owns this worker process.
     Sent {
@@ -144,6 +162,7 @@ impl Bar {
             bar,
             family,
             member,
+            shown: AtomicU64::new(0),
         }
     }
 
@@ -157,7 +176,13 @@ impl Bar {
     /// Shows `call`'s counts (a sent bar at most about ten times a second).
     pub(crate) fn update(&self, call: &CallProgress) {
         match self {
-            Bar::Drawn { bar, .. } => show(bar, call.counts()),
+            Bar::Drawn { bar, shown, .. } => {
+                let now = coarse_us();
+                if now.saturating_sub(shown.load(Ordering::Relaxed)) >= SHOW_EVERY_US {
+                    shown.store(now, Ordering::Relaxed);
+                    show(bar, call.counts());
+                }
+            }
             Bar::Sent { last, origin, .. } => {
                 let now = origin.elapsed().as_nanos() as u64;
                 let then = last.load(Ordering::Relaxed);
@@ -180,6 +205,7 @@ impl Bar {
                 bar,
                 family,
                 member,
+                ..
             } => {
                 show(bar, call.counts());
                 match how {

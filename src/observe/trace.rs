@@ -15,6 +15,7 @@
 //! `metrics` feature), not an event. With no subscriber interested, each of these costs a
 //! load and a branch.
 
+use std::panic::Location;
 use std::time::Duration;
 
 use tracing::{Level, Span, debug, event, info, warn};
@@ -35,8 +36,8 @@ pub(crate) fn pool_shut_down(span: &Span) {
 }
 
 /// The span of a call of the pool in `span`.
-pub(crate) fn call_span(pool: &Span, id: u64, kind: &str, site: &str) -> Span {
-    tracing::debug_span!(parent: pool, "ampire.call", call = id, kind, site)
+pub(crate) fn call_span(pool: &Span, id: u64, kind: &str, site: &Location<'_>) -> Span {
+    tracing::debug_span!(parent: pool, "ampire.call", call = id, kind, %site)
 }
 
 pub(crate) fn call_ended(span: &Span, how: &str, done: u64, failed: u64) {

@@ -1,7 +1,13 @@
-//! What a worker measures of its tasks when the pool's insights are on: each task's time (one
-//! clock read per task), its processor time (the thread's, read at most once a millisecond), and
+//! What a worker measures of its tasks when the pool's insights are on: each task's time (two
+//! clock reads), its processor time (the thread's, read at most once a millisecond), and
 //! optionally its peak resident memory (reset before each task and read after it, a few
 //! microseconds each). A task among the worker's five slowest so far is reported.
+//!
+//! Two clock reads cost about 40 ns, which is most of a tiny task. So tasks are timed one by one
+//! only while they take [`PER_TASK_FROM`] or more on average: a batch whose first
+//! [`PROBE_FIRST`] tasks are shorter is left untimed after them, and so are the next batches of
+//! such tasks but one in [`SAMPLE_EVERY`]. The time the worker spends working comes from the
+//! batches, which are always timed; only the slowest tasks come from those timed one by one.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,6 +21,15 @@ const CPU_EVERY: Duration = Duration::from_millis(1);
 
 /// How many tasks a worker reports as its slowest, at most at any time.
 const SLOWEST: usize = 5;
+
+/// Tasks are timed one by one while they take this long on average.
+const PER_TASK_FROM: Duration = Duration::from_micros(5);
+
+/// How many tasks of a batch are timed before it is known whether its tasks are short.
+const PROBE_FIRST: u32 = 32;
+
+/// Of batches of short tasks, one in this many is timed one by one.
+const SAMPLE_EVERY: u32 = 64;
 
 /// A task worth reporting: how long it ran, and what it used.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +50,16 @@ pub(crate) struct Probe {
     cpu_read: Instant,
     /// Processor time read and not yet reported.
     cpu_unreported: Duration,
+    /// Batch time since the processor time was last read, when tasks are not timed one by one.
+    busy_since_cpu: Duration,
     memory: Option<Memory>,
+    /// Whether the tasks that start now are timed one by one.
+    per_task: bool,
+    /// Of the batch running: how many of its tasks were timed, and their time.
+    timed: u32,
+    timed_sum: Duration,
+    /// Batches done.
+    batches: u32,
 }
 
 struct Memory {
@@ -63,13 +87,44 @@ impl Probe {
             cpu_at: thread_cpu(),
             cpu_read: Instant::now(),
             cpu_unreported: Duration::ZERO,
+            busy_since_cpu: Duration::ZERO,
             memory,
+            per_task: true,
+            timed: 0,
+            timed_sum: Duration::ZERO,
+            batches: 0,
         }
     }
 
+    /// A batch of `tasks` ran in `busy` (the worker always times its batches): whether the
+    /// next batch is timed task by task is decided now, and the processor time read if due.
+    pub(crate) fn batch_done(&mut self, busy: Duration, tasks: u32) {
+        self.batches = self.batches.wrapping_add(1);
+        let mean = busy / tasks.max(1);
+        self.per_task = mean >= PER_TASK_FROM || self.batches % SAMPLE_EVERY == 0;
+        (self.timed, self.timed_sum) = (0, Duration::ZERO);
+        self.busy_since_cpu += busy;
+        if self.busy_since_cpu >= CPU_EVERY {
+            self.busy_since_cpu = Duration::ZERO;
+            self.read_cpu(Instant::now());
+        }
+    }
+
+    /// Whether the tasks that start now are timed one by one.
+    pub(crate) fn per_task(&self) -> bool {
+        self.per_task
+    }
+
     /// A task starts.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn starting(&mut self) {
+        if self.per_task {
+            self.start_timing();
+        }
+    }
+
+    #[inline(never)]
+    fn start_timing(&mut self) {
         if let Some(m) = &mut self.memory {
             // Resets the peak resident set to the current one (Linux 4.0+).
             let _ = m.clear_refs.write_all(b"5");
@@ -78,10 +133,24 @@ impl Probe {
     }
 
     /// The task that started last finished: what it used, if it is among the slowest.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn finished(&mut self) -> Option<Measured> {
+        match self.per_task {
+            true => self.timed_finished(),
+            false => None,
+        }
+    }
+
+    #[inline(never)]
+    fn timed_finished(&mut self) -> Option<Measured> {
         let now = Instant::now();
         let time = now - self.t0;
+        self.timed += 1;
+        self.timed_sum += time;
+        if self.timed == PROBE_FIRST && self.timed_sum / PROBE_FIRST < PER_TASK_FROM {
+            // Short tasks: the rest of the batch is not timed one by one.
+            self.per_task = false;
+        }
         let cpu = (now - self.cpu_read >= CPU_EVERY).then(|| self.read_cpu(now));
         if self.slowest.len() == SLOWEST && time <= self.slowest[0] {
             return None;
@@ -153,18 +222,53 @@ mod tests {
     fn the_slowest_tasks_are_reported_and_no_others() {
         let mut p = Probe::new(false);
         let mut reported = 0;
-        for _ in 0..100 {
+        for _ in 0..PROBE_FIRST - 1 {
             p.starting();
             if p.finished().is_some() {
                 reported += 1;
             }
         }
-        assert!(reported >= SLOWEST, "{reported}");
+        // The first five are the slowest so far; then only those longer than the fifth.
+        assert!(
+            (SLOWEST..=PROBE_FIRST as usize - 1).contains(&reported),
+            "{reported}"
+        );
         p.starting();
         std::thread::sleep(Duration::from_millis(3));
         let slow = p.finished().expect("a long task is reported");
         assert!(slow.time >= Duration::from_millis(3));
         assert!(slow.cpu.is_some(), "read after a millisecond");
+    }
+
+    #[test]
+    fn short_tasks_are_timed_one_by_one_only_in_a_sample_of_batches() {
+        let mut p = Probe::new(false);
+        let tiny = |p: &mut Probe| {
+            p.starting();
+            p.finished()
+        };
+        // The first batch: its first tasks are timed, then no more once they are known short.
+        for _ in 0..PROBE_FIRST {
+            tiny(&mut p);
+        }
+        assert!(!p.per_task);
+        p.batch_done(Duration::from_micros(1), 1000);
+        // Untimed batches of short tasks, but one in `SAMPLE_EVERY`.
+        let mut timed = 0;
+        for _ in 1..SAMPLE_EVERY * 3 {
+            timed += usize::from(p.per_task);
+            p.batch_done(Duration::from_micros(10), 100);
+        }
+        assert_eq!(timed, 2);
+        // A batch of long tasks: the next batch is timed task by task.
+        p.batch_done(Duration::from_millis(3), 2);
+        assert!(p.per_task);
+        p.starting();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(
+            p.finished()
+                .is_some_and(|m| m.time >= Duration::from_millis(1))
+        );
     }
 
     #[test]

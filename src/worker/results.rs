@@ -154,11 +154,13 @@ impl Results {
         self.sent(sent);
     }
 
-    /// Processor time used since the last batch, when measured.
-    fn cpu_ns(&mut self) -> u64 {
-        self.probe
-            .as_mut()
-            .map_or(0, |p| p.take_cpu().as_nanos() as u64)
+    /// A batch of `tasks` ran in `busy`: the processor time used since the last batch, when
+    /// measured.
+    fn cpu_ns(&mut self, busy: Duration, tasks: u32) -> u64 {
+        self.probe.as_mut().map_or(0, |p| {
+            p.batch_done(busy, tasks);
+            p.take_cpu().as_nanos() as u64
+        })
     }
 
     fn begin(&mut self) {
@@ -231,13 +233,14 @@ impl Results {
         self.inline.clear();
         r.serialize(&mut serializer(&mut self.inline))
             .map_err(codec)?;
+        let busy = self.t0.elapsed();
         let batch = Batch {
             id: self.job,
             first: self.first,
             values: 1,
             at: Span::default(),
-            busy_ns: self.t0.elapsed().as_nanos() as u64,
-            cpu_ns: self.cpu_ns(),
+            busy_ns: busy.as_nanos() as u64,
+            cpu_ns: self.cpu_ns(busy, 1),
         };
         let sent = self.wr.send(&FromWorker::Done(batch), &self.inline);
         self.sent(sent);
@@ -286,7 +289,7 @@ impl Results {
                 },
             },
             busy_ns: (now - self.t0).as_nanos() as u64,
-            cpu_ns: self.cpu_ns(),
+            cpu_ns: self.cpu_ns(now - self.t0, self.values + u32::from(failure.is_some())),
         };
         let record = Record {
             job: self.job,

@@ -304,10 +304,12 @@ impl ThreadWorker {
                 LocalNext::Job(job, chunk) => {
                     let t0 = Instant::now();
                     let done = chunk(&mut cx, left);
-                    let spent = Spent {
-                        busy: t0.elapsed(),
-                        cpu: cx.probe.as_mut().map_or(Duration::ZERO, Probe::take_cpu),
-                    };
+                    let busy = t0.elapsed();
+                    let cpu = cx.probe.as_mut().map_or(Duration::ZERO, |p| {
+                        p.batch_done(busy, done.ran as u32);
+                        p.take_cpu()
+                    });
+                    let spent = Spent { busy, cpu };
                     left = left.saturating_sub(done.ran as u64);
                     next_job = queue.done(id, &watch, job, done, spent, left > 0);
                     if next_job.is_none() && watch.is_abandoned() {
