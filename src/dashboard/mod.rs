@@ -138,6 +138,7 @@ impl Dashboard {
     ///
     /// Outside a tokio runtime with I/O enabled.
     pub async fn start(addr: impl ToSocketAddrs) -> Result<Dashboard, Error> {
+        crate::observe::registry::watch();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| bind_error("bind its address", e))?;

@@ -712,7 +712,7 @@ impl Core {
                 ));
             }
             job.delivered += tasks;
-            job.busy += Duration::from_nanos(b.busy_ns);
+            job.worked(Duration::from_nanos(b.busy_ns));
             let first = job.first + b.first as usize;
             match job.delivered == job.len {
                 true => (first, st.queue.land(slot, b.id).map(Ok)),

@@ -33,17 +33,32 @@ pub(crate) struct Job {
     pub(super) on_worker: u8,
     /// It was sent as `hold`: the worker may hold its results a while.
     pub(super) hold: bool,
-    /// The workers its first task killed before (`max_retries`), and how each died.
-    pub(super) deaths: Vec<(usize, crate::error::Exit)>,
-    /// When it was queued, if its times are sampled for the pool's stats.
-    pub(super) submitted: Option<std::time::Instant>,
-    /// Time its worker spent on it so far.
-    pub(super) busy: Duration,
-    /// When it was sent to its worker (`proto::deadline::coarse_us`), 0 before.
+    /// The workers its first task killed before (`max_retries`), and how each died; behind one
+    /// pointer, as jobs move often and this is rarely there.
+    #[allow(clippy::box_collection)]
+    pub(super) deaths: Option<Box<Vec<(usize, crate::error::Exit)>>>,
+    /// Its times, if they are sampled for the pool's stats (boxed, for the same reason).
+    pub(super) timing: Option<Box<Timing>>,
+    /// When it was sent to its worker (`proto::deadline::coarse_us`), while a dashboard watches;
+    /// 0 before, or when none does.
     pub(super) sent: u64,
 }
 
+/// When a job was queued, and how long its worker spent on it so far.
+#[derive(Debug)]
+pub(crate) struct Timing {
+    pub submitted: std::time::Instant,
+    pub busy: Duration,
+}
+
 impl Job {
+    /// Its worker spent `busy` more on it (counted only when its times are sampled).
+    pub(super) fn worked(&mut self, busy: Duration) {
+        if let Some(t) = &mut self.timing {
+            t.busy += busy;
+        }
+    }
+
     pub(crate) fn new(
         call: Arc<CallLink>,
         seq: u64,
@@ -62,9 +77,8 @@ impl Job {
             target: None,
             on_worker: 0,
             hold: false,
-            deaths: Vec::new(),
-            submitted: None,
-            busy: Duration::ZERO,
+            deaths: None,
+            timing: None,
             sent: 0,
         }
     }
@@ -95,9 +109,8 @@ impl Job {
             target: self.target,
             on_worker: 0,
             hold: false,
-            deaths: Vec::new(),
-            submitted: None,
-            busy: Duration::ZERO,
+            deaths: None,
+            timing: None,
             sent: 0,
         })
     }
@@ -248,7 +261,12 @@ impl CallLink {
         } else {
             (old * 7 + sample * 3) / 10
         };
-        self.ns_per_task.store(new, Ordering::Relaxed);
+        // Written only when it moved by more than a sixteenth: the workers that deliver side by
+        // side would otherwise take this cache line from each other, and from whoever reads the
+        // call, at every batch.
+        if new.abs_diff(old) > old / 16 {
+            self.ns_per_task.store(new, Ordering::Relaxed);
+        }
     }
 
     /// Hands the outcome of tasks `first..first + len` (indices in the call) to the call, of

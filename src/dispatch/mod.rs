@@ -330,8 +330,8 @@ impl Core {
 
     /// `job` landed: every task of it is done. Its times go to the stats, when sampled.
     pub(super) fn landed(&self, job: &Job) {
-        if let Some(submitted) = job.submitted {
-            self.observer.counters.timed(submitted, job.len, job.busy);
+        if let Some(t) = &job.timing {
+            self.observer.counters.timed(t.submitted, job.len, t.busy);
         }
     }
 
@@ -382,7 +382,10 @@ impl Core {
         }
         let mut job = job;
         if Counters::sample(job.seq, job.call.ns_per_task()) {
-            job.submitted = Some(std::time::Instant::now());
+            job.timing = Some(Box::new(job::Timing {
+                submitted: std::time::Instant::now(),
+                busy: Duration::ZERO,
+            }));
         }
         let target = self
             .settings
@@ -605,7 +608,7 @@ impl registry::Source for Core {
                     },
                     // How long the job it runs has been there: its own time, or since the one
                     // before it landed.
-                    task_age: running.map(|j| {
+                    task_age: running.filter(|j| j.sent != 0).map(|j| {
                         let now = crate::proto::deadline::coarse_us();
                         now.saturating_sub(j.sent) as f64 / 1e6
                     }),

@@ -25,8 +25,6 @@ pub(crate) enum Outgoing {
         chunk: LocalChunk,
         /// How long its tasks may run (microseconds), if they have deadlines.
         timed: Option<u64>,
-        /// Its call's progress: a pool built by one of its tasks nests its bars under it.
-        progress: Arc<crate::observe::CallProgress>,
     },
     Remote {
         id: u64,
@@ -282,6 +280,11 @@ impl Queue {
         self.inflight[slot].front()
     }
 
+    /// The job sent last to worker `slot`, if it is still in flight.
+    pub(crate) fn last_sent(&self, slot: usize) -> Option<&Job> {
+        self.inflight[slot].back()
+    }
+
     /// The shortest task timeout of the jobs in flight on `slot`, if any has one.
     pub(crate) fn shortest_timeout(&self, slot: usize) -> Option<Duration> {
         self.inflight[slot]
@@ -345,7 +348,6 @@ impl Queue {
                     id: job.id,
                     chunk: chunk.take()?,
                     timed: takeback.is_timed().then(|| job.call.timeout_us()),
-                    progress: job.call.progress.clone(),
                 },
                 Payload::Remote { entry, body, skip } => {
                     let seat = &mut self.seats[slot];
@@ -365,7 +367,9 @@ impl Queue {
                 }
             };
             self.seats[slot].tasks += job.len as u64;
-            job.sent = crate::proto::deadline::coarse_us();
+            if crate::observe::registry::watched() {
+                job.sent = crate::proto::deadline::coarse_us();
+            }
             self.inflight[slot].push_back(job);
             return Some(send);
         }

@@ -91,7 +91,7 @@ impl Core {
             };
             // The deaths this very task caused before, when it runs again after one.
             let earlier = match from {
-                0 => std::mem::take(&mut job.deaths),
+                0 => job.deaths.take().map(|d| *d).unwrap_or_default(),
                 _ => Vec::new(),
             };
             if let Some(exit) = e.death() {
@@ -102,8 +102,9 @@ impl Core {
                                 .counters
                                 .retried
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            rest.deaths = earlier;
-                            rest.deaths.push((slot, exit));
+                            let mut deaths = earlier;
+                            deaths.push((slot, exit));
+                            rest.deaths = Some(Box::new(deaths));
                             again.push(rest);
                         }
                         Err(job) => lost.push(*job),

@@ -7,10 +7,10 @@
 //! registered (std's `notify_all` always makes a system call).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::job::Outcome;
+use super::job::{CallLink, Outcome};
 use super::queue::Outgoing;
 use super::{Core, State};
 use crate::error::{Error, Kind, Stage};
@@ -92,7 +92,8 @@ impl LocalQueue for Core {
                 // A successor started ahead of time waits for its slot.
             } else if let Some(job) = st.queue.take(slot) {
                 self.sent(slot, st.queue.tasks_sent(slot));
-                if let Some((id, chunk)) = self.started(slot, watch, job) {
+                let call = st.queue.last_sent(slot).map(|j| &j.call);
+                if let Some((id, chunk)) = self.started(slot, watch, job, call) {
                     return LocalNext::Job(id, chunk);
                 }
             } else if st.closing && st.queue.drained(slot) {
@@ -129,12 +130,9 @@ impl LocalQueue for Core {
             if abandoned || watch.is_abandoned() {
                 return None;
             }
-            let job = st.queue.land(slot, id).map(|mut job| {
-                job.busy += busy;
-                job
-            });
-            if let Some(job) = &job {
-                self.landed(job);
+            let mut job = st.queue.land(slot, id);
+            if let Some(job) = &mut job {
+                job.worked(busy);
             }
             if let (Some(job), Some(rest)) = (&job, rest) {
                 // The worker's budget ran out: what it did not run goes back to the front.
@@ -147,11 +145,16 @@ impl LocalQueue for Core {
             if next.is_some() {
                 self.sent(slot, st.queue.tasks_sent(slot));
             }
-            (job, next.and_then(|job| self.started(slot, watch, job)))
+            let call = st.queue.last_sent(slot).map(|j| &j.call);
+            (
+                job,
+                next.and_then(|job| self.started(slot, watch, job, call)),
+            )
         };
         // Counted before the results are delivered: a caller that has them sees the work.
         self.worked(slot, ran, busy, cpu);
         if let Some(job) = job {
+            self.landed(&job);
             let (call, first) = (job.call.clone(), job.first);
             drop(job);
             if let Some(insights) = &self.observer.insights {
@@ -217,20 +220,21 @@ impl LocalQueue for Core {
 impl Core {
     /// Thread worker `slot` takes `job` (under the state lock): its task is not cancelled, and
     /// a job whose tasks have deadlines wakes the slot's watchdog.
-    fn started(&self, slot: usize, watch: &Watch, job: Outgoing) -> Option<(u64, LocalChunk)> {
-        let Outgoing::Local {
-            id,
-            chunk,
-            timed,
-            progress,
-        } = job
-        else {
+    /// `call` is the job's call.
+    fn started(
+        &self,
+        slot: usize,
+        watch: &Watch,
+        job: Outgoing,
+        call: Option<&Arc<CallLink>>,
+    ) -> Option<(u64, LocalChunk)> {
+        let Outgoing::Local { id, chunk, timed } = job else {
             return None;
         };
         watch.cancelled.store(false, Ordering::Relaxed);
         // A pool a task of this job builds nests under this pool and call.
         registry::set_worker(self.observer.id, slot);
-        progress::running_on_this_thread(Some(&progress));
+        progress::running_on_this_thread(call, || call.map(|c| c.progress.clone()));
         if let Some(t) = timed {
             self.timed_sent(slot, t);
         }

@@ -22,6 +22,7 @@
 //! what is printed after it (indicatif wipes the lines of bars dropped from a `MultiProgress`
 //! at its next `println`, which the families avoid by never dropping a bar that is drawn).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -60,28 +61,42 @@ pub(crate) fn visible() -> bool {
 thread_local! {
     /// The call whose job the thread worker on this thread runs: a pool built by its task nests
     /// its bars under that call's.
-    static RUNNING: std::cell::RefCell<Option<Weak<CallProgress>>> = const { std::cell::RefCell::new(None) };
+    static RUNNING: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+    /// Its key (0: none), to tell at a glance that the next job is of the same call.
+    static RUNNING_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A thread worker starts a job of `call` (or none) on this thread. (The next job is mostly of
 /// the same call, which is then left as it is: no reference count changes hands.)
-pub(crate) fn running_on_this_thread(call: Option<&Arc<CallProgress>>) {
-    let _ = RUNNING.try_with(|r| {
-        let mut r = r.borrow_mut();
-        let same = match (&*r, call) {
-            (Some(old), Some(new)) => std::ptr::eq(old.as_ptr(), Arc::as_ptr(new)),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            *r = call.map(Arc::downgrade);
-        }
+///
+/// `key` tells calls apart: the address of `keyed`, something the job holds of its call (so
+/// that the call itself, whose cache lines other threads write, is read only when it changes;
+/// and `keyed` is kept, weakly, so that its address is not reused meanwhile). `call` gives the
+/// call's progress then.
+pub(crate) fn running_on_this_thread<K: Any + Send + Sync>(
+    keyed: Option<&Arc<K>>,
+    call: impl FnOnce() -> Option<Arc<CallProgress>>,
+) {
+    let key = keyed.map_or(0, |k| Arc::as_ptr(k) as usize);
+    if RUNNING_AT.with(|a| a.replace(key)) == key {
+        return;
+    }
+    let running = keyed.zip(call()).map(|(k, c)| Running {
+        call: Arc::downgrade(&c),
+        _keyed: Arc::downgrade(k) as Weak<dyn Any + Send + Sync>,
     });
+    let _ = RUNNING.try_with(|r| *r.borrow_mut() = running);
+}
+
+/// The call a thread worker runs a job of.
+struct Running {
+    call: Weak<CallProgress>,
+    _keyed: Weak<dyn Any + Send + Sync>,
 }
 
 fn running_here() -> Option<Arc<CallProgress>> {
     RUNNING
-        .try_with(|r| r.borrow().as_ref().and_then(Weak::upgrade))
+        .try_with(|r| r.borrow().as_ref().and_then(|r| r.call.upgrade()))
         .ok()
         .flatten()
 }

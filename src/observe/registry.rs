@@ -37,6 +37,21 @@ pub(crate) fn attach(observer: &Arc<Observer>, source: Weak<dyn Source>) {
     }
 }
 
+/// Whether something looks at the pools' workers live (a dashboard was started): only then do
+/// pools note when each job was sent to its worker (a clock read under the pool's lock).
+static WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, pools note when each job is sent.
+#[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+pub(crate) fn watch() {
+    WATCHED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether pools note when each job is sent.
+pub(crate) fn watched() -> bool {
+    WATCHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 thread_local! {
     /// The pool and worker whose thread this is, for a pool built by one of its tasks.
     static WORKER: std::cell::Cell<Option<(u64, usize)>> = const { std::cell::Cell::new(None) };

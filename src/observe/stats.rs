@@ -141,10 +141,9 @@ fn upper(bucket: usize) -> u64 {
 
 const BUCKETS: usize = 48;
 
-/// The atomics behind a [`Histogram`].
+/// The atomics behind a [`Histogram`]: two updates a record.
 pub(crate) struct Buckets {
     counts: [AtomicU64; BUCKETS],
-    count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
@@ -152,7 +151,6 @@ impl Default for Buckets {
     fn default() -> Self {
         Buckets {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
         }
     }
@@ -161,13 +159,18 @@ impl Default for Buckets {
 impl Buckets {
     /// Records `n` durations of `each`.
     pub(crate) fn record(&self, each: Duration, n: u64) {
+        self.record_ns(each.as_nanos() as u64, n);
+    }
+
+    /// Records `n` durations of `each` nanoseconds.
+    #[inline]
+    pub(crate) fn record_ns(&self, each: u64, n: u64) {
         if n == 0 {
             return;
         }
-        let ns = (each.as_nanos() as u64).max(1);
+        let ns = each.max(1);
         let bucket = (63 - ns.leading_zeros() as usize).min(BUCKETS - 1);
         self.counts[bucket].fetch_add(n, Ordering::Relaxed);
-        self.count.fetch_add(n, Ordering::Relaxed);
         self.sum_ns
             .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
     }
@@ -200,15 +203,15 @@ pub(crate) struct Counters {
     meters: Meters,
 }
 
-/// One worker's counts.
+/// One worker's counts. A batch of results updates two atomics: its tasks are counted, and
+/// their time summed, by the running-time histogram.
 #[derive(Default)]
 #[repr(align(128))]
 struct Shard {
-    done: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
-    /// Nanoseconds the worker spent running tasks.
-    busy_ns: AtomicU64,
+    /// Nanoseconds the worker spent on batches of failures only (the rest is in `running`).
+    failed_busy_ns: AtomicU64,
     running: Buckets,
 }
 
@@ -251,26 +254,26 @@ impl Counters {
         busy: Duration,
     ) {
         self.meters.finished(len, failed, timed_out, busy);
-        let shard = &self.shards[worker.unwrap_or(0) % self.shards.len()];
+        let shard = match worker {
+            Some(w) if w < self.shards.len() => &self.shards[w],
+            _ => &self.shards[0],
+        };
         // The tasks that answered ran `busy` between them (a batch faster than the worker's
         // clock reads as zero).
         let answered = len - failed;
         if answered > 0 {
-            shard.done.fetch_add(answered as u64, Ordering::Relaxed);
+            let each = busy.as_nanos() as u64 / answered as u64;
+            shard.running.record_ns(each, answered as u64);
+        } else if !busy.is_zero() {
             shard
-                .running
-                .record(busy / answered as u32, answered as u64);
+                .failed_busy_ns
+                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         }
         if failed > 0 {
             shard.failed.fetch_add(failed as u64, Ordering::Relaxed);
             shard
                 .timed_out
                 .fetch_add(timed_out as u64, Ordering::Relaxed);
-        }
-        if !busy.is_zero() {
-            shard
-                .busy_ns
-                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         }
     }
 
@@ -294,12 +297,17 @@ impl Counters {
                 .sum()
         };
         let elapsed = self.started.elapsed();
-        let busy = Duration::from_nanos(sum(|s| &s.busy_ns));
+        let running = self
+            .shards
+            .iter()
+            .map(|s| s.running.read())
+            .fold(Histogram::default(), Histogram::merge);
+        let busy = Duration::from_nanos(running.sum_ns + sum(|s| &s.failed_busy_ns));
         let capacity = elapsed.as_secs_f64() * workers as f64;
         Stats {
             queued,
             in_flight,
-            done: sum(|s| &s.done),
+            done: running.count,
             failed: sum(|s| &s.failed),
             timed_out: sum(|s| &s.timed_out),
             retried: self.retried.load(Ordering::Relaxed),
@@ -318,11 +326,7 @@ impl Counters {
                 false => 0.0,
             },
             waiting: self.waiting.read(),
-            running: self
-                .shards
-                .iter()
-                .map(|s| s.running.read())
-                .fold(Histogram::default(), Histogram::merge),
+            running,
             end_to_end: self.end_to_end.read(),
         }
     }
