@@ -385,7 +385,7 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "workers: {:.1}% busy over {:.3?}; {} restarts",
+            "workers: {:.1}% busy over {:.0?}; {} restarts",
             self.utilisation * 100.0,
             self.elapsed,
             self.restarts.total()
@@ -396,7 +396,9 @@ impl fmt::Display for Stats {
             ("end to end", &self.end_to_end),
         ] {
             match (h.quantile(0.5), h.quantile(0.99)) {
-                (Some(p50), Some(p99)) => writeln!(f, "{name}: median < {p50:?}, 99% < {p99:?}")?,
+                (Some(p50), Some(p99)) => {
+                    writeln!(f, "{name}: median < {p50:.0?}, 99% < {p99:.0?}")?
+                }
                 _ => writeln!(f, "{name}: no samples")?,
             }
         }
