@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::stats::Cause;
+use super::cause::Cause;
 
 /// A pool's handles.
 pub(crate) struct Meters {
@@ -28,7 +28,7 @@ struct On {
     failed: metrics::Counter,
     timed_out: metrics::Counter,
     seconds: metrics::Histogram,
-    restarts: [metrics::Counter; super::stats::CAUSES],
+    restarts: [metrics::Counter; super::cause::CAUSES],
 }
 
 impl Meters {

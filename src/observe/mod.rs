@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
+pub(crate) mod cause;
 pub(crate) mod insights;
 pub(crate) mod meters;
 pub(crate) mod output;

@@ -349,6 +349,19 @@ pub(crate) fn heard(
     running: Option<Arc<CallProgress>>,
     event: Event,
 ) {
+    let mut event = event;
+    let Event::Progress { parent, label, .. } = &mut event else {
+        return;
+    };
+    *label = format!("  {label} (worker {slot})");
+    if crate::worker::in_process_worker() {
+        // Upward: a bar nested directly under this worker's call goes under that call's bar.
+        if parent.is_none() {
+            *parent = running.as_ref().and_then(|c| c.bar.get()?.sent_id());
+        }
+        crate::worker::send_event(&event);
+        return;
+    }
     let Event::Progress {
         bar: id,
         parent,
@@ -361,21 +374,6 @@ pub(crate) fn heard(
     else {
         return;
     };
-    let label = format!("  {label} (worker {slot})");
-    if crate::worker::in_process_worker() {
-        // Upward: a bar nested directly under this worker's call goes under that call's bar.
-        let parent = parent.or_else(|| running.as_ref().and_then(|c| c.bar.get()?.sent_id()));
-        crate::worker::send_event(&Event::Progress {
-            bar: id,
-            parent,
-            label,
-            done,
-            total,
-            failed,
-            closed,
-        });
-        return;
-    }
     let mut all = nested().lock().unwrap_or_else(PoisonError::into_inner);
     if !all.contains_key(&id) {
         // A new bar: under the nested bar it names, or the call its worker runs.

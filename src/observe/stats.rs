@@ -11,40 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub(crate) use super::cause::{CAUSES, Cause};
 use super::meters::Meters;
-
-/// Why a worker was replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Cause {
-    /// It died: a signal, `abort`, `exit` (in a task, or while it started).
-    Died,
-    /// A task ran past its deadline.
-    Timeout,
-    /// A task of a dropped call ran on it.
-    Cancelled,
-    /// It broke the wire protocol.
-    Protocol,
-    /// Its `worker_lifespan` ended.
-    Lifespan,
-    /// It grew past `worker_max_memory`.
-    Memory,
-}
-
-pub(crate) const CAUSES: usize = 6;
-
-impl Cause {
-    /// As logs and metrics label it.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Cause::Died => "died",
-            Cause::Timeout => "timed_out",
-            Cause::Cancelled => "cancelled",
-            Cause::Protocol => "protocol",
-            Cause::Lifespan => "lifespan",
-            Cause::Memory => "memory",
-        }
-    }
-}
 
 /// How many workers were replaced, by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

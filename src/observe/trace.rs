@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tracing::{Level, Span, debug, event, info, warn};
 
-use super::stats::Cause;
+use super::cause::Cause;
 
 /// The span of a pool: everything it logs is inside it.
 pub(crate) fn pool_span(id: u64, name: &str, method: &str) -> Span {
