@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::start::launcher::{self, PARENT_VAR, ROLE_SERVER, ROLE_VAR, ROLE_WORKER};
+use crate::start::remote::ROLE_REMOTE;
 use crate::sys;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -36,11 +37,17 @@ pub(crate) fn divert_if_child() {
         .and_then(|p| p.parse::<u32>().ok());
     sys::fork::remove_env_single_threaded(ROLE_VAR);
     sys::fork::remove_env_single_threaded(PARENT_VAR);
-    if !parent.is_some_and(launcher::dies_with) {
+    // A worker on another host has no parent of ours: it lives as long as its link.
+    let remote = role.to_str() == Some(ROLE_REMOTE);
+    if !remote && !parent.is_some_and(launcher::dies_with) {
         sys::fork::exit_now(1);
     }
     mark_initialized();
     sys::fd::ignore_sigpipe();
+    if remote {
+        let code = std::panic::catch_unwind(remote_worker).unwrap_or(101);
+        sys::fork::exit_now(code);
+    }
     let code = std::panic::catch_unwind(|| match role.to_str() {
         Some(ROLE_WORKER) => match [3, 4, 5, 6, 7, 8].map(sys::fd::adopt) {
             [Some(tasks), Some(results), arena, journal, out, err] => {
@@ -63,4 +70,27 @@ pub(crate) fn divert_if_child() {
     })
     .unwrap_or(101);
     sys::fork::exit_now(code)
+}
+
+/// A worker started on another host by a launcher: its link is its stdin and stdout. They move
+/// to descriptors of their own (stdin becomes `/dev/null`, stdout the stderr, so that what a
+/// task prints cannot break a frame), and the worker leaves as soon as the link closes, even in
+/// the middle of a task.
+fn remote_worker() -> i32 {
+    let Ok((tasks, results)) = sys::fd::take_stdio_link() else {
+        return 2;
+    };
+    if sys::fd::exit_when_closed(&tasks, &results, crate::worker::leaving).is_err()
+        || crate::worker::watch_own_deadline().is_err()
+    {
+        return 2;
+    }
+    let ends = crate::worker::Ends {
+        tasks,
+        results,
+        arena: None,
+        journal: None,
+        output: None,
+    };
+    crate::worker::serve(ends, None)
 }

@@ -20,7 +20,7 @@ use crate::observe::{Insights, Observer, Stats};
 use crate::proto::Body;
 use crate::proto::body::{Encoding, Stop, encode_body};
 use crate::proto::frame::HEADER_ROOM;
-use crate::start::{Spec, StartMethod, backend};
+use crate::start::{Launcher, Spec, StartMethod, backend};
 use crate::sys::shm::Arena;
 use crate::task::{
     self, Call, Entry, ExitFn, Init, Input, NoInit, Output, Plain, Shared, WithWorker, Worker,
@@ -91,6 +91,8 @@ pub struct Builder<S = (), W = (), E = ()> {
     insights: u8,
     /// Where the pool's bars are drawn, when not on stderr (tests).
     bars: Option<indicatif::MultiProgress>,
+    /// What starts the workers on other hosts, if they are there.
+    launcher: Option<Launcher>,
     /// Where the pool was made.
     site: &'static Location<'static>,
     _t: PhantomData<fn() -> (W, E)>,
@@ -127,6 +129,7 @@ impl AsyncPool {
             name: None,
             insights: 0,
             bars: None,
+            launcher: None,
             site: Location::caller(),
             _t: PhantomData,
         }
@@ -311,6 +314,17 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
+    /// Starts the workers on other hosts, through `launcher` (ssh, Slurm's srun, or a command
+    /// of your own; see [`Launcher`]). The same calls, the same functions and the same errors;
+    /// the workers run this binary there, at the same path unless the launcher says otherwise.
+    /// Large inputs go through the link (there is no shared memory across hosts), and the
+    /// shared object is sent to each worker once. Not with [`StartMethod::Threading`] or
+    /// [`cpu_ids`](Builder::cpu_ids). Default: workers on this host.
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = Some(launcher);
+        self
+    }
+
     /// The pool's name, in its progress bars, its insights and the dashboard. Default:
     /// `pool N`, numbered in the order pools were built in this process.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -389,6 +403,7 @@ impl<S, W, E> Builder<S, W, E> {
             name: self.name,
             insights: self.insights,
             bars: self.bars,
+            launcher: self.launcher,
             site: self.site,
             _t: PhantomData,
         }
@@ -495,6 +510,19 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             }
             _ => {}
         }
+        if let Some(l) = &self.launcher {
+            l.check()?;
+            if !self.method.is_process() {
+                return Err(Error::config(
+                    "a launcher starts processes: it does not go with StartMethod::Threading",
+                ));
+            }
+            if self.cpu_ids.is_some() {
+                return Err(Error::config(
+                    "cpu_ids pins workers of this host: it does not go with a launcher",
+                ));
+            }
+        }
         let cpus = match self.cpu_ids {
             Some(ids) => crate::cpus::per_worker(ids, workers)?,
             None => Vec::new(),
@@ -513,7 +541,8 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             return Err(Error::config("build() must run inside a tokio runtime"));
         }
         crate::worker::install_panic_hook();
-        let arena = if self.method.is_process() {
+        // Shared memory is for the workers of this host only.
+        let arena = if self.method.is_process() && self.launcher.is_none() {
             let a = Arena::new(self.arena_size).map_err(|e| {
                 Error::start(format!("could not create the shared-memory arena: {e}"))
             })?;
@@ -521,8 +550,10 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         } else {
             None
         };
+        let inherits = self.method == StartMethod::Fork && self.launcher.is_none();
         let shared_body = match self.method {
-            StartMethod::Spawn | StartMethod::Forkserver => {
+            _ if !self.method.is_process() || inherits => Body::Inline(Vec::new()),
+            _ => {
                 let budget = self.max_frame_len - HEADER_ROOM;
                 let one = std::slice::from_ref(&self.shared);
                 match encode_body(one, arena.as_ref(), budget) {
@@ -543,7 +574,6 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
                     }
                 }
             }
-            _ => Body::Inline(Vec::new()),
         };
         let spec = Spec {
             shared: Arc::new(self.shared) as Arc<dyn Any + Send + Sync>,
@@ -569,6 +599,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
                 }
                 _ => None,
             },
+            launcher: self.launcher.clone(),
         };
         let settings = Settings {
             method: self.method,
@@ -582,13 +613,16 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         };
         let observer = Observer::new(
             self.name,
-            self.method.name(),
+            self.launcher
+                .as_ref()
+                .map_or(self.method.name(), Launcher::name),
             workers,
             self.site,
             self.insights > 0,
             self.bars.clone(),
         );
-        let core = Core::new(settings, spec, backend(self.method), observer);
+        let start = backend(self.method, self.launcher.as_ref());
+        let core = Core::new(settings, spec, start, observer);
         // Started side by side on this task: no hand-off to another thread, and dropping
         // `build()` drops (and so kills) the workers it started.
         let starts = (0..workers)

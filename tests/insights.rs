@@ -57,13 +57,16 @@ each_method! {
         let working: Duration = during.workers.iter().map(|w| w.working).sum();
         assert!(working >= Duration::from_millis(270), "{working:?}");
         // The slowest first, with their index and (under process methods) their input. (Which
-        // short task comes after the two longest depends on how the machine is loaded.)
-        let slowest: Vec<usize> = during.slowest.iter().map(|t| t.index).collect();
-        assert_eq!(&slowest[..2], [42, 41], "{during}");
+        // of the two longest comes first, and which short task after them, depends on how the
+        // machine is loaded: they spin for 150 and 60 ms of processor time.)
+        let mut top: Vec<usize> = during.slowest.iter().take(2).map(|t| t.index).collect();
+        top.sort();
+        assert_eq!(top, [41, 42], "{during}");
         assert!(during.slowest.windows(2).all(|w| w[0].duration >= w[1].duration));
-        assert!(during.slowest[0].duration >= Duration::from_millis(150));
+        let longest = during.slowest.iter().find(|t| t.index == 42).unwrap();
+        assert!(longest.duration >= Duration::from_millis(150));
         let input = m.is_process().then(|| "150".to_owned());
-        assert_eq!(during.slowest[0].input, input);
+        assert_eq!(longest.input, input);
         // Processor time: the tasks spin until they used 270 ms of it; the pool reads a
         // thread's at most once a millisecond, so it may miss a little of each.
         let cpu: Duration = during.workers.iter().map(|w| w.cpu).sum();

@@ -495,7 +495,16 @@ async fn finish(
     writer.abort();
     if !matches!(why, Why::Exit(_)) {
         let _ = writer.await;
-        proc.kill();
+        // A worker whose stream ended is given a moment to be gone by itself, so that its own
+        // exit status is read (a launcher such as ssh passes on its remote worker's a little
+        // after the stream closed); the others are killed at once.
+        if !matches!(why, Why::Died)
+            || tokio::time::timeout(Duration::from_secs(2), proc.wait())
+                .await
+                .is_err()
+        {
+            proc.kill();
+        }
     }
     // A worker that ran its exit function leaves by itself; do not wait forever.
     let exit = match tokio::time::timeout(Duration::from_secs(10), proc.wait()).await {
@@ -532,6 +541,22 @@ async fn finish(
             core.ended(slot, RestartCause::Protocol, format!("killed: {m}"));
             let e = Error::new(Kind::Protocol(m));
             core.settle(slot, journal, Cause::Task(e), false);
+            Ended::Died
+        }
+        // A remote worker (it has no journal for the pool's watchdog) stops itself when a task
+        // with a deadline runs past it.
+        Why::Died
+            if journal.is_none()
+                && exit == Exit::Code(crate::worker::TIMED_OUT)
+                && core.state().queue.shortest_timeout(slot).is_some() =>
+        {
+            core.ended(
+                slot,
+                RestartCause::Timeout,
+                "stopped itself: a task past its deadline".into(),
+            );
+            let now = crate::proto::deadline::now_us();
+            core.settle(slot, journal, Cause::TimedOut { deadline_us: now }, true);
             Ended::Died
         }
         Why::Died => {

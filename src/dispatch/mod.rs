@@ -601,6 +601,12 @@ impl registry::Source for Core {
                 WorkerView {
                     id: slot,
                     pid: st.pids[slot],
+                    host: self
+                        .spec
+                        .launcher
+                        .as_ref()
+                        .and_then(|l| l.host_of(slot))
+                        .map(str::to_owned),
                     state: match (st.queue.is_live(slot), running) {
                         (false, _) => "starting",
                         (true, None) => "idle",

@@ -26,6 +26,50 @@ pub(crate) async fn relay(
     stream: Stream,
     bars: MultiProgress,
 ) {
+    relay_keeping(from, slot, stream, bars, None).await
+}
+
+/// The last lines a stream brought, for an error that says why a worker never started.
+#[derive(Debug, Default)]
+pub(crate) struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+/// How many lines a [`Tail`] keeps.
+const TAIL_LINES: usize = 8;
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The lines kept, joined with `; `.
+    pub(crate) fn text(&self) -> String {
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// [`relay`], keeping the last lines in `tail` as well.
+pub(crate) async fn relay_keeping(
+    from: impl AsyncRead + Unpin,
+    slot: usize,
+    stream: Stream,
+    bars: MultiProgress,
+    tail: Option<std::sync::Arc<Tail>>,
+) {
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
     loop {
@@ -36,6 +80,9 @@ pub(crate) async fn relay(
         }
         if line.last() == Some(&b'\n') {
             line.pop();
+        }
+        if let Some(tail) = &tail {
+            tail.push(String::from_utf8_lossy(&line).trim_end().to_owned());
         }
         print(&line, slot, stream, &bars);
     }

@@ -59,8 +59,11 @@ pub(crate) struct ParentView {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct WorkerView {
     pub id: usize,
-    /// Its process, for a process worker that runs now.
+    /// Its process, for a process worker that runs now (on its host, for a remote one: the
+    /// pid of its launcher here otherwise).
     pub pid: Option<u32>,
+    /// The host it runs on, when a launcher names it.
+    pub host: Option<String>,
     /// `starting`, `idle` or `busy`.
     pub state: &'static str,
     /// How long the job it runs has run.

@@ -303,6 +303,17 @@ impl Shared {
     pub(crate) fn handle(&self) -> Shared {
         Shared(self.0.clone())
     }
+
+    /// Runs `f` while no frame can be written (it may end the process: no frame is left
+    /// half-written).
+    pub(crate) fn hold<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _whole = self
+            .0
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
 }
 
 impl FrameIo for Shared {

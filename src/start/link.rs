@@ -153,5 +153,6 @@ where
         proc,
         inherits,
         relays,
+        remote: None,
     })
 }

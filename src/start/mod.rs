@@ -16,12 +16,14 @@ use crate::sys::shm::Arena;
 use crate::task::Entry;
 use crate::worker::{LocalQueue, ThreadEnd, Watch};
 pub(crate) use link::{Reads, Rx, Tx, Writes};
+pub use remote::Launcher;
 
 pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod launcher;
 pub(crate) mod link;
+pub(crate) mod remote;
 pub(crate) mod spawn;
 pub(crate) mod threading;
 
@@ -130,6 +132,8 @@ pub(crate) struct Spec {
     pub insights: u8,
     /// Where process workers' output is relayed, when it is (the pool's bars can be seen).
     pub relay: Option<indicatif::MultiProgress>,
+    /// What starts the workers on other hosts, when they are there.
+    pub launcher: Option<Launcher>,
 }
 
 /// The pool's queue, for workers that take their jobs themselves (threads).
@@ -153,7 +157,16 @@ pub(crate) enum Link {
         inherits: bool,
         /// The tasks relaying its output, which end after it.
         relays: Vec<tokio::task::JoinHandle<()>>,
+        /// For a worker on another host: what started it, and what it said on its stderr.
+        remote: Option<RemoteEnd>,
     },
+}
+
+/// What the pool knows of a remote worker's launcher, for the error of one that never started.
+pub(crate) struct RemoteEnd {
+    /// `ssh to node1`, `srun`, ...
+    pub what: String,
+    pub tail: Arc<crate::observe::output::Tail>,
 }
 
 /// The private trait behind [`StartMethod`].
@@ -167,7 +180,10 @@ pub(crate) trait Start: Send + Sync {
     ) -> BoxFuture<'a, Result<Link, Error>>;
 }
 
-pub(crate) fn backend(method: StartMethod) -> Box<dyn Start> {
+pub(crate) fn backend(method: StartMethod, launcher: Option<&Launcher>) -> Box<dyn Start> {
+    if let Some(l) = launcher {
+        return Box::new(remote::Remote(l.clone()));
+    }
     match method {
         StartMethod::Threading => Box::new(threading::Threading),
         StartMethod::Spawn => Box::new(spawn::Spawn),
@@ -264,6 +280,7 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
             mut proc,
             inherits,
             relays,
+            remote,
         } => {
             // Pinned before it runs anything of ours: it has one thread now, and every thread a
             // task starts inherits the set.
@@ -342,9 +359,29 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                 Err(e) => {
                     proc.kill();
                     let exit = proc.wait().await;
-                    // A worker that died during set-up is reported with how it died.
-                    let e = match e.kind() {
-                        Kind::WorkerDied { during, .. } => {
+                    // A worker that died during set-up is reported with how it died; one on
+                    // another host, with what its launcher said.
+                    let e = match (e.kind(), remote) {
+                        (
+                            Kind::WorkerDied {
+                                during: Stage::Start,
+                                ..
+                            },
+                            Some(r),
+                        ) => {
+                            for relay in relays {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
+                            }
+                            let said = match r.tail.text() {
+                                t if t.is_empty() => "nothing on its stderr".to_owned(),
+                                t => t,
+                            };
+                            Error::start(format!(
+                                "{} {exit} before the worker started: {said}",
+                                r.what
+                            ))
+                        }
+                        (Kind::WorkerDied { during, .. }, _) => {
                             Error::died(exit, *during).with_used(proc.used())
                         }
                         _ => e,

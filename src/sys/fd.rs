@@ -1,7 +1,7 @@
 //! Raw descriptors: pidfds, descriptor passing, tokio registration, inherited descriptors.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use tokio::io::unix::AsyncFd;
@@ -116,4 +116,60 @@ pub(crate) fn ignore_sigpipe() {
 /// the destructor of the object that owns it in the parent's memory.
 pub(crate) fn close_inherited(fd: RawFd) {
     let _ = nix::unistd::close(fd);
+}
+
+/// A remote worker's link: its stdin and stdout, moved to descriptors of their own
+/// (close-on-exec); stdin then reads `/dev/null` and stdout writes to stderr, so that nothing a
+/// task does with the standard streams can touch a frame.
+pub(crate) fn take_stdio_link() -> io::Result<(OwnedFd, OwnedFd)> {
+    let moved = |fd: BorrowedFd<'_>| -> io::Result<OwnedFd> {
+        let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: `fcntl` just returned this new descriptor, which nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    let tasks = moved(std::io::stdin().as_fd())?;
+    let results = moved(std::io::stdout().as_fd())?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(std::io::stderr())?;
+    Ok((tasks, results))
+}
+
+/// Ends this process when its link to the pool closes: the task stream `tasks` (the pool's
+/// end closed: the pool is gone, unless `leaving()` says this worker is leaving on its own) or
+/// the result stream `results` (nobody reads what it would say). Watched by a thread of its
+/// own, which never reads: it waits for the streams to hang up.
+pub(crate) fn exit_when_closed(
+    tasks: &OwnedFd,
+    results: &OwnedFd,
+    leaving: fn() -> bool,
+) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let (tasks, results) = (tasks.try_clone()?, results.try_clone()?);
+    std::thread::Builder::new()
+        .name("ampire-link-watch".into())
+        .spawn(move || {
+            // Hang-ups and errors are reported whatever is asked. On the task stream a socket's
+            // half-close (RDHUP) counts too; on the result stream (which may be the same
+            // socket, half-closed already) only a full hang-up or an error does.
+            let mut watching_tasks = true;
+            loop {
+                let (fd, asked) = match watching_tasks {
+                    true => (&tasks, PollFlags::from_bits_retain(libc::POLLRDHUP)),
+                    false => (&results, PollFlags::empty()),
+                };
+                let mut fds = [PollFd::new(fd.as_fd(), asked)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                    Ok(_) => {}
+                }
+                if watching_tasks && leaving() {
+                    watching_tasks = false;
+                    continue;
+                }
+                crate::sys::fork::exit_now(0);
+            }
+        })?;
+    Ok(())
 }

@@ -233,6 +233,8 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     return 2;
                 }
                 if call.lifespan.is_over() {
+                    // Said before the pool hears it: it may close the task stream then.
+                    LEAVING.store(true, std::sync::atomic::Ordering::SeqCst);
                     // Every result is sent first: what the pool has not heard of is its again.
                     call.results.flush();
                     let wr = call.results.writer();
@@ -251,12 +253,67 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
                     return leave(wr, exit, cx);
                 }
             }
-            ToWorker::Shutdown { exit } => return leave(call.results.writer(), exit, cx),
+            ToWorker::Shutdown { exit } => {
+                LEAVING.store(true, std::sync::atomic::Ordering::SeqCst);
+                return leave(call.results.writer(), exit, cx);
+            }
             ToWorker::Setup { .. } => {
                 return fatal(call.results.writer(), "set-up sent twice".into());
             }
         }
     }
+}
+
+/// The deadline word of the task a remote worker runs (a worker of this host publishes it in its
+/// journal, for the pool's watchdog; a remote one has no journal, and watches its own).
+pub(crate) static OWN_DEADLINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The exit status of a remote worker that stopped itself for a task past its deadline.
+pub(crate) const TIMED_OUT: i32 = 124;
+
+/// Starts the thread that ends this (remote) worker with [`TIMED_OUT`] when its task runs past
+/// its deadline: it sleeps until the deadline of the task it sees, and ends the process if that
+/// task still runs then, holding the result stream so that no frame is cut.
+pub(crate) fn watch_own_deadline() -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("ampire-deadline".into())
+        .spawn(|| {
+            loop {
+                let word = OWN_DEADLINE.load(Ordering::Acquire);
+                if word == 0 {
+                    // No task with a deadline runs: look again a little later (a task that
+                    // starts now has at least its whole timeout to go).
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                let left = crate::proto::deadline::remaining(word, 0);
+                if !left.is_zero() {
+                    std::thread::sleep(left);
+                    continue;
+                }
+                if OWN_DEADLINE.load(Ordering::Acquire) == word {
+                    match RESULT_PIPE.get() {
+                        Some(pipe) => pipe.hold(|| {
+                            if OWN_DEADLINE.load(Ordering::Acquire) == word {
+                                crate::sys::fork::exit_now(TIMED_OUT)
+                            }
+                        }),
+                        None => crate::sys::fork::exit_now(TIMED_OUT),
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Set once this worker leaves on its own (it retires, or was told to shut down): the pool may
+/// close its task stream from then on, and that is no reason to stop.
+static LEAVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this worker is leaving on its own.
+pub(crate) fn leaving() -> bool {
+    LEAVING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Runs the exit function (`exit`, if any), sends its result, and returns the exit code. The

@@ -14,6 +14,7 @@
 //! Without a journal (a link that is not shared memory), or for a result larger than the ring,
 //! results travel in the frame's body, one task each, flushed at once.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -120,8 +121,10 @@ impl Results {
     #[inline(always)]
     pub(crate) fn starting(&mut self) {
         if self.timeout_us != 0 {
-            if let Some(ring) = &self.ring {
-                ring.set_deadline(self.stamper.start(self.timeout_us));
+            let word = self.stamper.start(self.timeout_us);
+            match &self.ring {
+                Some(ring) => ring.set_deadline(word),
+                None => super::OWN_DEADLINE.store(word, Ordering::Release),
             }
         }
         if let Some(probe) = &mut self.probe {
@@ -263,8 +266,9 @@ impl Results {
             self.end_batch(None);
         }
         if self.timeout_us != 0 {
-            if let Some(ring) = &self.ring {
-                ring.set_deadline(0);
+            match &self.ring {
+                Some(ring) => ring.set_deadline(0),
+                None => super::OWN_DEADLINE.store(0, Ordering::Release),
             }
         }
     }
