@@ -117,6 +117,14 @@ async fn warm_pool(m: StartMethod) -> AsyncPool {
     if env_number("AMPIRE_BENCH_INSIGHTS") == Some(1) {
         b = b.enable_insights(true);
     }
+    // Workers through ssh (`scripts/compare/ssh_loopback.py`): the host, then ssh's options, one
+    // per line.
+    if let Ok(ssh) = std::env::var("AMPIRE_BENCH_SSH") {
+        let mut words = ssh.lines();
+        let host = words.next().unwrap_or("127.0.0.1").to_owned();
+        let launcher = words.fold(ampire::Launcher::ssh([host]), |l, o| l.option(o));
+        b = b.launcher(launcher);
+    }
     if progress_bars() {
         // Drawn in full, as on a terminal, into one that discards what it is sent.
         let sink = indicatif::ProgressDrawTarget::term_like(Box::new(Sink));

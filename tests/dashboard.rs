@@ -7,6 +7,7 @@
 //! pools), so each test names its pool uniquely and looks for that name. Waiting is done on the
 //! dashboard's own event stream (a snapshot four times a second), with a deadline.
 mod common;
+mod hosts;
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::io::{Read, Write};
@@ -537,6 +538,57 @@ fn insights_show_each_worker_and_the_inputs_of_the_slowest_tasks() {
             assert!(t["duration"].as_f64().unwrap() >= 0.004);
         }
         dashboard.stop().await;
+    });
+}
+
+/// `x` after a moment: keeps the workers busy while the page is read.
+fn linger(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(20));
+    x
+}
+
+#[test]
+fn workers_on_other_hosts_show_their_host() {
+    let Some(sshd) = hosts::Sshd::start("workers_on_other_hosts_show_their_host") else {
+        return;
+    };
+    run(StartMethod::Forkserver, |_| async move {
+        let name = "on two hosts";
+        let pool = AsyncPool::builder()
+            .name(name)
+            .workers(2)
+            .launcher(sshd.launcher(&["127.0.0.1", "localhost"]))
+            .build()
+            .await
+            .expect("pool builds");
+        let dashboard = start_dashboard().await;
+        pool.map(linger, 0..4u64).chunk_size(1).await.unwrap();
+        let pools = get(dashboard.addr(), "/api/pools").await.json();
+        let pool_view = named(pools.as_array().unwrap(), name).unwrap();
+        assert_eq!(pool_view["method"], "ssh");
+        let hosts: Vec<&str> = pool_view["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts, ["127.0.0.1", "localhost"]);
+        if have_chromium() {
+            let dom = dump_dom(&format!("http://{}/", dashboard.addr())).await;
+            let rows = elements(&dom, "worker");
+            let on: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.get("data-host").is_some())
+                .map(|r| r["data-host"].as_str())
+                .collect();
+            assert!(
+                on.contains(&"127.0.0.1") && on.contains(&"localhost"),
+                "{dom}"
+            );
+            assert!(dom.contains(">host</th>"), "{dom}");
+        }
+        dashboard.stop().await;
+        pool.shutdown().await.unwrap();
     });
 }
 

@@ -253,6 +253,10 @@ fn the_owners_death_leaves_no_worker_on_any_host() {
                     .split('\n')
                     .fold(Launcher::ssh(["127.0.0.1"]), Launcher::option)
             }
+            "srun" => Launcher::srun().env(
+                "SLURM_CONF",
+                std::env::var("AMPIRE_TEST_SLURM_CONF").unwrap(),
+            ),
             _ => local_command(),
         };
         run(async move {
@@ -267,7 +271,11 @@ fn the_owners_death_leaves_no_worker_on_any_host() {
         });
         return;
     }
-    let (sshd, launchers) = launchers("the_owners_death");
+    let (sshd, mut launchers) = launchers("the_owners_death");
+    let slurm = hosts::Slurm::start("the_owners_death");
+    if let Some(slurm) = &slurm {
+        launchers.push(("srun", slurm.launcher()));
+    }
     for (name, _) in launchers {
         let pidfile =
             std::env::temp_dir().join(format!("ampire-owner-{}-{name}", std::process::id()));
@@ -283,6 +291,9 @@ fn the_owners_death_leaves_no_worker_on_any_host() {
             .env("AMPIRE_TEST_PIDFILE", &pidfile);
         if let Some(s) = &sshd {
             owner.env("AMPIRE_TEST_SSH", s.options().join("\n"));
+        }
+        if let Some(s) = &slurm {
+            owner.env("AMPIRE_TEST_SLURM_CONF", s.dir.join("slurm.conf"));
         }
         let mut owner = owner.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -448,5 +459,178 @@ fn bars_of_pools_nested_in_remote_workers_come_home() {
                 "{name}: {screen:?}"
             );
         }
+    });
+}
+
+/// Records its run; the first run of input 2 says so (through `announce`) and never ends.
+fn stuck_once((x, log, announce): (u64, String, String)) -> u64 {
+    let before = common::runs_of(&log, x);
+    common::record_run(&log, x);
+    if x == 2 && before == 0 {
+        common::signal(&announce);
+        loop {
+            std::thread::park();
+        }
+    }
+    x
+}
+
+#[test]
+fn a_lost_connection_fails_the_running_task_alone_and_retries_run_it_again() {
+    let (_sshd, launchers) = launchers("a_lost_connection");
+    run(async move {
+        for (name, launcher) in launchers {
+            for retries in [0, 1] {
+                let pool = AsyncPool::builder()
+                    .workers(1)
+                    .launcher(launcher.clone())
+                    .max_retries(retries)
+                    .build()
+                    .await
+                    .unwrap();
+                let log = common::RunLog::new(&format!("lost-{name}-{retries}"));
+                let announce = common::Signal::new();
+                let (at, to) = (log.path(), announce.path.to_str().unwrap().to_owned());
+                let inputs: Vec<_> = (0..6u64).map(|x| (x, at.clone(), to.clone())).collect();
+                let call = tokio::spawn(
+                    pool.map_stream(stuck_once, stream::iter(inputs))
+                        .chunk_size(1)
+                        .collect::<Vec<_>>(),
+                );
+                announce.recv().await;
+                // The link goes: its launcher is killed, as a lost connection or host ends it.
+                let launcher_pid = pool.worker_pids()[0].unwrap();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(launcher_pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                let out: Vec<Result<u64, Error>> = call.await.unwrap();
+                for (x, r) in out.iter().enumerate() {
+                    match (x, retries) {
+                        (2, 0) => {
+                            assert!(r.as_ref().unwrap_err().is_worker_died(), "{name}: {r:?}")
+                        }
+                        _ => {
+                            assert_eq!(*r.as_ref().unwrap(), x as u64, "{name} {retries}: task {x}")
+                        }
+                    }
+                }
+                let runs = log.runs(6);
+                assert_eq!(runs, [1, 1, 1 + retries, 1, 1, 1], "{name} {retries}");
+                assert_eq!(pool.stats().restarts.died, 1, "{name}");
+                pool.shutdown().await.unwrap();
+            }
+        }
+    });
+}
+
+/// The binary this worker runs.
+fn my_binary(_: u64) -> String {
+    std::env::current_exe().unwrap().display().to_string()
+}
+
+#[test]
+fn the_binary_is_copied_once_per_host_when_asked() {
+    let (_sshd, launchers) = launchers("the_binary_is_copied");
+    run(async move {
+        for (name, launcher) in launchers {
+            let cache =
+                std::env::temp_dir().join(format!("ampire-cache-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&cache);
+            let launcher = launcher.copy_binary(&cache);
+            let pool = AsyncPool::builder()
+                .workers(2)
+                .launcher(launcher.clone())
+                .build()
+                .await
+                .unwrap();
+            let runs = pool.map(my_binary, 0..4u64).chunk_size(1).await.unwrap();
+            pool.shutdown().await.unwrap();
+            // One copy, named by the build id, which every worker runs.
+            let copies: Vec<_> = std::fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert_eq!(copies.len(), 1, "{name}: {copies:?}");
+            let copy = &copies[0];
+            assert!(
+                copy.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("ampire-"),
+                "{name}"
+            );
+            assert!(
+                runs.iter().all(|r| std::path::Path::new(r) == copy),
+                "{name}: {runs:?}"
+            );
+            // A second pool finds it there and does not copy again.
+            let before = std::fs::metadata(copy).unwrap().modified().unwrap();
+            let pool = AsyncPool::builder()
+                .workers(1)
+                .launcher(launcher)
+                .build()
+                .await
+                .unwrap();
+            assert_eq!(pool.apply(square, 3).await.unwrap(), 9);
+            pool.shutdown().await.unwrap();
+            assert_eq!(
+                std::fs::metadata(copy).unwrap().modified().unwrap(),
+                before,
+                "{name}"
+            );
+            let _ = std::fs::remove_dir_all(&cache);
+        }
+    });
+}
+
+#[test]
+fn slurm_runs_the_same_calls_through_srun() {
+    let Some(slurm) = hosts::Slurm::start("slurm_runs_the_same_calls") else {
+        return;
+    };
+    run(async move {
+        let t = Instant::now();
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .launcher(slurm.launcher())
+            .task_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        eprintln!("a 2-worker pool through srun started in {:?}", t.elapsed());
+        assert_eq!(
+            pool.map(square, 0..1000u64).await.unwrap(),
+            (0..1000u64).map(square).collect::<Vec<_>>()
+        );
+        let out: Vec<Result<u64, Error>> = pool
+            .map_stream(panics_on_7, stream::iter(0..20u64))
+            .collect()
+            .await;
+        assert!(
+            out[7].as_ref().unwrap_err().is_panic() && out[17].as_ref().unwrap_err().is_panic()
+        );
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 18);
+        let out: Vec<Result<u64, Error>> = pool
+            .map_stream(kill_self_at_5, stream::iter(0..12u64))
+            .chunk_size(4)
+            .collect()
+            .await;
+        for (x, r) in out.iter().enumerate() {
+            match x {
+                5 => assert!(r.as_ref().unwrap_err().is_worker_died(), "{r:?}"),
+                _ => assert_eq!(*r.as_ref().unwrap(), x as u64),
+            }
+        }
+        let out: Vec<Result<u64, Error>> = pool
+            .map_stream(hang_at_3, stream::iter(0..6u64))
+            .chunk_size(1)
+            .collect()
+            .await;
+        assert!(out[3].as_ref().unwrap_err().is_timeout(), "{:?}", out[3]);
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 5);
+        pool.shutdown().await.unwrap();
     });
 }

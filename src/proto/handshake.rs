@@ -140,7 +140,9 @@ pub(crate) fn greet<W: FrameIo>(wr: &mut Writer<W>) -> io::Result<()> {
 pub(crate) fn accept<R: Read>(rd: &mut Reader<R>) -> Result<Frame<ToWorker>, Option<String>> {
     match rd.next::<ToWorker>() {
         Ok(Some(frame)) => match &frame.header {
-            ToWorker::Setup { identity, .. } if *identity == image::identity() => Ok(frame),
+            ToWorker::Setup { identity, .. } if same_image(identity, &image::identity()) => {
+                Ok(frame)
+            }
             ToWorker::Setup { .. } => Err(Some("the pool runs a different binary".into())),
             other => Err(Some(format!("expected set-up, got {other:?}"))),
         },

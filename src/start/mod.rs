@@ -182,7 +182,7 @@ pub(crate) trait Start: Send + Sync {
 
 pub(crate) fn backend(method: StartMethod, launcher: Option<&Launcher>) -> Box<dyn Start> {
     if let Some(l) = launcher {
-        return Box::new(remote::Remote(l.clone()));
+        return Box::new(remote::Remote::new(l.clone()));
     }
     match method {
         StartMethod::Threading => Box::new(threading::Threading),

@@ -15,6 +15,7 @@
 //! ends, so a worker that dies (or a host lost) fails only the task it was running, as the
 //! isolation rules say; a result lost on the way with a host is run again.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,10 @@ pub struct Launcher {
     options: Vec<OsString>,
     /// Where the binary is on the other hosts; `None`: the same path as here.
     binary: Option<PathBuf>,
+    /// Where to copy the binary on each host first, when it is to be copied.
+    copy_to: Option<PathBuf>,
+    /// The launcher process's own environment, beyond this process's.
+    env: Vec<(OsString, OsString)>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +119,8 @@ impl Launcher {
             how,
             options: Vec::new(),
             binary: None,
+            copy_to: None,
+            env: Vec::new(),
         }
     }
 
@@ -128,6 +135,23 @@ impl Launcher {
     /// Where this binary is on the other hosts, if not at the same path as here.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
+        self
+    }
+
+    /// Copies this binary to each host before its first worker starts there, into `dir` (made
+    /// if missing), as `ampire-BUILDID`: once per host and build, through the launcher itself
+    /// (its stdin), and not again while that file is there. For hosts without the shared
+    /// filesystem that [`binary`](Launcher::binary) assumes. Not with [`srun`](Launcher::srun),
+    /// whose hosts are not known in advance.
+    pub fn copy_binary(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.copy_to = Some(dir.into());
+        self
+    }
+
+    /// Sets `key` to `value` in the launcher's environment on this host (`SLURM_CONF`,
+    /// `SSH_AUTH_SOCK`, ...). It does not reach the worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -158,14 +182,29 @@ impl Launcher {
                 Some(h) => Err(Error::config(format!("{h:?} is not a host name"))),
                 None => Ok(()),
             },
+            How::Srun if self.copy_to.is_some() => Err(Error::config(
+                "copy_binary needs hosts known in advance: not with Launcher::srun",
+            )),
             _ => Ok(()),
         }
     }
 
-    /// What starts worker `slot`, with the binary at `exe` on this host: program and arguments.
-    pub(crate) fn command_line(&self, slot: usize, exe: &Path) -> (OsString, Vec<OsString>) {
-        let binary = self.binary.as_deref().unwrap_or(exe);
+    /// What starts worker `slot`, with the binary at `binary` on its host: program and
+    /// arguments.
+    pub(crate) fn command_line(&self, slot: usize, binary: &Path) -> (OsString, Vec<OsString>) {
         let role = format!("{}={ROLE_REMOTE}", launcher::ROLE_VAR);
+        let words: Vec<OsString> = vec![
+            "exec".into(),
+            "env".into(),
+            role.into(),
+            binary.as_os_str().to_owned(),
+        ];
+        self.running(slot, &words)
+    }
+
+    /// What runs `words` (a command; a first word `exec` is for a shell) where worker `slot`
+    /// runs: program and arguments.
+    fn running(&self, slot: usize, words: &[OsString]) -> (OsString, Vec<OsString>) {
         match &self.how {
             How::Ssh { hosts } => {
                 let mut args: Vec<OsString> =
@@ -173,9 +212,18 @@ impl Launcher {
                 args.extend(self.options.iter().cloned());
                 args.push(hosts[slot % hosts.len()].clone().into());
                 args.push("--".into());
-                // ssh hands the remote shell one string: the path is quoted for it.
-                let mut remote = OsString::from(format!("exec env {role} "));
-                remote.push(shell_quote(binary.as_os_str()));
+                // ssh hands the remote shell one string: each word is quoted for it (but a
+                // leading `exec`).
+                let mut remote = OsString::new();
+                for (i, w) in words.iter().enumerate() {
+                    if i > 0 {
+                        remote.push(" ");
+                    }
+                    match (i, w.to_str()) {
+                        (0, Some("exec")) => remote.push("exec"),
+                        _ => remote.push(shell_quote(w)),
+                    }
+                }
                 args.push(remote);
                 ("ssh".into(), args)
             }
@@ -185,16 +233,30 @@ impl Launcher {
                         .map(OsString::from)
                         .to_vec();
                 args.extend(self.options.iter().cloned());
-                args.extend(["env".into(), role.into(), binary.as_os_str().to_owned()]);
+                args.extend(without_exec(words));
                 ("srun".into(), args)
             }
             How::Command { program, args } => {
                 let mut all = args.clone();
                 all.extend(self.options.iter().cloned());
-                all.extend(["env".into(), role.into(), binary.as_os_str().to_owned()]);
+                all.extend(without_exec(words));
                 (program.clone(), all)
             }
         }
+    }
+
+    /// The binary the workers run on their hosts: this one's path, the one given, or (when
+    /// copying) the copy in the cache.
+    fn binary_at(&self, exe: &Path) -> PathBuf {
+        match &self.copy_to {
+            Some(dir) => dir.join(cached_name()),
+            None => self.binary.clone().unwrap_or_else(|| exe.to_owned()),
+        }
+    }
+
+    /// Where worker `slot` runs, for the copies made there: its host, or one place for all.
+    fn place(&self, slot: usize) -> String {
+        self.host_of(slot).unwrap_or_default().to_owned()
     }
 
     /// Worker `slot`'s launcher, as errors name it: `ssh to node1`, `srun`, `docker`.
@@ -207,6 +269,24 @@ impl Launcher {
     }
 }
 
+/// `words` as a command to run directly (no shell, so no `exec`).
+fn without_exec(words: &[OsString]) -> impl Iterator<Item = OsString> + '_ {
+    words.iter().skip_while(|w| *w == "exec").cloned()
+}
+
+/// The file name of this binary's copies: `ampire-` and its build id in hex (or, without one,
+/// its device and inode here).
+fn cached_name() -> String {
+    let id = sys::image::identity();
+    match id.build_id.is_empty() {
+        false => {
+            let hex: String = id.build_id.iter().map(|b| format!("{b:02x}")).collect();
+            format!("ampire-{hex}")
+        }
+        true => format!("ampire-{}-{}", id.exe.0, id.exe.1),
+    }
+}
+
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &OsStr) -> OsString {
     let s = s.to_string_lossy();
@@ -214,7 +294,83 @@ fn shell_quote(s: &OsStr) -> OsString {
 }
 
 /// The start method of a pool with a launcher.
-pub(crate) struct Remote(pub Launcher);
+pub(crate) struct Remote {
+    launcher: Launcher,
+    /// The places (hosts) this binary was copied to, when it is copied.
+    copied: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl Remote {
+    pub(crate) fn new(launcher: Launcher) -> Remote {
+        Remote {
+            launcher,
+            copied: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Makes sure the copy of this binary (`exe`) is at `binary` where worker `slot` runs: once
+    /// per place (the first worker of a host copies, the others wait for it).
+    async fn copy(&self, slot: usize, exe: &Path, binary: &Path) -> Result<(), Error> {
+        let place = self.launcher.place(slot);
+        let mut copied = self.copied.lock().await;
+        if copied.contains(&place) {
+            return Ok(());
+        }
+        let what = self.launcher.describe(slot);
+        let there = |words: &[&OsStr]| {
+            let words: Vec<OsString> = words.iter().map(|w| w.to_os_string()).collect();
+            self.launcher.running(slot, &words)
+        };
+        let path = binary.as_os_str();
+        let check = there(&["test".as_ref(), "-x".as_ref(), path]);
+        let dir = binary.parent().unwrap_or(Path::new("/")).as_os_str();
+        let tmp = format!("{}.tmp.$$", shell_quote(path).to_string_lossy());
+        let script = format!(
+            "mkdir -p {dir} && cat > {tmp} && chmod 755 {tmp} && mv -f {tmp} {path}",
+            dir = shell_quote(dir).to_string_lossy(),
+            path = shell_quote(path).to_string_lossy(),
+        );
+        let put = there(&["sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+        let (env, exe) = (self.launcher.env.clone(), exe.to_owned());
+        let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let run = |(program, args): (OsString, Vec<OsString>), input: Stdio| {
+                Command::new(program)
+                    .args(args)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(input)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .output()
+                    .map_err(|e| e.to_string())
+            };
+            if run(check, Stdio::null())?.status.success() {
+                return Ok(());
+            }
+            let input = std::fs::File::open(&exe).map_err(|e| e.to_string())?;
+            let out = run(put, Stdio::from(input))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match done {
+            Ok(()) => {
+                copied.insert(place);
+                Ok(())
+            }
+            Err(e) => Err(Error::start(format!(
+                "could not copy this binary to {} through {what}: {e}",
+                binary.display()
+            ))),
+        }
+    }
+}
 
 impl Start for Remote {
     fn launch<'a>(
@@ -224,11 +380,16 @@ impl Start for Remote {
         _pool: &'a Pool,
     ) -> BoxFuture<'a, Result<Link, Error>> {
         Box::pin(async move {
-            let what = self.0.describe(id);
+            let what = self.launcher.describe(id);
             let exe = std::env::current_exe()
                 .map_err(|e| Error::start_io("could not find this binary's path", e))?;
-            let (program, args) = self.0.command_line(id, &exe);
-            let started = launcher::run(move || start(program, args))
+            let binary = self.launcher.binary_at(&exe);
+            if self.launcher.copy_to.is_some() {
+                self.copy(id, &exe, &binary).await?;
+            }
+            let (program, args) = self.launcher.command_line(id, &binary);
+            let env = self.launcher.env.clone();
+            let started = launcher::run(move || start(program, args, env))
                 .await
                 .and_then(|r| r)
                 .map_err(|e| Error::start_io(&format!("could not run {what}"), e))?;
@@ -305,9 +466,14 @@ struct Started {
 
 /// Runs the launcher (on the launcher thread), with pipes for its standard streams. It is reaped
 /// by the pool's `Child`, not by `std`.
-fn start(program: OsString, args: Vec<OsString>) -> std::io::Result<Started> {
+fn start(
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+) -> std::io::Result<Started> {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -355,15 +521,16 @@ mod tests {
                 "2222",
                 "b",
                 "--",
-                r"exec env AMPIRE_ROLE=remote '/opt/my app/bin'\''s'"
+                r"exec 'env' 'AMPIRE_ROLE=remote' '/opt/my app/bin'\''s'"
             ]
         );
         assert_eq!(ssh.host_of(2), Some("a"));
         let srun = Launcher::srun()
             .option("--partition=short")
             .binary("/shared/app");
+        assert_eq!(srun.binary_at(exe), Path::new("/shared/app"));
         assert_eq!(
-            words(srun.command_line(0, exe)),
+            words(srun.command_line(0, &srun.binary_at(exe))),
             [
                 "srun",
                 "--nodes=1",
@@ -390,6 +557,7 @@ mod tests {
             ]
         );
         assert!(Launcher::ssh(Vec::<String>::new()).check().is_err());
+        assert!(Launcher::srun().copy_binary("/tmp").check().is_err());
         assert!(Launcher::ssh(["-oProxyCommand=x"]).check().is_err());
     }
 }

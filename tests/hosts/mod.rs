@@ -111,3 +111,172 @@ impl Drop for Sshd {
 pub fn local_command() -> Launcher {
     Launcher::command("sh", ["-c", "exec \"$@\"", "sh"])
 }
+
+/// A single-node Slurm of this test (munged, slurmctld and slurmd as its children, with a
+/// key, a configuration and state in a temporary directory, on free ports), killed when
+/// dropped.
+pub struct Slurm {
+    children: Vec<Child>,
+    pub dir: PathBuf,
+}
+
+impl Slurm {
+    /// Starts one, or says plainly why it cannot and returns `None`.
+    pub fn start(test: &str) -> Option<Slurm> {
+        let needed = [
+            "/usr/sbin/munged",
+            "/usr/sbin/slurmctld",
+            "/usr/sbin/slurmd",
+        ];
+        if needed.iter().any(|p| !Path::new(p).exists())
+            || Command::new("srun").arg("--version").output().is_err()
+        {
+            eprintln!("{test}: Slurm part skipped: Slurm (slurm-wlm) or munge is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "ampire-slurm-{}-{}",
+            std::process::id(),
+            test.replace([':', '/'], "_")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["state", "spool"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let key: Vec<u8> = (0..1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ std::process::id() as u8)
+            .collect();
+        std::fs::write(dir.join("munge.key"), key).unwrap();
+        std::fs::set_permissions(
+            dir.join("munge.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let port = || {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let d = |f: &str| dir.join(f).display().to_string();
+        let conf = format!(
+            "ClusterName=ampire\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\n\
+             AuthType=auth/munge\nAuthInfo=socket={sock}\nCredType=cred/munge\n\
+             StateSaveLocation={state}\nSlurmdSpoolDir={spool}\n\
+             SlurmctldPidFile={cpid}\nSlurmdPidFile={dpid}\nSlurmctldPort={cport}\nSlurmdPort={dport}\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSchedulerType=sched/builtin\n\
+             SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nReturnToService=2\n\
+             SlurmctldLogFile={clog}\nSlurmdLogFile={dlog}\nMpiDefault=none\n\
+             JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
+             NodeName={host} CPUs=2 State=UNKNOWN\n\
+             PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16\n",
+            sock = d("munge.sock"),
+            state = d("state"),
+            spool = d("spool"),
+            cpid = d("slurmctld.pid"),
+            dpid = d("slurmd.pid"),
+            cport = port(),
+            dport = port(),
+            clog = d("slurmctld.log"),
+            dlog = d("slurmd.log"),
+        );
+        std::fs::write(dir.join("slurm.conf"), conf).unwrap();
+        let conf = d("slurm.conf");
+        let spawn = |program: &str, args: Vec<String>| {
+            Command::new(program)
+                .args(args)
+                .env("SLURM_CONF", &conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut me = Slurm {
+            children: Vec::new(),
+            dir: dir.clone(),
+        };
+        me.children.push(spawn(
+            "/usr/sbin/munged",
+            ["-F", "--force"]
+                .map(String::from)
+                .into_iter()
+                .chain([
+                    format!("--socket={}", d("munge.sock")),
+                    format!("--key-file={}", d("munge.key")),
+                    format!("--pid-file={}", d("munged.pid")),
+                    format!("--log-file={}", d("munged.log")),
+                    format!("--seed-file={}", d("munged.seed")),
+                ])
+                .collect(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("munge.sock").exists() {
+            assert!(Instant::now() < deadline, "munged did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        me.children.push(spawn(
+            "/usr/sbin/slurmctld",
+            vec!["-D".into(), "-f".into(), conf.clone()],
+        ));
+        me.children.push(spawn(
+            "/usr/sbin/slurmd",
+            vec!["-D".into(), "-f".into(), conf.clone()],
+        ));
+        loop {
+            let state = Command::new("sinfo")
+                .args(["-h", "-o", "%T"])
+                .env("SLURM_CONF", &conf)
+                .output();
+            if state.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Slurm's node did not come up: see {}",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(me)
+    }
+
+    /// A launcher through `srun` to this Slurm.
+    pub fn launcher(&self) -> Launcher {
+        Launcher::srun().env("SLURM_CONF", self.dir.join("slurm.conf"))
+    }
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        // Its jobs end first, so that no step daemon is left waiting for a slurmd that is gone.
+        let conf = self.dir.join("slurm.conf");
+        let _ = Command::new("scancel")
+            .args(["--user", "root"])
+            .env("SLURM_CONF", &conf)
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let jobs = Command::new("squeue")
+                .args(["-h", "-o", "%i"])
+                .env("SLURM_CONF", &conf)
+                .output();
+            if jobs.is_ok_and(|o| o.stdout.is_empty()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
