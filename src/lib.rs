@@ -147,6 +147,15 @@
 //! whole shutdown. [`Builder::cpu_ids`] pins workers to CPUs; [`Builder::max_queued_tasks`]
 //! bounds the queue ([`AsyncPool::try_apply`] is refused when it is full, other calls wait).
 //!
+//! # Workers on other hosts
+//!
+//! [`Builder::launcher`] starts the workers elsewhere: [`Launcher::ssh`] (one ssh per worker, to
+//! the named hosts), [`Launcher::srun`] (a Slurm job step per worker) or [`Launcher::command`]
+//! (any program that connects stdin and stdout, such as `docker exec -i`). The worker is this
+//! binary, at the same path there (or copied: [`Launcher::copy_binary`]); it speaks the same
+//! protocol over the launcher's stdin and stdout, is refused if its build differs, and exits
+//! when its link closes. Everything else is as on one machine.
+//!
 //! # Seeing the work
 //!
 //! - **Progress bars**: `.progress_bar(true)` on a call ([`Map::progress_bar`],

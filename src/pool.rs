@@ -990,7 +990,9 @@ impl<S, W, E> AsyncPool<S, W, E> {
         self.core.observer.insights.as_ref().map(|i| i.read())
     }
 
-    /// The process id of each worker (`None` for thread workers, or while a worker restarts).
+    /// The process id of each worker (`None` for thread workers, or while a worker restarts). For
+    /// workers on other hosts ([`Builder::launcher`]), the pid of each one's launcher here (its
+    /// ssh or srun): killing it ends the worker.
     pub fn worker_pids(&self) -> Vec<Option<u32>> {
         self.core.pids()
     }
