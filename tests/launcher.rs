@@ -4,26 +4,11 @@
 mod common;
 mod hosts;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use ampire::{AsyncPool, Error, Launcher};
+use ampire::{AsyncPool, Error, Launcher, StartMethod};
 use futures_util::{StreamExt, stream};
 use hosts::{Sshd, local_command};
-
-fn run<F: Future<Output = ()>>(body: F) {
-    ampire::init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), body)
-            .await
-            .expect("test timed out: hang");
-    });
-}
 
 /// Every launcher this machine can run, by name: the local command always, ssh to this host
 /// when an sshd could be started (kept alive by the returned handle).
@@ -61,7 +46,7 @@ fn chatty(x: u64) -> u64 {
 #[test]
 fn calls_failures_and_crashes_behave_as_with_local_workers() {
     let (_sshd, launchers) = launchers("calls_failures_and_crashes");
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             let pool = AsyncPool::builder()
                 .workers(2)
@@ -142,7 +127,7 @@ fn a_launcher_that_cannot_reach_its_host_is_a_clear_error() {
     {
         eprintln!("ssh part skipped: OpenSSH's client is not installed");
     }
-    run(async {
+    common::run(StartMethod::Forkserver, |_| async {
         // A port nothing listens on: ssh says so, and the error says what ssh said.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
@@ -215,7 +200,7 @@ fn a_binary_of_another_build_is_refused_never_run() {
     let (_sshd, launchers) = launchers("a_binary_of_another_build");
     let other = another_build();
     let path = other.clone();
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             let e = AsyncPool::builder()
                 .workers(1)
@@ -259,7 +244,7 @@ fn the_owners_death_leaves_no_worker_on_any_host() {
             ),
             _ => local_command(),
         };
-        run(async move {
+        common::run(StartMethod::Forkserver, |_| async move {
             let pool = AsyncPool::builder()
                 .workers(1)
                 .launcher(launcher)
@@ -347,7 +332,7 @@ fn hang_at_3(x: u64) -> u64 {
 #[test]
 fn timeouts_and_lifespans_hold_over_a_launcher() {
     let (_sshd, launchers) = launchers("timeouts_and_lifespans");
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             let pool = AsyncPool::builder()
                 .workers(2)
@@ -419,7 +404,7 @@ fn inner_map(_: u64) -> u64 {
 #[test]
 fn bars_of_pools_nested_in_remote_workers_come_home() {
     let (_sshd, launchers) = launchers("bars_of_pools_nested");
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             let term = indicatif::InMemoryTerm::new(40, 120);
             let target = indicatif::ProgressDrawTarget::term_like(Box::new(term.clone()));
@@ -478,7 +463,7 @@ fn stuck_once((x, log, announce): (u64, String, String)) -> u64 {
 #[test]
 fn a_lost_connection_fails_the_running_task_alone_and_retries_run_it_again() {
     let (_sshd, launchers) = launchers("a_lost_connection");
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             for retries in [0, 1] {
                 let pool = AsyncPool::builder()
@@ -533,7 +518,7 @@ fn my_binary(_: u64) -> String {
 #[test]
 fn the_binary_is_copied_once_per_host_when_asked() {
     let (_sshd, launchers) = launchers("the_binary_is_copied");
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
             let cache =
                 std::env::temp_dir().join(format!("ampire-cache-{}-{name}", std::process::id()));
@@ -591,7 +576,7 @@ fn slurm_runs_the_same_calls_through_srun() {
     let Some(slurm) = hosts::Slurm::start("slurm_runs_the_same_calls") else {
         return;
     };
-    run(async move {
+    common::run(StartMethod::Forkserver, |_| async move {
         let t = Instant::now();
         let pool = AsyncPool::builder()
             .workers(2)
