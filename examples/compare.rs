@@ -587,7 +587,8 @@ fn w7(a: &Args, rt: &tokio::runtime::Runtime) {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Image {
     n: usize,
-    px: Vec<f64>,
+    /// Read in place from shared memory by `Spawn` and `Forkserver` workers, not decoded.
+    px: ampire::SharedSlice<f64>,
 }
 
 fn make_image(n: usize) -> Image {
@@ -597,7 +598,7 @@ fn make_image(n: usize) -> Image {
             px[i * n + j] = ((31 * i + 17 * j) % 256) as f64 / 255.0;
         }
     }
-    Image { n, px }
+    Image { n, px: px.into() }
 }
 
 /// Full 2-D convolution with filter `k` (scipy's `convolve2d`, output `(n+3) x (n+3)`), then

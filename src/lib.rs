@@ -253,9 +253,11 @@ pub use crate::error::Error;
 pub use crate::handle::{Apply, ApplyFuture, Map, MapFuture, MapStream};
 pub use crate::observe::{Histogram, Insights, Restarts, SlowTask, Stats, WorkerInsights};
 pub use crate::pool::{AsyncPool, Builder};
+pub use crate::proto::slice::SharedSlice;
 pub use crate::role::init;
 pub use crate::start::Launcher;
 pub use crate::start::StartMethod;
+pub use crate::sys::plain::Plain;
 pub use crate::task::{Input, Output, Shared, Worker};
 
 #[doc(hidden)]

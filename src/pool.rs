@@ -20,6 +20,7 @@ use crate::observe::{Insights, Observer, Stats};
 use crate::proto::Body;
 use crate::proto::body::{Encoding, Stop, encode_body};
 use crate::proto::frame::HEADER_ROOM;
+use crate::proto::slice::placing;
 use crate::start::{Launcher, Spec, StartMethod, backend};
 use crate::sys::shm::Arena;
 use crate::task::{
@@ -415,7 +416,8 @@ impl Builder<(), (), ()> {
     /// [`Worker::shared`]. Under `Threading` every worker sees this very object; under `Fork`
     /// workers inherit it copy-on-write, with no copy at all; under `Spawn` and `Forkserver` it is
     /// serialised once (a large one into shared memory), and each worker decodes its own copy,
-    /// once, not once per task.
+    /// once, not once per task, except for the [`SharedSlice`](crate::SharedSlice)s in it,
+    /// which those workers read in place from shared memory.
     pub fn shared<S: Shared>(self, shared: S) -> Builder<S, (), ()> {
         self.retype(|()| shared, task::setup::<NoInit, S, ()>(), None)
     }
@@ -551,12 +553,14 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             None
         };
         let inherits = self.method == StartMethod::Fork && self.launcher.is_none();
-        let shared_body = match self.method {
-            _ if !self.method.is_process() || inherits => Body::Inline(Vec::new()),
+        let (shared_body, shared_slices) = match self.method {
+            _ if !self.method.is_process() || inherits => (Body::Inline(Vec::new()), Vec::new()),
             _ => {
                 let budget = self.max_frame_len - HEADER_ROOM;
                 let one = std::slice::from_ref(&self.shared);
-                match encode_body(one, arena.as_ref(), budget) {
+                let (encoding, slices) =
+                    placing(arena.as_ref(), || encode_body(one, arena.as_ref(), budget));
+                let body = match encoding {
                     Encoding { body, taken: 1, .. } => body,
                     Encoding {
                         stop: Some(Stop::Error(e)),
@@ -572,12 +576,14 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
                             self.max_frame_len
                         )));
                     }
-                }
+                };
+                (body, slices)
             }
         };
         let spec = Spec {
             shared: Arc::new(self.shared) as Arc<dyn Any + Send + Sync>,
             shared_body,
+            _shared_slices: shared_slices,
             arena,
             setup: self.setup,
             init: self.init,

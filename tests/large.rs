@@ -134,3 +134,102 @@ each_method! {
         pool.shutdown().await.unwrap();
     }
 }
+
+/// A shared object with a large and a small slice of numbers.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Grid {
+    label: String,
+    values: SharedSlice<f64>,
+    small: SharedSlice<u32>,
+}
+
+fn grid() -> Grid {
+    Grid {
+        label: "grid".into(),
+        values: (0..1_000_000).map(|i| (i % 977) as f64 * 0.5).collect(),
+        small: (0..100).collect(),
+    }
+}
+
+fn grid_sum(g: &Grid) -> f64 {
+    g.values.iter().sum::<f64>() + g.small.iter().map(|&v| v as f64).sum::<f64>()
+}
+
+/// The grid's checksum as this worker sees it, whether each slice is read in place, and the pid.
+fn read_grid(w: &mut Worker<'_, Grid>, _: u32) -> (String, f64, bool, bool, u32) {
+    let g = w.shared();
+    (
+        g.label.clone(),
+        grid_sum(g),
+        g.values.is_shared_memory(),
+        g.small.is_shared_memory(),
+        std::process::id(),
+    )
+}
+
+fn double(values: SharedSlice<u16>) -> (SharedSlice<u16>, bool) {
+    let shared = values.is_shared_memory();
+    (values.iter().map(|v| v.wrapping_mul(2)).collect(), shared)
+}
+
+each_method! {
+    async fn shared_slices_are_read_in_place_by_workers_that_do_not_inherit_memory(m: StartMethod) {
+        let want = grid_sum(&grid());
+        let in_place = matches!(m, StartMethod::Spawn | StartMethod::Forkserver);
+        // Lifespan 2: replacement workers read the same copy, which the pool keeps for its life.
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(m)
+            .worker_lifespan(2)
+            .shared(grid())
+            .build()
+            .await
+            .unwrap();
+        let seen = pool.map_with(read_grid, 0..8u32).chunk_size(1).await.unwrap();
+        for (label, sum, values, small, _) in &seen {
+            assert_eq!((label.as_str(), *sum), ("grid", want));
+            assert_eq!(*values, in_place, "the large slice is read in place under {m} only if {in_place}");
+            assert!(!small, "a slice under 64 KiB is decoded into a copy");
+        }
+        if m.is_process() {
+            let pids: std::collections::HashSet<u32> = seen.iter().map(|s| s.4).collect();
+            assert!(pids.len() >= 4, "replacements ran tasks too: {pids:?}");
+        }
+        if in_place {
+            assert!(arena_in_use(&pool) >= 8_000_000, "the pool keeps the slice in its arena");
+        }
+        pool.shutdown().await.unwrap();
+    }
+
+    processes async fn shared_slices_that_do_not_fit_the_arena_are_decoded(m: StartMethod) {
+        let want = grid_sum(&grid());
+        for arena in [1 << 20, 0] {
+            let pool = AsyncPool::builder()
+                .workers(2)
+                .start_method(m)
+                .arena_size(arena)
+                .shared(grid())
+                .build()
+                .await
+                .unwrap();
+            for (_, sum, values, _, _) in pool.map_with(read_grid, 0..4u32).await.unwrap() {
+                assert_eq!(sum, want, "arena of {arena} bytes");
+                assert!(!values, "arena of {arena} bytes: no room, so a copy");
+            }
+            pool.shutdown().await.unwrap();
+        }
+    }
+
+    async fn shared_slices_in_inputs_and_results_travel_as_bytes(m: StartMethod) {
+        let pool = pool_with_arena(m, 64 << 20).await;
+        let inputs: Vec<SharedSlice<u16>> =
+            (0..4u16).map(|k| (0..100_000u32).map(|i| (i as u16) ^ k).collect()).collect();
+        let out = pool.map(double, inputs.clone()).chunk_size(1).await.unwrap();
+        for (input, (doubled, shared)) in inputs.iter().zip(out) {
+            let want: Vec<u16> = input.iter().map(|v| v.wrapping_mul(2)).collect();
+            assert_eq!(&doubled[..], &want[..]);
+            assert!(!shared, "only the shared object's slices are placed in the arena");
+        }
+        pool.shutdown().await.unwrap();
+    }
+}

@@ -6,7 +6,7 @@ mod hosts;
 
 use std::time::{Duration, Instant};
 
-use ampire::{AsyncPool, Error, Launcher, StartMethod};
+use ampire::{AsyncPool, Error, Launcher, SharedSlice, StartMethod, Worker};
 use futures_util::{StreamExt, stream};
 use hosts::{Sshd, local_command};
 
@@ -37,6 +37,10 @@ fn kill_self_at_5(x: u64) -> u64 {
     x
 }
 
+fn sum_shared(w: &mut Worker<'_, SharedSlice<u64>>, _: u32) -> (u64, bool) {
+    (w.shared().iter().sum(), w.shared().is_shared_memory())
+}
+
 /// Prints on stdout, which is not the link: the frames stay whole.
 fn chatty(x: u64) -> u64 {
     println!("task {x} says hello on stdout");
@@ -48,6 +52,20 @@ fn calls_failures_and_crashes_behave_as_with_local_workers() {
     let (_sshd, launchers) = launchers("calls_failures_and_crashes");
     common::run(StartMethod::Forkserver, |_| async move {
         for (name, launcher) in launchers {
+            // A shared slice reaches remote workers as bytes, decoded into a copy: shared
+            // memory does not cross hosts.
+            let values: SharedSlice<u64> = (0..100_000).collect();
+            let pool = AsyncPool::builder()
+                .workers(1)
+                .launcher(launcher.clone())
+                .shared(values)
+                .build()
+                .await
+                .unwrap();
+            let seen = pool.apply_with(sum_shared, 0).await.unwrap();
+            assert_eq!(seen, ((0..100_000).sum::<u64>(), false), "{name}");
+            pool.shutdown().await.unwrap();
+
             let pool = AsyncPool::builder()
                 .workers(2)
                 .launcher(launcher)

@@ -4,6 +4,7 @@
 //! - [`message`]: what the frames say: the headers each side sends, failures as data, events;
 //! - [`body`]: how bulk data (inputs, results, the shared object) is laid out in a frame's body or
 //!   in shared memory;
+//! - [`slice`]: [`SharedSlice`](crate::SharedSlice), read in place from the arena by workers;
 //! - [`handshake`]: the first exchange, both sides of it;
 //! - [`deadline`]: how a worker publishes the deadline of the task it runs.
 //!
@@ -17,6 +18,7 @@ pub(crate) mod frame;
 mod fuzz;
 pub(crate) mod handshake;
 pub(crate) mod message;
+pub(crate) mod slice;
 
 pub(crate) use body::{Body, Span};
 pub(crate) use frame::{AsyncReader, DEFAULT_MAX_FRAME, Reader, Writer};

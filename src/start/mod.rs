@@ -12,7 +12,7 @@ use crate::error::{Error, Exit, Kind, Stage, Used};
 use crate::proto::handshake::{self, Refusal};
 use crate::proto::{AsyncReader, Body, ToWorker};
 use crate::sys::journal::Journal;
-use crate::sys::shm::Arena;
+use crate::sys::shm::{Arena, Block};
 use crate::task::Entry;
 use crate::worker::{LocalQueue, ThreadEnd, Watch};
 pub(crate) use link::{Reads, Rx, Tx, Writes};
@@ -108,6 +108,9 @@ pub(crate) struct Spec {
     pub shared: Arc<dyn Any + Send + Sync>,
     /// The shared object serialised, for workers that do not inherit memory.
     pub shared_body: Body,
+    /// The blocks of the arena that the shared object's large `SharedSlice`s were copied into:
+    /// every worker, replacements included, reads them in place, so they live as long as the pool.
+    pub _shared_slices: Vec<Block>,
     /// Shared memory for large bodies; process pools only.
     pub arena: Option<Arc<Arena>>,
     pub setup: Entry,

@@ -10,6 +10,7 @@
 //!   against the executable mapping and the ELF build id) and conjuring zero-sized task values;
 //! - [`local`]: globals that belong to one process, never to a child forked from it;
 //! - [`fd`]: raw descriptors: pidfds, `SCM_RIGHTS`, tokio registration, inherited descriptors;
+//! - [`plain`]: plain numbers seen as bytes, and slices of them read in place from the arena;
 //! - [`shm`]: the shared-memory arena that carries large bodies to process workers;
 //! - [`journal`]: each process worker's journal of results and progress, which survives it;
 //! - [`reap`]: reaping a child with `wait4`, which says what it used;
@@ -22,6 +23,7 @@ pub(crate) mod fork;
 pub(crate) mod image;
 pub(crate) mod journal;
 pub(crate) mod local;
+pub(crate) mod plain;
 #[cfg(test)]
 pub(crate) mod probe;
 pub(crate) mod reap;

@@ -9,7 +9,8 @@
 //! Blocks are handed out first-fit from the lowest address, so the pages ever touched (which the
 //! kernel then keeps, as for any `memfd`) stay close to the peak volume in flight, not to the
 //! arena's size. A block is freed when its job is dropped: after the worker reported the job's
-//! result, or after the worker died.
+//! result, or after the worker died. The blocks of the shared object's `SharedSlice`s, which
+//! workers read in place for their whole life, are freed with the pool.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -167,6 +168,25 @@ impl Block {
         unsafe { std::slice::from_raw_parts(self.arena.base.as_ptr().add(self.off), self.len) }
     }
 
+    /// Fills the block with `bytes` (exactly its length) through the file rather than the
+    /// mapping: the kernel allocates the pages in bulk, without a page fault for each.
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        assert_eq!(bytes.len(), self.len, "a block is filled whole");
+        let mut done = 0;
+        while done < bytes.len() {
+            let n = nix::sys::uio::pwrite(
+                &self.arena.fd,
+                &bytes[done..],
+                (self.off + done) as libc::off_t,
+            )?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     pub(crate) fn offset(&self) -> u64 {
         self.off as u64
     }
@@ -187,6 +207,12 @@ pub(crate) struct View {
     base: Option<NonNull<u8>>,
     len: usize,
 }
+
+// SAFETY: the mapping is read-only and lives as long as the view; reading it from any thread
+// is reading shared bytes, which the pool does not write while a worker may read them.
+unsafe impl Send for View {}
+// SAFETY: as above.
+unsafe impl Sync for View {}
 
 impl View {
     /// Maps the whole `memfd` read-only.
@@ -212,7 +238,8 @@ impl View {
         };
         // SAFETY: the range is inside the mapping (checked above), which lives as long as `self`.
         // The pool writes a block only while no task names it: a block stays allocated until
-        // this worker has reported the result of the task that names it, or has died.
+        // this worker has reported the result of the task that names it, or has died (a block
+        // of the shared object, until the pool is gone).
         Some(unsafe { std::slice::from_raw_parts(base.as_ptr().add(off), len) })
     }
 }

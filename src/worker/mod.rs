@@ -80,7 +80,11 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
             return 2;
         }
     }
-    let arena = match ends.arena.map(View::open).transpose() {
+    let arena = match ends
+        .arena
+        .map(|fd| View::open(fd).map(Arc::new))
+        .transpose()
+    {
         Ok(arena) => arena,
         Err(_) => return 2,
     };
@@ -155,7 +159,8 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
         },
     };
     let mut call = SetupCall::new(shared);
-    entry(&mut cx, bytes, &mut call);
+    // Large `SharedSlice`s in the shared object are read in place from the arena.
+    proto::slice::reading(arena.as_ref(), || entry(&mut cx, bytes, &mut call));
     let (reply, failed) = match call.result {
         Ok(()) => (FromWorker::Ready, false),
         Err(f) => (FromWorker::InitFailed(Box::new(f)), true),

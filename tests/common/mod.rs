@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[allow(unused_imports)]
-pub use ampire::{AsyncPool, Error, StartMethod, Worker};
+pub use ampire::{AsyncPool, Error, SharedSlice, StartMethod, Worker};
 
 /// Runs `body` on a fresh multi-threaded runtime, after `ampire::init()`.
 pub fn run<F, Fut>(method: StartMethod, body: F)
