@@ -86,16 +86,18 @@
 //! `pool.map(f, items).chunk_size(100).max_tasks_active(1_000).await`.
 //!
 //! MPIRE's worker context (`pass_worker_id`, `shared_objects`, `use_worker_state`,
-//! `worker_init`, `worker_exit`) is typed: see [`Worker`] and [`Builder::shared`].
+//! `worker_init`, `worker_exit`) is typed: see [`Worker`] and [`Builder::shared`]. Large arrays of
+//! numbers in the shared object go in a [`SharedSlice`], which `Spawn` and `Forkserver` workers
+//! read in place from shared memory instead of decoding a copy each.
 //!
 //! # Start methods
 //!
 //! | method | worker | shared object | start-up | a crash | needs `init()` |
 //! |---|---|---|---|---|---|
 //! | [`Threading`](StartMethod::Threading) | thread | same object | µs | takes the process down | no |
-//! | [`Spawn`](StartMethod::Spawn) | re-executed binary | a copy per worker (serialised once) | ms | isolated | yes |
+//! | [`Spawn`](StartMethod::Spawn) | re-executed binary | a copy per worker (serialised once); [`SharedSlice`]s read in place | ms | isolated | yes |
 //! | [`Fork`](StartMethod::Fork) | fork of the owner | inherited copy-on-write | sub-ms | isolated | yes |
-//! | [`Forkserver`](StartMethod::Forkserver) (default) | fork of a clean server | a copy per worker (serialised once) | sub-ms | isolated | yes |
+//! | [`Forkserver`](StartMethod::Forkserver) (default) | fork of a clean server | a copy per worker (serialised once); [`SharedSlice`]s read in place | sub-ms | isolated | yes |
 //!
 //! The default is `Forkserver`, not MPIRE's `fork`: forking a multi-threaded tokio process can
 //! leave the child holding locks no thread will ever release; the forkserver forks from a process

@@ -37,9 +37,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// | method | worker is | shared object | start-up | isolation | needs `init()` |
 /// |---|---|---|---|---|---|
 /// | `Threading` | a thread of this process | same object | fastest | none: a crash takes the process down | no |
-/// | `Spawn` | a fresh run of this binary | a copy per worker (serialised once) | slowest (exec) | full | yes |
+/// | `Spawn` | a fresh run of this binary | a copy per worker (serialised once); `SharedSlice`s read in place | slowest (exec) | full | yes |
 /// | `Fork` | a fork of this process | inherited copy-on-write | fast | full, but see the fork hazard | yes |
-/// | `Forkserver` | a fork of a small server started by `init()` | a copy per worker (serialised once) | fast | full | yes |
+/// | `Forkserver` | a fork of a small server started by `init()` | a copy per worker (serialised once); `SharedSlice`s read in place | fast | full | yes |
 ///
 /// **Why `Forkserver` and not `Fork` by default.** MPIRE (like Python's `multiprocessing` before
 /// 3.14) defaults to `fork`. A tokio program has many threads, and forking a multi-threaded
