@@ -19,8 +19,8 @@ use crate::proto::deadline::Stamper;
 use crate::proto::{Failure, Fault, describe};
 use crate::sys::image::{EntryFn, ZeroSized, conjure, offset_of};
 use crate::worker::{
-    ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Probe,
-    Results, Salvage, Salvaged, SetupCall, Takeback, catch,
+    ChunkCall, Context, ExitCall, Exited, Lifespan, LocalChunk, LocalDone, LocalJob, Measured,
+    Probe, Results, Salvage, Salvaged, SetupCall, Takeback, catch,
 };
 
 /// A task's view of the worker that runs it: its id, the pool's shared object and this worker's
@@ -283,6 +283,19 @@ impl<S, W> Parts<'_, S, W> {
             state: &mut *self.state,
             cancelled: self.cancelled,
         }
+    }
+
+    /// Runs one task in a `catch_unwind` of its own, measured when the thread has a probe
+    /// (insights on): its outcome, and what it used if it is among the slowest.
+    fn call_one<T, A, R>(&mut self, task: T, a: A) -> (Result<R, Failure>, Option<Measured>)
+    where
+        T: Call<S, W, A, R>,
+    {
+        if let Some(p) = self.probe.as_deref_mut() {
+            p.starting();
+        }
+        let r = catch(|| task.call(&mut self.worker(), a));
+        (r, self.probe.as_deref_mut().and_then(Probe::finished))
     }
 }
 
@@ -649,25 +662,11 @@ where
         cx.watch.deadline.store(word, Ordering::Release);
         let task = T::marker();
         let (r, slow) = match parts::<S, W>(cx) {
-            Ok(mut parts) => {
-                if let Some(p) = parts.probe.as_deref_mut() {
-                    p.starting();
-                }
-                let r = catch(|| task.call(&mut parts.worker(), a));
-                let slow = parts.probe.as_deref_mut().and_then(Probe::finished);
-                (r, slow.map(|m| vec![(0, m)]).unwrap_or_default())
-            }
+            Ok(mut parts) => parts.call_one(task, a),
             Err(e) => return LocalDone::failed(e),
         };
         if !cx.watch.task_finished(word) {
-            return LocalDone {
-                out: Ok(Box::new(())),
-                ran: 0,
-                failed: 0,
-                slow: Vec::new(),
-                rest: None,
-                abandoned: true,
-            };
+            return LocalDone::abandoned();
         }
         let mut out = ChunkOut::default();
         match r {
@@ -679,7 +678,7 @@ where
             out: Ok(Box::new(out)),
             ran: 1,
             failed,
-            slow,
+            slow: slow.map(|m| vec![(0, m)]).unwrap_or_default(),
             rest: None,
             abandoned: false,
         }
@@ -843,11 +842,9 @@ where
                     break false;
                 };
                 ran += 1;
-                if let Some(p) = parts.probe.as_deref_mut() {
-                    p.starting();
-                }
-                pending = Some(catch(|| task.call(&mut parts.worker(), a)));
-                if let Some(m) = parts.probe.as_deref_mut().and_then(Probe::finished) {
+                let (r, measured) = parts.call_one(task, a);
+                pending = Some(r);
+                if let Some(m) = measured {
                     slow.push((ran as u32 - 1, m));
                 }
             };
@@ -859,14 +856,7 @@ where
             Err(e) => return LocalDone::failed(e),
         };
         if abandoned {
-            return LocalDone {
-                out: Ok(Box::new(())),
-                ran: 0,
-                failed: 0,
-                slow: Vec::new(),
-                rest: None,
-                abandoned: true,
-            };
+            return LocalDone::abandoned();
         }
         let mut g = lock();
         let out = std::mem::take(&mut g.out);

@@ -87,6 +87,18 @@ impl LocalDone {
             abandoned: false,
         }
     }
+
+    /// A chunk the pool took over (its task ran past its deadline): nothing to hand over.
+    pub(crate) fn abandoned() -> LocalDone {
+        LocalDone {
+            out: Ok(Box::new(())),
+            ran: 0,
+            failed: 0,
+            slow: Vec::new(),
+            rest: None,
+            abandoned: true,
+        }
+    }
 }
 
 /// A chunk whose tasks have deadlines keeps its inputs and results where the pool can reach
