@@ -155,6 +155,14 @@ impl LocalQueue for Core {
         self.worked(slot, ran, busy, cpu);
         if let Some(job) = job {
             self.landed(&job);
+            let out = match out {
+                Ok(out) => out,
+                // The chunk could not run at all: every task of it fails.
+                Err(m) => {
+                    super::job::fail(job, Some(slot), Error::new(Kind::Protocol(m)));
+                    return next;
+                }
+            };
             let (call, first) = (job.call.clone(), job.first);
             drop(job);
             if let Some(insights) = &self.observer.insights {
@@ -169,14 +177,7 @@ impl LocalQueue for Core {
                     });
                 }
             }
-            match out {
-                Ok(out) => {
-                    call.deliver(first, ran, Some(slot), failed, || Outcome::Local(out), busy)
-                }
-                Err(m) => {
-                    call.deliver_failure(first, ran, Some(slot), Error::new(Kind::Protocol(m)))
-                }
-            }
+            call.deliver(first, ran, Some(slot), failed, || Outcome::Local(out), busy);
         }
         next
     }
