@@ -246,13 +246,15 @@ impl Counters {
     }
 
     /// A sampled chunk of `len` tasks was submitted at `submitted` and finished now, after
-    /// `busy` of work.
+    /// `busy` of work. Its tasks waited, on average, for the chunk to start and then for half of
+    /// the tasks before them in the chunk.
     pub(crate) fn timed(&self, submitted: Instant, len: usize, busy: Duration) {
         let end_to_end = submitted.elapsed();
-        let each = end_to_end / len.max(1) as u32;
+        let len = len.max(1);
+        let behind = busy.mul_f64((len - 1) as f64 / (2 * len) as f64);
         self.end_to_end.record(end_to_end, len as u64);
         self.waiting
-            .record(end_to_end.saturating_sub(busy).max(each / 2), len as u64);
+            .record(end_to_end.saturating_sub(busy) + behind, len as u64);
     }
 
     /// A snapshot; `queued` and `in_flight` are counted by the caller, under the pool's lock.
@@ -331,7 +333,8 @@ pub struct Stats {
     pub elapsed: Duration,
     /// `busy` over `elapsed` times the number of workers, between 0 and 1.
     pub utilisation: f64,
-    /// From a task's chunk being queued to its start.
+    /// From a task's chunk being queued to the task's start (a chunk's tasks are counted at
+    /// its mean: the wait for the chunk, and half of the time its earlier tasks ran).
     pub waiting: Histogram,
     /// A task's own time on its worker (of the tasks that returned a value: a batch of results
     /// counts each of its tasks as the batch's mean).
