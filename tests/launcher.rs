@@ -354,7 +354,7 @@ fn timeouts_and_lifespans_hold_over_a_launcher() {
         for (name, launcher) in launchers {
             let pool = AsyncPool::builder()
                 .workers(2)
-                .launcher(launcher)
+                .launcher(launcher.clone())
                 .task_timeout(Duration::from_millis(300))
                 .worker_lifespan(4)
                 .build()
@@ -388,8 +388,33 @@ fn timeouts_and_lifespans_hold_over_a_launcher() {
                 "{name}: {} exits",
                 exits.len()
             );
+
+            // A short deadline after a long one is kept (the worker watches its own: a watch
+            // still asleep toward the hour would hang this), and a task that exits with the
+            // status a worker stops itself with is a death, not a timeout.
+            let pool = AsyncPool::builder()
+                .workers(1)
+                .launcher(launcher)
+                .build()
+                .await
+                .unwrap();
+            let hour = Duration::from_secs(3600);
+            assert_eq!(pool.apply(hang_at_3, 1).task_timeout(hour).await.unwrap(), 1);
+            let e = pool
+                .apply(hang_at_3, 3)
+                .task_timeout(Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(e.is_timeout() && !e.is_worker_died(), "{name}: {e}");
+            let e = pool.apply(exit_124, 0).task_timeout(hour).await.unwrap_err();
+            assert!(e.is_worker_died() && !e.is_timeout(), "{name}: {e}");
+            pool.shutdown().await.unwrap();
         }
     });
+}
+
+fn exit_124(_: u64) -> u64 {
+    std::process::exit(124)
 }
 
 fn double(x: u64) -> u64 {

@@ -45,6 +45,8 @@ enum Why {
     Stopped,
     /// The task whose deadline word this is ran past it.
     TimedOut(u64),
+    /// A worker on another host stopped itself: its task ran past its deadline.
+    StoppedItself,
     /// Its exit function ran past `worker_exit_timeout`.
     ExitTimedOut,
     /// Its life is over (`memory`: for its memory): it runs its exit function next.
@@ -62,6 +64,8 @@ enum Heard {
     Event(Event),
     /// Its life is over (`memory`: for its memory).
     Retiring(bool),
+    /// Its task ran past its deadline, and it ends itself.
+    TimedOut,
     Broken(String),
 }
 
@@ -76,6 +80,7 @@ async fn event(rx: &mut Rx) -> Heard {
             FromWorker::Fatal(m) => Heard::Broken(m),
             FromWorker::Event(event) => Heard::Event(event),
             FromWorker::Retiring { memory } => Heard::Retiring(memory),
+            FromWorker::TimedOut => Heard::TimedOut,
             other => Heard::Broken(format!("unexpected message {other:?}")),
         },
         Ok(None) => Heard::Eof,
@@ -368,6 +373,7 @@ async fn serve_process(
                     }
                     Heard::Exit(r) => break 'events Why::Exit(r),
                     Heard::Retiring(memory) => break 'events Why::Retiring(memory),
+                    Heard::TimedOut => break 'events Why::StoppedItself,
                     Heard::Event(event) => core.heard(slot, event),
                     Heard::Eof => break 'events Why::Died,
                     Heard::Broken(m) => break 'events Why::Broken(m),
@@ -392,6 +398,7 @@ async fn serve_process(
                             }
                             Ok(Heard::Exit(r)) => break 'events Why::Exit(r),
                             Ok(Heard::Retiring(memory)) => break 'events Why::Retiring(memory),
+                            Ok(Heard::TimedOut) => break 'events Why::StoppedItself,
                             Ok(Heard::Event(event)) => core.heard(slot, event),
                             Ok(Heard::Broken(m)) => break 'events Why::Broken(m),
                             Ok(Heard::Eof) | Err(_) => break 'events Why::Died,
@@ -444,10 +451,10 @@ async fn retire(
                 Heard::Event(event) => core.heard(slot, event),
                 Heard::Eof => break Err(None),
                 Heard::Broken(m) => break Err(Some(Error::new(Kind::Protocol(m)))),
-                // It sent every result before it retired.
-                Heard::Done(..) | Heard::Retiring(_) => {
+                // It sent every result before it retired, and runs no task since.
+                Heard::Done(..) | Heard::Retiring(_) | Heard::TimedOut => {
                     break Err(Some(Error::new(Kind::Protocol(
-                        "results after retiring".into(),
+                        "a task's message after retiring".into(),
                     ))));
                 }
             }
@@ -544,12 +551,8 @@ async fn finish(
             Ended::Died
         }
         // A remote worker (it has no journal for the pool's watchdog) stops itself when a task
-        // with a deadline runs past it.
-        Why::Died
-            if journal.is_none()
-                && exit == Exit::Code(crate::worker::TIMED_OUT)
-                && core.state().queue.shortest_timeout(slot).is_some() =>
-        {
+        // with a deadline runs past it, and says so.
+        Why::StoppedItself => {
             core.ended(
                 slot,
                 RestartCause::Timeout,

@@ -304,15 +304,15 @@ impl Shared {
         Shared(self.0.clone())
     }
 
-    /// Runs `f` while no frame can be written (it may end the process: no frame is left
-    /// half-written).
-    pub(crate) fn hold<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Runs `f` while no other frame can be written: it may write whole frames to the stream it
+    /// is given, and end the process (no frame is left half-written).
+    pub(crate) fn hold<R>(&self, f: impl FnOnce(&std::fs::File) -> R) -> R {
         let _whole = self
             .0
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
+        f(&self.0.io)
     }
 }
 

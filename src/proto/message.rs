@@ -81,6 +81,9 @@ pub(crate) enum FromWorker {
     Fatal(String),
     /// Something the worker tells the pool at any time, between any two other messages.
     Event(Event),
+    /// The task running ran past its deadline; the worker ends itself after sending this (a
+    /// worker on another host, whose deadline the pool cannot watch).
+    TimedOut,
 }
 
 /// What a worker may tell the pool at any time. The pool takes each as news and answers none;

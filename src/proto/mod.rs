@@ -27,4 +27,4 @@ pub(crate) use message::{Batch, Event, Failure, Fault, FromWorker, ToWorker, des
 /// Protocol magic, "amp" and the major version.
 pub(crate) const MAGIC: u32 = 0x616d_7001;
 /// Bumped on every incompatible change of the messages.
-pub(crate) const VERSION: u16 = 5;
+pub(crate) const VERSION: u16 = 6;

@@ -8,8 +8,10 @@
 
 use std::any::Any;
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::proto::deadline::Stamper;
 use crate::proto::frame::FrameIo;
@@ -271,45 +273,70 @@ pub(crate) fn serve(ends: Ends, inherited: Option<Arc<dyn Any + Send + Sync>>) -
 
 /// The deadline word of the task a remote worker runs (a worker of this host publishes it in its
 /// journal, for the pool's watchdog; a remote one has no journal, and watches its own).
-pub(crate) static OWN_DEADLINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static OWN_DEADLINE: AtomicU64 = AtomicU64::new(0);
 
-/// The exit status of a remote worker that stopped itself for a task past its deadline.
-pub(crate) const TIMED_OUT: i32 = 124;
+/// The deadline part of the word the watcher sleeps toward; `u64::MAX` while it waits for one.
+static WATCHING: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Starts the thread that ends this (remote) worker with [`TIMED_OUT`] when its task runs past
-/// its deadline: it sleeps until the deadline of the task it sees, and ends the process if that
-/// task still runs then, holding the result stream so that no frame is cut.
+/// The watcher thread, to wake when a task's deadline comes before the one it sleeps toward.
+static WATCHER: ProcessLocal<std::thread::Thread> = ProcessLocal::new();
+
+/// The exit status of a remote worker that stopped itself for a task past its deadline (after
+/// telling the pool so in a frame; the status is for whoever reads the launcher's).
+const TIMED_OUT: i32 = 124;
+
+/// Publishes the deadline word of the task this remote worker starts (0: none).
+pub(crate) fn publish_own_deadline(word: u64) {
+    OWN_DEADLINE.store(word, Ordering::SeqCst);
+    if word != 0 && word >> 16 < WATCHING.load(Ordering::SeqCst) {
+        if let Some(watcher) = WATCHER.get() {
+            watcher.unpark();
+        }
+    }
+}
+
+/// Starts the thread that ends this (remote) worker when its task runs past its deadline: it
+/// sleeps until the deadline of the task it sees (or until a task with a deadline starts), and
+/// if that task still runs then, it sends the pool [`FromWorker::TimedOut`] and ends the
+/// process, holding the result stream so that no frame is cut.
 pub(crate) fn watch_own_deadline() -> std::io::Result<()> {
-    use std::sync::atomic::Ordering;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("ampire-deadline".into())
         .spawn(|| {
             loop {
-                let word = OWN_DEADLINE.load(Ordering::Acquire);
+                // Says what it waits for before it looks again, so that a task publishing an
+                // earlier deadline after the look wakes it (both sides use `SeqCst`).
+                let word = OWN_DEADLINE.load(Ordering::SeqCst);
                 if word == 0 {
-                    // No task with a deadline runs: look again a little later (a task that
-                    // starts now has at least its whole timeout to go).
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    WATCHING.store(u64::MAX, Ordering::SeqCst);
+                    if OWN_DEADLINE.load(Ordering::SeqCst) == 0 {
+                        std::thread::park();
+                    }
                     continue;
                 }
                 let left = crate::proto::deadline::remaining(word, 0);
                 if !left.is_zero() {
-                    std::thread::sleep(left);
+                    WATCHING.store(word >> 16, Ordering::SeqCst);
+                    if OWN_DEADLINE.load(Ordering::SeqCst) == word {
+                        std::thread::park_timeout(left);
+                    }
                     continue;
                 }
-                if OWN_DEADLINE.load(Ordering::Acquire) == word {
-                    match RESULT_PIPE.get() {
-                        Some(pipe) => pipe.hold(|| {
-                            if OWN_DEADLINE.load(Ordering::Acquire) == word {
-                                crate::sys::fork::exit_now(TIMED_OUT)
-                            }
-                        }),
-                        None => crate::sys::fork::exit_now(TIMED_OUT),
+                let Some(pipe) = RESULT_PIPE.get() else {
+                    crate::sys::fork::exit_now(TIMED_OUT)
+                };
+                pipe.hold(|mut io| {
+                    if OWN_DEADLINE.load(Ordering::SeqCst) == word {
+                        let mut frame = Vec::new();
+                        proto::frame::encode(&mut frame, &FromWorker::TimedOut, &[]);
+                        let _ = io.write_all(&frame);
+                        crate::sys::fork::exit_now(TIMED_OUT)
                     }
-                }
+                });
             }
-        })
-        .map(drop)
+        })?;
+    let _ = WATCHER.get_or_try_init(|| Ok::<_, ()>(thread.thread().clone()));
+    Ok(())
 }
 
 /// Set once this worker leaves on its own (it retires, or was told to shut down): the pool may

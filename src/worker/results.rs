@@ -14,7 +14,6 @@
 //! Without a journal (a link that is not shared memory), or for a result larger than the ring,
 //! results travel in the frame's body, one task each, flushed at once.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -124,7 +123,7 @@ impl Results {
             let word = self.stamper.start(self.timeout_us);
             match &self.ring {
                 Some(ring) => ring.set_deadline(word),
-                None => super::OWN_DEADLINE.store(word, Ordering::Release),
+                None => super::publish_own_deadline(word),
             }
         }
         if let Some(probe) = &mut self.probe {
@@ -268,7 +267,7 @@ impl Results {
         if self.timeout_us != 0 {
             match &self.ring {
                 Some(ring) => ring.set_deadline(0),
-                None => super::OWN_DEADLINE.store(0, Ordering::Release),
+                None => super::publish_own_deadline(0),
             }
         }
     }
