@@ -183,6 +183,16 @@ each_method! {
         assert!(ended.spans[0].1.contains("kind=map ") && ended.spans[0].1.contains("tests/tracing.rs:"), "{ended:?}");
         assert_eq!(events_of(&name).len() - before, 1, "{:#?}", &events_of(&name)[before..]);
 
+        // An `apply` is one task: its call's end is logged at TRACE only.
+        let before = events_of(&name).len();
+        for x in 0..20u64 {
+            assert_eq!(pool.apply(triple, x).await.unwrap(), 3 * x);
+        }
+        let ended = |e: &Seen| e.says("call ended") && e.spans[0].1.contains("kind=apply ");
+        until(&name, |_| events_of(&name)[before..].iter().filter(|e| ended(e)).count() == 20).await;
+        let applied = &events_of(&name)[before..];
+        assert!(applied.iter().all(|e| e.level == Level::TRACE && ended(e)), "{applied:#?}");
+
         // A worker that dies (or, a thread, runs past its deadline): a warning saying how, and
         // its replacement.
         if m.is_process() {
@@ -207,6 +217,6 @@ each_method! {
         let events = events_of(&name);
         assert_eq!(events.iter().filter(|e| e.says("worker exited")).count(), 2, "{events:#?}");
         assert!(events.last().unwrap().says("pool shut down"), "{events:#?}");
-        assert!(events.iter().all(|e| e.level <= Level::DEBUG), "{events:#?}");
+        assert!(events.iter().all(|e| e.level <= Level::DEBUG || ended(e)), "{events:#?}");
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -370,6 +370,8 @@ impl Core {
     /// When the queue is full (`max_queued_tasks`) the job comes back as `Ok(Err(job))`, and
     /// `room`, if given, is woken once tasks leave the queue.
     pub(crate) fn submit(&self, job: Job, room: Option<&Waker>) -> Result<Result<(), Job>, Error> {
+        // The clock is read before the lock is taken, not under it.
+        let submitted = Counters::sample(job.seq, job.call.ns_per_task()).then(Instant::now);
         let mut st = self.state();
         if self.is_stopped() || st.closing {
             return Err(Error::closed());
@@ -381,12 +383,12 @@ impl Core {
             return Ok(Err(job));
         }
         let mut job = job;
-        if Counters::sample(job.seq, job.call.ns_per_task()) {
-            job.timing = Some(Box::new(job::Timing {
-                submitted: std::time::Instant::now(),
+        job.timing = submitted.map(|submitted| {
+            Box::new(job::Timing {
+                submitted,
                 busy: Duration::ZERO,
-            }));
-        }
+            })
+        });
         let target = self
             .settings
             .order_tasks

@@ -175,7 +175,7 @@ impl CallProgress {
     /// The call ended: its bar (if it has one) says how.
     pub(crate) fn close(&self, how: progress::Close) {
         let (done, failed, _) = self.counts();
-        trace::call_ended(&self.span, how.name(), done, failed);
+        trace::call_ended(&self.span, self.kind, how.name(), done, failed);
         if let Some(bar) = self.bar.get() {
             bar.close(self, how);
         }

@@ -9,16 +9,17 @@
 //! | worker killed for a task of a dropped call; retired (lifespan, memory limit) | DEBUG |
 //! | worker failed to start (it is tried again) | WARN |
 //! | worker exit: its `worker_exit` ran (DEBUG), or failed (WARN) | DEBUG, WARN |
-//! | call ended (how, tasks done and failed) | DEBUG |
+//! | call ended (how, tasks done and failed) | DEBUG (an `apply`'s: TRACE) |
 //!
-//! Nothing is logged per task: a task's end is a counter and a histogram (`stats`, and the
-//! `metrics` feature), not an event. With no subscriber interested, each of these costs a
+//! Nothing is logged per task above TRACE: a task's end is a counter and a histogram (`stats`,
+//! and the `metrics` feature), not an event, and an `apply`, a call of one task, has its span and
+//! its end at TRACE. With no subscriber interested, each of these costs a
 //! load and a branch.
 
 use std::panic::Location;
 use std::time::Duration;
 
-use tracing::{Level, Span, debug, event, info, warn};
+use tracing::{Level, Span, debug, event, info, trace, warn};
 
 use super::cause::Cause;
 
@@ -37,11 +38,18 @@ pub(crate) fn pool_shut_down(span: &Span) {
 
 /// The span of a call of the pool in `span`.
 pub(crate) fn call_span(pool: &Span, id: u64, kind: &str, site: &Location<'_>) -> Span {
-    tracing::debug_span!(parent: pool, "ampire.call", call = id, kind, %site)
+    match kind {
+        "apply" => tracing::trace_span!(parent: pool, "ampire.call", call = id, kind, %site),
+        _ => tracing::debug_span!(parent: pool, "ampire.call", call = id, kind, %site),
+    }
 }
 
-pub(crate) fn call_ended(span: &Span, how: &str, done: u64, failed: u64) {
-    debug!(parent: span, how, done, failed, "call ended");
+/// The call of `kind` in `span` ended, `how`, with `done` tasks of which `failed` failed.
+pub(crate) fn call_ended(span: &Span, kind: &str, how: &str, done: u64, failed: u64) {
+    match kind {
+        "apply" => trace!(parent: span, how, done, failed, "call ended"),
+        _ => debug!(parent: span, how, done, failed, "call ended"),
+    }
 }
 
 /// A worker of slot `slot` started: `replacing` one that ended.
