@@ -399,14 +399,21 @@ fn timeouts_and_lifespans_hold_over_a_launcher() {
                 .await
                 .unwrap();
             let hour = Duration::from_secs(3600);
-            assert_eq!(pool.apply(hang_at_3, 1).task_timeout(hour).await.unwrap(), 1);
+            assert_eq!(
+                pool.apply(hang_at_3, 1).task_timeout(hour).await.unwrap(),
+                1
+            );
             let e = pool
                 .apply(hang_at_3, 3)
                 .task_timeout(Duration::from_millis(300))
                 .await
                 .unwrap_err();
             assert!(e.is_timeout() && !e.is_worker_died(), "{name}: {e}");
-            let e = pool.apply(exit_124, 0).task_timeout(hour).await.unwrap_err();
+            let e = pool
+                .apply(exit_124, 0)
+                .task_timeout(hour)
+                .await
+                .unwrap_err();
             assert!(e.is_worker_died() && !e.is_timeout(), "{name}: {e}");
             pool.shutdown().await.unwrap();
         }

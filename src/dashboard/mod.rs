@@ -58,6 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
+use crate::observe::registry::Watching;
 use crate::observe::view;
 
 /// How often `/api/events` pushes a snapshot.
@@ -119,6 +120,8 @@ pub struct Dashboard {
     /// Dropped to stop the server: its receivers see the channel close.
     stop: watch::Sender<()>,
     server: JoinHandle<()>,
+    /// While it lives, pools note when each job is sent (a task's age on the page).
+    _watching: Watching,
 }
 
 impl Dashboard {
@@ -138,7 +141,6 @@ impl Dashboard {
     ///
     /// Outside a tokio runtime with I/O enabled.
     pub async fn start(addr: impl ToSocketAddrs) -> Result<Dashboard, Error> {
-        crate::observe::registry::watch();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| bind_error("bind its address", e))?;
@@ -158,7 +160,12 @@ impl Dashboard {
                 .with_graceful_shutdown(shutdown)
                 .await;
         });
-        Ok(Dashboard { addr, stop, server })
+        Ok(Dashboard {
+            addr,
+            stop,
+            server,
+            _watching: Watching::start(),
+        })
     }
 
     /// The address it listens on: with port `0` asked for, the port it got.

@@ -37,19 +37,31 @@ pub(crate) fn attach(observer: &Arc<Observer>, source: Weak<dyn Source>) {
     }
 }
 
-/// Whether something looks at the pools' workers live (a dashboard was started): only then do
-/// pools note when each job was sent to its worker (a clock read under the pool's lock).
-static WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How many dashboards look at the pools' workers live: only while one does do pools note when
+/// each job was sent to its worker (a clock read under the pool's lock).
+static WATCHERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// From now on, pools note when each job is sent.
+/// Pools note when each job is sent while this lives.
 #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
-pub(crate) fn watch() {
-    WATCHED.store(true, std::sync::atomic::Ordering::Relaxed);
+pub(crate) struct Watching(());
+
+impl Watching {
+    #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+    pub(crate) fn start() -> Watching {
+        WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Watching(())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Whether pools note when each job is sent.
 pub(crate) fn watched() -> bool {
-    WATCHED.load(std::sync::atomic::Ordering::Relaxed)
+    WATCHERS.load(std::sync::atomic::Ordering::Relaxed) > 0
 }
 
 thread_local! {
@@ -74,4 +86,20 @@ pub(crate) fn live() -> Vec<(Arc<Observer>, Arc<dyn Source>)> {
         .iter()
         .filter_map(|e| Some((e.observer.upgrade()?, e.source.as_ref()?.upgrade()?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_note_sending_times_only_while_a_dashboard_watches() {
+        assert!(!watched());
+        let (a, b) = (Watching::start(), Watching::start());
+        assert!(watched());
+        drop(a);
+        assert!(watched(), "another still watches");
+        drop(b);
+        assert!(!watched());
+    }
 }
