@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -794,13 +794,16 @@ fn stopping_or_dropping_the_dashboard_stops_the_server() {
 // ---------------------------------------------------------------------------------------------
 // The page, in a real browser.
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's Chromium, on the `PATH`.
+fn chromium_path() -> Option<PathBuf> {
+    common::on_path("chromium")
+}
 
-/// Whether the browser tests can run; says so on stderr when they cannot.
+/// Whether the browser tests can run; says so when they cannot.
 fn have_chromium() -> bool {
-    let there = Path::new(CHROMIUM).exists();
+    let there = chromium_path().is_some();
     if !there {
-        eprintln!("dashboard browser test skipped: chromium is not installed");
+        common::skip("dashboard browser test skipped: chromium is not installed");
     }
     there
 }
@@ -862,7 +865,7 @@ fn chromium_args(profile: &TempDir) -> Vec<String> {
 /// Headless Chromium, in a process group of its own.
 fn chromium(profile: &TempDir) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(CHROMIUM);
+    let mut cmd = Command::new(chromium_path().expect("checked by have_chromium"));
     cmd.args(chromium_args(profile))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -1082,7 +1085,8 @@ impl DevTools {
         shell
             .arg("-c")
             .arg(format!(
-                "exec {CHROMIUM} \"$@\" 3<&0 4>&1 0</dev/null 1>/dev/null"
+                "exec {} \"$@\" 3<&0 4>&1 0</dev/null 1>/dev/null",
+                chromium_path().expect("checked by have_chromium").display()
             ))
             .arg("sh")
             .args(chromium_args(&profile))

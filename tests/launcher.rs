@@ -143,7 +143,7 @@ fn a_launcher_that_cannot_reach_its_host_is_a_clear_error() {
         .output()
         .is_err()
     {
-        eprintln!("ssh part skipped: OpenSSH's client is not installed");
+        common::skip("ssh part skipped: OpenSSH's client is not installed");
     }
     common::run(StartMethod::Forkserver, |_| async {
         // A port nothing listens on: ssh says so, and the error says what ssh said.

@@ -1,6 +1,8 @@
 //! The quickstart as a new user sees it: run in a real terminal (tmux), its screen captured and
 //! read. Each pool's bar ends at its full count, once, above the table; no bar is left
 //! half-drawn. Skipped, saying so, where tmux is missing (`.ci/run` installs it).
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -22,7 +24,7 @@ fn tmux(socket: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn the_quickstart_shows_a_bar_per_pool_then_its_table() {
     if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("quickstart screen test skipped: tmux is not installed");
+        common::skip("quickstart screen test skipped: tmux is not installed");
         return;
     }
     let exe = quickstart();

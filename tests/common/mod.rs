@@ -257,3 +257,21 @@ pub fn park_forever() -> ! {
         std::thread::park();
     }
 }
+
+/// A part of a test that needs a program this machine lacks: says so on stderr, or fails when
+/// `AMPIRE_REQUIRE_TOOLS` is set, as `.ci/run` sets it after installing them, so that CI never
+/// passes a part it did not run.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("AMPIRE_REQUIRE_TOOLS").is_none(),
+        "{why}, and AMPIRE_REQUIRE_TOOLS is set"
+    );
+    eprintln!("{why}");
+}
+
+/// Where `program` is on the `PATH`, if it is.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}

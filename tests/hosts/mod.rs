@@ -23,9 +23,9 @@ impl Sshd {
     pub fn start(test: &str) -> Option<Sshd> {
         let sshd = Path::new("/usr/sbin/sshd");
         if !sshd.exists() || Command::new("ssh").arg("-V").output().is_err() {
-            eprintln!(
+            crate::common::skip(&format!(
                 "{test}: ssh part skipped: OpenSSH's server (/usr/sbin/sshd) or client is not installed"
-            );
+            ));
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
@@ -131,7 +131,9 @@ impl Slurm {
         if needed.iter().any(|p| !Path::new(p).exists())
             || Command::new("srun").arg("--version").output().is_err()
         {
-            eprintln!("{test}: Slurm part skipped: Slurm (slurm-wlm) or munge is not installed");
+            crate::common::skip(&format!(
+                "{test}: Slurm part skipped: Slurm (slurm-wlm) or munge is not installed"
+            ));
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
