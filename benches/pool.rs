@@ -12,9 +12,9 @@
 //! Lifecycle costs: `lifecycle_w2/*` maps 10,000 trivial tasks in chunks of one (the comparison's
 //! W2) on 2 workers, plain, with a `task_timeout` that never fires, and with
 //! `worker_lifespan(1000)` (each worker replaced every 1,000 tasks). `timeout_latency/*` is the
-//! time from a hung task's deadline (10 ms after it starts) to its error reaching the caller: the
-//! watchdog's wake-up, the kill (or, under `Threading`, abandoning the thread) and the settling of
-//! the worker's journal. The ratios between the `lifecycle_w2` variants are what a setting costs;
+//! time from 10 ms after a hung task was submitted (its timeout) to its error reaching the caller:
+//! sending it to a warm, idle worker, the watchdog's wake-up, the kill (or, under `Threading`,
+//! abandoning the thread) and the settling of the worker's journal. The ratios between the `lifecycle_w2` variants are what a setting costs;
 //! `python3 scripts/compare/ab.py` measures the same in fresh processes, interleaved.
 //!
 //! Run with `cargo bench`; the side-by-side comparison with MPIRE, multiprocessing and rayon is

@@ -176,7 +176,9 @@ impl<S, W, E> Builder<S, W, E> {
     ///
     /// The size is reserved, not allocated: the pool uses pages only as it needs them, lowest
     /// first, and keeps those it used (as any `memfd`) until it is dropped. `0` turns the arena
-    /// off. Default: 256 MiB. Thread workers take their inputs directly and ignore it.
+    /// off. Default: 256 MiB. Thread workers take their inputs directly and ignore it. The
+    /// shared object's [`SharedSlice`](crate::SharedSlice)s take their room in it for the pool's
+    /// whole life.
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
         self
@@ -211,16 +213,18 @@ impl<S, W, E> Builder<S, W, E> {
     /// starts, so time spent queued never counts.
     ///
     /// When a task runs past its deadline it fails with [`Error::is_timeout`], with how long it
-    /// ran, its index and its input's `Debug`:
+    /// ran and its index (and, under the process start methods, its input's `Debug`: under
+    /// `Threading` the input was moved into the task):
     ///
     /// - under a process start method, the worker running it is killed and replaced; the tasks
     ///   of its chunk that finished deliver their results and the ones after it run on a worker
     ///   again, as when a worker dies;
     /// - under `Threading`, where a thread cannot be killed, the task is abandoned: its thread
     ///   sees [`Worker::is_cancelled`] turn true, so a task that checks it can stop, and a fresh
-    ///   thread takes its place in the pool. What the abandoned task returns is dropped. At most
-    ///   `workers` abandoned threads run at once; past that, a slot whose task timed out stays
-    ///   empty until one of them ends (its tasks still fail at their deadlines).
+    ///   thread takes its place in the pool. What the abandoned task returns is dropped. A slot
+    ///   gets its fresh thread only while fewer than `workers` abandoned threads run, so the
+    ///   pool never has more than `2 × workers − 1` threads, abandoned ones included; past that,
+    ///   a slot whose task timed out stays empty until an abandoned thread ends.
     ///
     /// A `map` fails fast with the error, as for any failure; a stream yields it and goes on.
     /// Default: none.
@@ -295,7 +299,8 @@ impl<S, W, E> Builder<S, W, E> {
         self
     }
 
-    /// How many times a task whose worker died is run again, on a fresh worker, before it fails.
+    /// How many times a task whose worker died is run again (by whichever worker takes it next;
+    /// a fresh one replaces the dead), before it fails.
     /// A task that killed `n + 1` workers fails with [`Error::is_worker_died`], and its message
     /// lists every death ([`Error::workers_killed`]): a crashing input never loops forever. Only
     /// deaths are retried: a panic, a timeout or a serialisation failure is the task's answer.
@@ -308,7 +313,9 @@ impl<S, W, E> Builder<S, W, E> {
     /// At most this many tasks wait in the pool's queue (queued and not yet running, across all
     /// calls). [`AsyncPool::try_apply`] is refused at once when the queue is full
     /// ([`Error::is_full`]); every other call waits for room, as it waits for its own
-    /// `max_tasks_active`. A chunk larger than the bound goes in when the queue is empty.
+    /// `max_tasks_active`. A chunk larger than the bound goes in when the queue is empty. The
+    /// bound is on what is admitted: tasks that come back to the queue (taken back from a busy
+    /// worker, run again after a death, handed back by a retiring worker) go back regardless.
     /// Default: no bound.
     pub fn max_queued_tasks(mut self, n: usize) -> Self {
         self.max_queued = Some(n);

@@ -650,8 +650,9 @@ impl Core {
         }
     }
 
-    /// News from worker `slot`. Nothing in the pool uses it yet: task starts are for task
-    /// timeouts, progress and output for progress bars (the lifecycle and observability work).
+    /// News from worker `slot`: a nested pool's progress goes to the bars, a slow task to the
+    /// insights; task starts and output lines (which the pool reads from the worker's own
+    /// streams) are dropped.
     fn heard(&self, slot: usize, event: Event) {
         match event {
             Event::Progress { .. } => {

@@ -3,7 +3,7 @@
 //!
 //! **Successors.** With a `worker_lifespan`, a worker's end is known in advance: when its
 //! remaining tasks would take less than a few start-ups, the slot starts its successor alongside
-//! (`Core::progress` says when), so that the successor is ready when the worker retires and the
+//! (`Core::sent` says when), so that the successor is ready when the worker retires and the
 //! pool keeps its capacity. The retiring worker hands back its unfinished tasks, leaves the slot
 //! to the successor at once, and runs its exit function in the background (`Ended::Retired`).
 //! A successor still waiting at shutdown has run `worker_init`, so it runs `worker_exit` too.

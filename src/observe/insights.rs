@@ -3,10 +3,11 @@
 //!
 //! Start-up, `worker_init` and `worker_exit` times are measured by the pool; working time is what
 //! the workers measure of their tasks anyway; waiting time is the rest of a worker's life. With
-//! insights on, a worker also times each task (one clock read per task), reads its CPU time at
-//! most once a millisecond, and reports a task when it is among its five slowest so far (with
-//! the `Debug` of its input, under process methods; a thread worker's input was moved into the
-//! task). With [`Builder::insights_memory`](crate::Builder::insights_memory), it also resets and
+//! insights on, a worker also times its tasks one by one (two clock reads a task) while they
+//! take 5 µs or more on average, and one batch in 64 of shorter ones (see `worker::probe`),
+//! reads its CPU time at most once a millisecond, and reports a task when it is among its five
+//! slowest so far (with the `Debug` of its input, under process methods; a thread worker's input
+//! was moved into the task). With [`Builder::insights_memory`](crate::Builder::insights_memory), it also resets and
 //! reads its peak resident memory around each task.
 
 use std::fmt;
@@ -18,8 +19,8 @@ use serde::Serialize;
 
 use crate::human::{bytes, hms};
 
-/// How many of the slowest tasks are kept.
-pub(crate) const SLOWEST: usize = 5;
+/// How many of the slowest tasks are kept: as many as a worker reports.
+pub(crate) use crate::worker::SLOWEST;
 
 /// What the pool measures of one worker slot, over the lives of the workers in it.
 #[derive(Default)]

@@ -149,13 +149,14 @@ impl Launcher {
     }
 
     /// Sets `key` to `value` in the launcher's environment on this host (`SLURM_CONF`,
-    /// `SSH_AUTH_SOCK`, ...). It does not reach the worker.
+    /// `SSH_AUTH_SOCK`, ...). Through ssh it does not reach the worker; `srun` passes its
+    /// environment on to the job step (Slurm's default), and so may a command launcher.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
-    /// Its name, for the pool's method and the errors: `ssh`, `srun`, or the program's.
+    /// Its name, for the pool's method and the errors: `ssh`, `srun` or `command`.
     pub(crate) fn name(&self) -> &'static str {
         match self.how {
             How::Ssh { .. } => "ssh",

@@ -30,7 +30,7 @@ mod thread;
 
 pub(crate) use catch::{capture_lock, catch, install_panic_hook};
 pub(crate) use lifespan::Lifespan;
-pub(crate) use probe::{Measured, Probe};
+pub(crate) use probe::{Measured, Probe, SLOWEST};
 pub(crate) use results::Results;
 pub(crate) use thread::{
     LocalChunk, LocalDone, LocalJob, LocalNext, LocalQueue, Salvage, Salvaged, Spent, Takeback,

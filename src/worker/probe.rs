@@ -19,8 +19,8 @@ use nix::sys::resource::{UsageWho, getrusage};
 /// How often the thread's processor time is read, at most.
 const CPU_EVERY: Duration = Duration::from_millis(1);
 
-/// How many tasks a worker reports as its slowest, at most at any time.
-const SLOWEST: usize = 5;
+/// How many tasks a worker reports as its slowest, at most at any time (and insights keep).
+pub(crate) const SLOWEST: usize = 5;
 
 /// Tasks are timed one by one while they take this long on average.
 const PER_TASK_FROM: Duration = Duration::from_micros(5);
