@@ -66,6 +66,24 @@ each_method! {
         pool.shutdown().await.unwrap();
     }
 
+    async fn the_queue_never_holds_more_than_the_bound(m: StartMethod) {
+        // One worker that prefetches nothing takes nothing back: what waits is in the queue.
+        let pool = one_worker(m, 4).await;
+        let mut most = 0;
+        let out: Vec<u64> = pool
+            .map_stream(quick, stream::iter(0..500u64))
+            .chunk_size(1)
+            .map(|r| {
+                most = most.max(pool.stats().queued);
+                r.unwrap()
+            })
+            .collect()
+            .await;
+        assert_eq!(out, (0..500).map(quick).collect::<Vec<_>>());
+        assert!(most <= 4, "{most} tasks queued, with a bound of 4");
+        pool.shutdown().await.unwrap();
+    }
+
     async fn a_chunk_larger_than_the_bound_goes_in_alone(m: StartMethod) {
         let pool = one_worker(m, 2).await;
         assert_eq!(pool.map(quick, 0..30u64).chunk_size(10).await.unwrap(), (0..30).map(quick).collect::<Vec<_>>());

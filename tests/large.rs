@@ -220,7 +220,7 @@ each_method! {
         }
     }
 
-    async fn shared_slices_in_inputs_and_results_travel_as_bytes(m: StartMethod) {
+    processes async fn shared_slices_in_inputs_and_results_travel_as_bytes(m: StartMethod) {
         let pool = pool_with_arena(m, 64 << 20).await;
         let inputs: Vec<SharedSlice<u16>> =
             (0..4u16).map(|k| (0..100_000u32).map(|i| (i as u16) ^ k).collect()).collect();

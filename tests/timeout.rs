@@ -179,10 +179,8 @@ each_method! {
         pool.shutdown().await.unwrap();
     }
 
-    async fn a_timed_out_task_sees_is_cancelled_under_threading(m: StartMethod) {
-        if m != StartMethod::Threading {
-            return; // a process worker is killed instead: see the test above
-        }
+    // A process worker is killed instead: see the test above.
+    threading async fn a_timed_out_task_sees_is_cancelled_under_threading(m: StartMethod) {
         let pool = AsyncPool::builder().workers(2).start_method(m).task_timeout(100 * MS).build().await.unwrap();
         let sig = Signal::new();
         let path = sig.path.to_str().unwrap().to_owned();

@@ -36,6 +36,10 @@ macro_rules! each_method {
         $crate::each_method!(@one [threading spawn fork forkserver] $(#[$meta])* $name $m $body);
         $crate::each_method!($($rest)*);
     };
+    ($(#[$meta:meta])* threading async fn $name:ident($m:ident: StartMethod) $body:block $($rest:tt)*) => {
+        $crate::each_method!(@one [threading] $(#[$meta])* $name $m $body);
+        $crate::each_method!($($rest)*);
+    };
     ($(#[$meta:meta])* processes async fn $name:ident($m:ident: StartMethod) $body:block $($rest:tt)*) => {
         $crate::each_method!(@one [spawn fork forkserver] $(#[$meta])* $name $m $body);
         $crate::each_method!($($rest)*);
