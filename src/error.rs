@@ -38,7 +38,7 @@ pub(crate) fn describe_used(used: &Used) -> String {
     )
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Kind {
     /// A task (or `worker_init`/`worker_exit`) panicked.
     Panic { failure: Failure, during: Stage },
@@ -102,6 +102,7 @@ impl fmt::Display for Stage {
     }
 }
 
+#[derive(Clone)]
 struct Inner {
     kind: Kind,
     worker: Option<usize>,
@@ -283,13 +284,7 @@ impl Error {
     }
 
     fn map(self, f: impl FnOnce(&mut Inner)) -> Error {
-        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Inner {
-            kind: shared.kind.clone_kind(),
-            worker: shared.worker,
-            task: shared.task,
-            input: shared.input.clone(),
-            source: shared.source.clone(),
-        });
+        let mut inner = Arc::unwrap_or_clone(self.0);
         f(&mut inner);
         Error(Arc::new(inner))
     }
@@ -454,49 +449,6 @@ impl Error {
         match &self.0.kind {
             Kind::Panic { failure, .. } => Some(failure),
             _ => None,
-        }
-    }
-}
-
-impl Kind {
-    fn clone_kind(&self) -> Kind {
-        match self {
-            Kind::Panic { failure, during } => Kind::Panic {
-                failure: failure.clone(),
-                during: *during,
-            },
-            Kind::WorkerDied {
-                exit,
-                used,
-                during,
-                earlier,
-            } => Kind::WorkerDied {
-                exit: *exit,
-                used: *used,
-                during: *during,
-                earlier: earlier.clone(),
-            },
-            Kind::Timeout {
-                during,
-                limit,
-                elapsed,
-            } => Kind::Timeout {
-                during: *during,
-                limit: *limit,
-                elapsed: *elapsed,
-            },
-            Kind::GaveUp { failures, last } => Kind::GaveUp {
-                failures: *failures,
-                last: last.clone(),
-            },
-            Kind::Full(n) => Kind::Full(*n),
-            Kind::Closed => Kind::Closed,
-            Kind::Protocol(s) => Kind::Protocol(s.clone()),
-            Kind::Codec(s) => Kind::Codec(s.clone()),
-            Kind::Config(s) => Kind::Config(s.clone()),
-            Kind::Start(s) => Kind::Start(s.clone()),
-            Kind::Mismatch(s) => Kind::Mismatch(s.clone()),
-            Kind::NotInitialized => Kind::NotInitialized,
         }
     }
 }
