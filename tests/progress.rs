@@ -109,6 +109,24 @@ each_method! {
         assert!(screen[0].ends_with("dropped"), "{screen:?}");
     }
 
+    async fn a_quiet_stream_shows_its_latest_count(m: StartMethod) {
+        // Three results in quick succession, then the consumer holds the stream without reading
+        // on: the bar catches up with the count it skipped (it shows one at most every 25 ms).
+        let term = terminal();
+        let pool = AsyncPool::builder().workers(2).start_method(m).name("quiet")
+            .__draw_bars_to(target(&term)).build().await.unwrap();
+        let mut s = pool.map_stream(double, stream::iter(0..3u64)).chunk_size(1).progress_bar(true);
+        for _ in 0..3 {
+            s.next().await.unwrap().unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lines(&term).first().is_some_and(|l| l.contains("] 3/3 (")) {
+            assert!(std::time::Instant::now() < deadline, "the bar stays behind: {:?}", lines(&term));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(s);
+    }
+
     async fn a_stream_of_known_length_shows_a_bar(m: StartMethod) {
         let term = terminal();
         let pool = AsyncPool::builder().workers(2).start_method(m).name("known")

@@ -153,6 +153,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         }
         if o.progress_bar {
             let _ = progress.bar.set(Bar::start(&self.core.observer, progress));
+            crate::observe::progress::freshen(progress);
         }
         Ok(())
     }

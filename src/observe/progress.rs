@@ -24,7 +24,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,11 +33,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{CallProgress, Observer};
 use crate::proto::Event;
 use crate::proto::deadline::coarse_us;
+use crate::sys::local::ProcessLocal;
 
 /// How often a bar of a nested pool is sent, at most (its first count goes at once).
 const SEND_EVERY: Duration = Duration::from_millis(100);
 
-/// How often a drawn bar's counts are handed to indicatif, at most (the last ones always are).
+/// How often a drawn bar's counts are handed to indicatif, at most (those skipped are shown by
+/// [`freshen`]'s thread soon after, and the last ones when the call ends).
 const SHOW_EVERY_US: u64 = 25_000;
 
 /// The width of a bar's gauge, in cells (the styles' `{bar:30}`).
@@ -111,6 +113,8 @@ pub(crate) enum Bar {
         family: u64,
         member: usize,
         shown: AtomicU64,
+        /// Counts changed since they were last shown.
+        dirty: AtomicBool,
     },
     /// Events for the pool that owns this worker process.
     Sent {
@@ -120,6 +124,8 @@ pub(crate) enum Bar {
         /// When it was last sent (nanoseconds since `origin`).
         last: AtomicU64,
         origin: Instant,
+        /// Counts changed since they were last sent.
+        dirty: AtomicBool,
     },
 }
 
@@ -160,6 +166,7 @@ impl Bar {
                 label,
                 last: AtomicU64::new(NEVER),
                 origin: Instant::now(),
+                dirty: AtomicBool::new(false),
             };
         }
         let bar = new_bar(nested_label.as_deref().unwrap_or(&label), call.counts().2);
@@ -178,6 +185,7 @@ impl Bar {
             family,
             member,
             shown: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -188,17 +196,28 @@ impl Bar {
         }
     }
 
-    /// Shows `call`'s counts (a sent bar at most about ten times a second).
+    /// Shows `call`'s counts (a sent bar at most about ten times a second). Counts it skips
+    /// are shown by [`freshen`] soon after, even if the call goes quiet.
     pub(crate) fn update(&self, call: &CallProgress) {
         match self {
-            Bar::Drawn { bar, shown, .. } => {
+            Bar::Drawn {
+                bar, shown, dirty, ..
+            } => {
                 let now = coarse_us();
                 if now.saturating_sub(shown.load(Ordering::Relaxed)) >= SHOW_EVERY_US {
                     shown.store(now, Ordering::Relaxed);
+                    dirty.store(false, Ordering::Relaxed);
                     show(bar, call.counts());
+                } else {
+                    dirty.store(true, Ordering::Relaxed);
                 }
             }
-            Bar::Sent { last, origin, .. } => {
+            Bar::Sent {
+                last,
+                origin,
+                dirty,
+                ..
+            } => {
                 let now = origin.elapsed().as_nanos() as u64;
                 let then = last.load(Ordering::Relaxed);
                 if (then == NEVER || now.saturating_sub(then) >= SEND_EVERY.as_nanos() as u64)
@@ -206,6 +225,34 @@ impl Bar {
                         .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
+                    dirty.store(false, Ordering::Relaxed);
+                    self.send(call, false);
+                } else {
+                    dirty.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Shows (or sends) `call`'s counts if an update skipped them.
+    fn flush(&self, call: &CallProgress) {
+        match self {
+            Bar::Drawn {
+                bar, shown, dirty, ..
+            } => {
+                if dirty.swap(false, Ordering::Relaxed) {
+                    shown.store(coarse_us(), Ordering::Relaxed);
+                    show(bar, call.counts());
+                }
+            }
+            Bar::Sent {
+                last,
+                origin,
+                dirty,
+                ..
+            } => {
+                if dirty.swap(false, Ordering::Relaxed) {
+                    last.store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     self.send(call, false);
                 }
             }
@@ -215,6 +262,8 @@ impl Bar {
     /// The call ended: the bar stops; if it heads its family, the bars nested under it stop,
     /// and the family leaves the live area.
     pub(crate) fn close(&self, call: &CallProgress, how: Close) {
+        let (Bar::Drawn { dirty, .. } | Bar::Sent { dirty, .. }) = self;
+        dirty.store(false, Ordering::Relaxed);
         match self {
             Bar::Drawn {
                 bar,
@@ -252,6 +301,43 @@ impl Bar {
             closed,
         });
     }
+}
+
+/// The calls of this process that have a bar, for [`freshen`].
+static BARRED: ProcessLocal<Mutex<Vec<Weak<CallProgress>>>> = ProcessLocal::new();
+
+/// How often the counts an update skipped are shown at the latest.
+const FRESHEN_EVERY: Duration = Duration::from_millis(100);
+
+/// Keeps `call`'s bar fresh: a thread of this process (started with its first bar) shows, every
+/// [`FRESHEN_EVERY`], the counts that updates skipped, so that a bar never lags its call for
+/// long, even when the call goes quiet (a stream whose consumer waits).
+pub(crate) fn freshen(call: &Arc<CallProgress>) {
+    let Ok(calls) = BARRED.get_or_try_init(|| {
+        std::thread::Builder::new()
+            .name("ampire-bars".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(FRESHEN_EVERY);
+                    let Some(calls) = BARRED.get() else { continue };
+                    let live: Vec<Arc<CallProgress>> = {
+                        let mut calls = calls.lock().unwrap_or_else(PoisonError::into_inner);
+                        calls.retain(|c| c.strong_count() > 0);
+                        calls.iter().filter_map(Weak::upgrade).collect()
+                    };
+                    for call in live {
+                        if let Some(bar) = call.bar.get() {
+                            bar.flush(&call);
+                        }
+                    }
+                }
+            })
+            .map(|_| Mutex::new(Vec::new()))
+    }) else {
+        return; // no thread: counts show as they come, and at the end
+    };
+    let mut calls = calls.lock().unwrap_or_else(PoisonError::into_inner);
+    calls.push(Arc::downgrade(call));
 }
 
 fn failed_message(call: &CallProgress, what: &str) -> String {
