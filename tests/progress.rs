@@ -3,6 +3,8 @@
 //! start method.
 mod common;
 
+use std::future::IntoFuture;
+
 use common::*;
 use futures_util::{StreamExt, stream};
 use indicatif::{InMemoryTerm, ProgressDrawTarget};
@@ -155,6 +157,55 @@ each_method! {
             assert!(line.contains("] 100/100 ("), "{screen:?}");
         }
         pool.shutdown().await.unwrap();
+    }
+}
+
+/// Runs inside a worker: a pool of its own whose long map shows a bar, until the worker is
+/// killed.
+fn endless_inner_map(_: u64) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = AsyncPool::builder()
+            .workers(1)
+            .start_method(StartMethod::Threading)
+            .name("inner")
+            .build()
+            .await
+            .unwrap();
+        let forever = stream::iter(0..).then(|x| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            x
+        });
+        pool.map_stream(double, forever)
+            .progress_bar(true)
+            .count()
+            .await as u64
+    })
+}
+
+each_method! {
+    processes async fn a_nested_bar_ends_when_its_worker_dies(m: StartMethod) {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let term = terminal();
+        let pool = AsyncPool::builder().workers(1).start_method(m).name("outer")
+            .__draw_bars_to(target(&term)).build().await.unwrap();
+        let call = tokio::spawn(pool.apply(endless_inner_map, 0).task_timeout(std::time::Duration::from_secs(60)).into_future());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !lines(&term).iter().any(|l| l.starts_with("  inner map_stream (worker 0) ")) {
+            assert!(std::time::Instant::now() < deadline, "no nested bar: {:?}", lines(&term));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        // The worker dies mid-call: no event will close its pool's bar.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pool.worker_pids()[0].unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(call.await.unwrap().unwrap_err().is_worker_died());
+        pool.shutdown().await.unwrap();
+        let screen = lines(&term);
+        let inner: Vec<&String> = screen.iter().filter(|l| l.contains("inner map_stream")).collect();
+        assert_eq!(inner.len(), 1, "{screen:?}");
+        assert!(inner[0].ends_with("its worker ended"), "{screen:?}");
     }
 }
 

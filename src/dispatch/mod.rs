@@ -312,6 +312,7 @@ impl Core {
     /// Worker `slot` ended for `cause` (described by `how`): it is replaced.
     pub(super) fn ended(&self, slot: usize, cause: RestartCause, how: String) {
         trace::worker_ended(&self.observer.span, slot, cause, &how);
+        crate::observe::progress::worker_gone(self.observer.id, slot);
         self.observer.counters.restarted(cause);
         if let Some(insights) = &self.observer.insights {
             insights.stopped(slot);

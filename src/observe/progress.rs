@@ -388,6 +388,8 @@ fn show(bar: &ProgressBar, (done, failed, total): (u64, u64, Option<u64>)) {
 
 /// The calls of nested pools this process heard of (and draws), by bar id.
 struct Nested {
+    /// The pool of this process whose worker runs it, and which one.
+    pool: u64,
     bar: ProgressBar,
     family: u64,
     member: usize,
@@ -488,6 +490,7 @@ pub(crate) fn heard(
         all.insert(
             id,
             Nested {
+                pool: observer.id,
                 bar,
                 family,
                 member,
@@ -507,6 +510,24 @@ pub(crate) fn heard(
         all.remove(&id);
         drop(all);
         ended(family, member);
+    }
+}
+
+/// Worker `slot` of pool `pool` ended (it died, was killed, or left): the bars of the pools
+/// nested in it end too, saying so, since no event will close them now.
+pub(crate) fn worker_gone(pool: u64, slot: usize) {
+    let gone: Vec<Nested> = {
+        let mut all = nested().lock().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<u64> = all
+            .iter()
+            .filter(|(_, n)| n.pool == pool && n.view.worker == slot)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| all.remove(id)).collect()
+    };
+    for n in gone {
+        n.bar.abandon_with_message("its worker ended");
+        ended(n.family, n.member);
     }
 }
 
