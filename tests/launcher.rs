@@ -150,10 +150,20 @@ fn a_launcher_that_cannot_reach_its_host_is_a_clear_error() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        let mut cases = vec![(
-            Launcher::command("false", Vec::<String>::new()),
-            vec!["false exited with status 1 before the worker started"],
-        )];
+        let mut cases = vec![
+            (
+                Launcher::command("false", Vec::<String>::new()),
+                vec!["false exited with status 1 before the worker started"],
+            ),
+            // The binary is not where the launcher looks: its own status and message.
+            (
+                local_command().binary("/nonexistent/ampire-worker"),
+                vec![
+                    "exited with status 127 before the worker started",
+                    "/nonexistent/ampire-worker",
+                ],
+            ),
+        ];
         if std::process::Command::new("ssh").arg("-V").output().is_ok() {
             let ssh = Launcher::ssh(["127.0.0.1"])
                 .option("-p")

@@ -62,14 +62,16 @@ impl Tail {
     }
 }
 
-/// [`relay`], keeping the last lines in `tail` as well.
+/// [`relay`], keeping the last lines in `tail` as well while anyone holds it (the worker's
+/// start: once it started, nobody reads it, and lines are no longer kept).
 pub(crate) async fn relay_keeping(
     from: impl AsyncRead + Unpin,
     slot: usize,
     stream: Stream,
     bars: MultiProgress,
-    tail: Option<std::sync::Arc<Tail>>,
+    tail: Option<std::sync::Weak<Tail>>,
 ) {
+    let mut tail = tail;
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
     loop {
@@ -81,8 +83,11 @@ pub(crate) async fn relay_keeping(
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        if let Some(tail) = &tail {
-            tail.push(String::from_utf8_lossy(&line).trim_end().to_owned());
+        if let Some(kept) = &tail {
+            match kept.upgrade() {
+                Some(kept) => kept.push(String::from_utf8_lossy(&line).trim_end().to_owned()),
+                None => tail = None,
+            }
         }
         print(&line, slot, stream, &bars);
     }

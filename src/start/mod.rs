@@ -360,6 +360,12 @@ pub(crate) async fn connect(link: Link, id: usize, spec: &Spec) -> Result<Connec
                     relays,
                 }),
                 Err(e) => {
+                    // A launcher whose worker never started is given a moment to end by itself,
+                    // so that its own status is read (ssh passes on the remote command's a
+                    // little after the stream closed: 127 for a binary that is not there).
+                    if remote.is_some() && matches!(e.kind(), Kind::WorkerDied { .. }) {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), proc.wait()).await;
+                    }
                     proc.kill();
                     let exit = proc.wait().await;
                     // A worker that died during set-up is reported with how it died; one on

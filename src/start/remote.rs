@@ -418,7 +418,13 @@ impl Start for Remote {
             let bars = spec.relay.clone().unwrap_or_else(|| {
                 indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
             });
-            let relay = output::relay_keeping(errors, id, Stream::Stderr, bars, Some(tail.clone()));
+            let relay = output::relay_keeping(
+                errors,
+                id,
+                Stream::Stderr,
+                bars,
+                Some(Arc::downgrade(&tail)),
+            );
             Ok(Link::Process {
                 writes: Box::new(writes),
                 reads: Box::new(reads),
