@@ -249,6 +249,10 @@ fn exit_until_cancelled(w: &mut Worker<'_, (), u64>) -> u64 {
     1
 }
 
+fn own_pid(_: &mut Worker<'_, (), u64>, _: u64) -> u32 {
+    std::process::id()
+}
+
 fn pid_with(_: &mut Worker<'_, String, u64>, _: u64) -> u32 {
     std::process::id()
 }
@@ -315,6 +319,16 @@ each_method! {
             }
             false => drop(sig.recv().await), // the thread's task saw is_cancelled()
         }
+    }
+
+    processes async fn shutdown_timeout_stops_a_retired_worker_whose_exit_hangs(m: StartMethod) {
+        // Lifespan 1: the first worker retires after its task, and its exit never ends.
+        let pool = AsyncPool::builder().workers(1).start_method(m).worker_init(quick_init)
+            .worker_exit(exit_until_cancelled).worker_lifespan(1).build().await.unwrap();
+        let retired = pool.apply_with(own_pid, 0).await.unwrap();
+        let e = pool.shutdown_timeout(300 * MS).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        wait_gone(retired).await; // killed with the others, not left running its exit
     }
 
     async fn shutdown_timeout_returns_the_exit_results_when_in_time(m: StartMethod) {

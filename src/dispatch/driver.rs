@@ -460,11 +460,27 @@ async fn retire(
             }
         }
     };
-    let heard = match core.settings.exit_timeout {
-        Some(limit) => tokio::time::timeout(limit, exit)
-            .await
-            .unwrap_or_else(|_| Err(Some(Error::timeout(Stage::Exit, limit, None)))),
-        None => exit.await,
+    let timed_exit = async {
+        match core.settings.exit_timeout {
+            Some(limit) => tokio::time::timeout(limit, exit)
+                .await
+                .unwrap_or_else(|_| Err(Some(Error::timeout(Stage::Exit, limit, None)))),
+            None => exit.await,
+        }
+    };
+    // The pool stopped (dropped, or `shutdown_timeout` ran out): it is killed like the others.
+    let stopped = async {
+        loop {
+            let stop = core.stop.notified();
+            if core.is_stopped() {
+                return;
+            }
+            stop.await;
+        }
+    };
+    let heard = tokio::select! {
+        heard = timed_exit => heard,
+        () = stopped => Err(Some(Error::closed())),
     };
     if heard.is_err() {
         proc.kill();
