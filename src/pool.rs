@@ -66,13 +66,21 @@ pub struct AsyncPool<S = (), W = (), E = ()> {
 /// order. Everything is checked in [`build`](Builder::build).
 #[must_use = "a builder does nothing until built"]
 pub struct Builder<S = (), W = (), E = ()> {
-    workers: Option<usize>,
-    method: StartMethod,
+    /// Every setting that does not depend on the builder's types.
+    knobs: Knobs,
     shared: S,
     setup: Entry,
     /// Whether `worker_init` was given (a set-up that may fail).
     init: bool,
     exit: Option<Entry>,
+    _t: PhantomData<fn() -> (W, E)>,
+}
+
+/// A [`Builder`]'s settings but the typed ones (shared object, `worker_init`, `worker_exit`),
+/// carried over as they are when those are set.
+struct Knobs {
+    workers: Option<usize>,
+    method: StartMethod,
     order_tasks: bool,
     max_frame_len: usize,
     arena_size: usize,
@@ -96,7 +104,6 @@ pub struct Builder<S = (), W = (), E = ()> {
     launcher: Option<Launcher>,
     /// Where the pool was made.
     site: &'static Location<'static>,
-    _t: PhantomData<fn() -> (W, E)>,
 }
 
 /// The default size of a process pool's shared-memory arena.
@@ -107,31 +114,33 @@ impl AsyncPool {
     #[track_caller]
     pub fn builder() -> Builder {
         Builder {
-            workers: None,
-            method: StartMethod::default(),
+            knobs: Knobs {
+                workers: None,
+                method: StartMethod::default(),
+                order_tasks: false,
+                max_frame_len: crate::proto::DEFAULT_MAX_FRAME,
+                arena_size: DEFAULT_ARENA,
+                start_timeout: Duration::from_secs(60),
+                depth: 2,
+                start_faults: (0, 0),
+                task_timeout: None,
+                init_timeout: None,
+                exit_timeout: None,
+                lifespan: None,
+                max_memory: None,
+                cpu_ids: None,
+                max_retries: 0,
+                max_queued: None,
+                name: None,
+                insights: 0,
+                bars: None,
+                launcher: None,
+                site: Location::caller(),
+            },
             shared: (),
             setup: task::setup::<NoInit, (), ()>(),
             init: false,
             exit: None,
-            order_tasks: false,
-            max_frame_len: crate::proto::DEFAULT_MAX_FRAME,
-            arena_size: DEFAULT_ARENA,
-            start_timeout: Duration::from_secs(60),
-            depth: 2,
-            start_faults: (0, 0),
-            task_timeout: None,
-            init_timeout: None,
-            exit_timeout: None,
-            lifespan: None,
-            max_memory: None,
-            cpu_ids: None,
-            max_retries: 0,
-            max_queued: None,
-            name: None,
-            insights: 0,
-            bars: None,
-            launcher: None,
-            site: Location::caller(),
             _t: PhantomData,
         }
     }
@@ -140,20 +149,20 @@ impl AsyncPool {
 impl<S, W, E> Builder<S, W, E> {
     /// Number of workers. Default: the number of CPUs this process may use.
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
+        self.knobs.workers = Some(n);
         self
     }
 
     /// How workers are started; see [`StartMethod`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.method = method;
+        self.knobs.method = method;
         self
     }
 
     /// Chunk `i` of every call goes to worker `i % workers`, instead of to whichever worker is
     /// free first (MPIRE's `order_tasks`). Uneven tasks then take longer overall.
     pub fn order_tasks(mut self, on: bool) -> Self {
-        self.order_tasks = on;
+        self.knobs.order_tasks = on;
         self
     }
 
@@ -164,7 +173,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// makes `build()` fail. A worker that sends a larger frame anyway is killed and replaced.
     /// Default: 1 GiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.max_frame_len = bytes;
+        self.knobs.max_frame_len = bytes;
         self
     }
 
@@ -180,7 +189,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// shared object's [`SharedSlice`](crate::SharedSlice)s take their room in it for the pool's
     /// whole life.
     pub fn arena_size(mut self, bytes: usize) -> Self {
-        self.arena_size = bytes;
+        self.knobs.arena_size = bytes;
         self
     }
 
@@ -189,7 +198,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// counts as a start failure: it is started again, and five failures in a row break the pool.
     /// Default: 60 s.
     pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
+        self.knobs.start_timeout = timeout;
         self
     }
 
@@ -204,7 +213,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// even while another is idle: they travel many to a write, and are taken back like any
     /// other. Chunks for one worker alone ([`Builder::order_tasks`]) are never taken back.
     pub fn pipeline_depth(mut self, chunks: usize) -> Self {
-        self.depth = chunks;
+        self.knobs.depth = chunks;
         self
     }
 
@@ -229,7 +238,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// A `map` fails fast with the error, as for any failure; a stream yields it and goes on.
     /// Default: none.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
+        self.knobs.task_timeout = Some(timeout);
         self
     }
 
@@ -239,7 +248,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// retried with backoff, and five in a row break the pool. Default: none, beyond
     /// [`worker_start_timeout`](Builder::worker_start_timeout).
     pub fn worker_init_timeout(mut self, timeout: Duration) -> Self {
-        self.init_timeout = Some(timeout);
+        self.knobs.init_timeout = Some(timeout);
         self
     }
 
@@ -247,7 +256,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// abandoned) and [`AsyncPool::shutdown`] returns an error ([`Error::is_timeout`]) naming it,
     /// once every other worker has left: no worker is left behind. Default: none.
     pub fn worker_exit_timeout(mut self, timeout: Duration) -> Self {
-        self.exit_timeout = Some(timeout);
+        self.knobs.exit_timeout = Some(timeout);
         self
     }
 
@@ -258,7 +267,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// old worker leaves, so the pool keeps its capacity; it runs `worker_init` again, so with
     /// `n` tasks in all each slot runs it about `n / workers / lifespan` times. Default: none.
     pub fn worker_lifespan(mut self, tasks: u64) -> Self {
-        self.lifespan = Some(tasks);
+        self.knobs.lifespan = Some(tasks);
         self
     }
 
@@ -267,7 +276,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// The worker checks after each task, at most once a millisecond. Threads share one resident
     /// set, so `build()` rejects this under `Threading`. Default: none.
     pub fn worker_max_memory(mut self, bytes: u64) -> Self {
-        self.max_memory = Some(bytes);
+        self.knobs.max_memory = Some(bytes);
         self
     }
 
@@ -295,7 +304,7 @@ impl<S, W, E> Builder<S, W, E> {
         I: IntoIterator,
         I::Item: crate::cpus::Cpus,
     {
-        self.cpu_ids = Some(ids.into_iter().map(crate::cpus::Cpus::cpus).collect());
+        self.knobs.cpu_ids = Some(ids.into_iter().map(crate::cpus::Cpus::cpus).collect());
         self
     }
 
@@ -306,7 +315,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// deaths are retried: a panic, a timeout or a serialisation failure is the task's answer.
     /// Default: 0.
     pub fn max_retries(mut self, n: u32) -> Self {
-        self.max_retries = n;
+        self.knobs.max_retries = n;
         self
     }
 
@@ -318,7 +327,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// worker, run again after a death, handed back by a retiring worker) go back regardless.
     /// Default: no bound.
     pub fn max_queued_tasks(mut self, n: usize) -> Self {
-        self.max_queued = Some(n);
+        self.knobs.max_queued = Some(n);
         self
     }
 
@@ -329,14 +338,14 @@ impl<S, W, E> Builder<S, W, E> {
     /// shared object is sent to each worker once. Not with [`StartMethod::Threading`] or
     /// [`cpu_ids`](Builder::cpu_ids). Default: workers on this host.
     pub fn launcher(mut self, launcher: Launcher) -> Self {
-        self.launcher = Some(launcher);
+        self.knobs.launcher = Some(launcher);
         self
     }
 
     /// The pool's name, in its progress bars, its insights and the dashboard. Default:
     /// `pool N`, numbered in the order pools were built in this process.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.knobs.name = Some(name.into());
         self
     }
 
@@ -347,8 +356,8 @@ impl<S, W, E> Builder<S, W, E> {
     /// batch in 64 task by task, so a slow task among many tiny ones may be missed. Processor
     /// time is read at most once a millisecond. Default: off.
     pub fn enable_insights(mut self, on: bool) -> Self {
-        self.insights = match on {
-            true => self.insights.max(1),
+        self.knobs.insights = match on {
+            true => self.knobs.insights.max(1),
             false => 0,
         };
         self
@@ -358,9 +367,9 @@ impl<S, W, E> Builder<S, W, E> {
     /// worker resets its peak before each task and reads it after (a few microseconds per
     /// task). Turns insights on. Default: off.
     pub fn insights_memory(mut self, on: bool) -> Self {
-        self.insights = match on {
+        self.knobs.insights = match on {
             true => 2,
-            false => self.insights.min(1),
+            false => self.knobs.insights.min(1),
         };
         self
     }
@@ -369,7 +378,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// the process's stderr.
     #[doc(hidden)]
     pub fn __draw_bars_to(mut self, target: indicatif::ProgressDrawTarget) -> Self {
-        self.bars = Some(indicatif::MultiProgress::with_draw_target(target));
+        self.knobs.bars = Some(indicatif::MultiProgress::with_draw_target(target));
         self
     }
 
@@ -377,7 +386,7 @@ impl<S, W, E> Builder<S, W, E> {
     /// the pool starts, the next `fails` exit (with status 86) before they say hello.
     #[doc(hidden)]
     pub fn __fail_starts(mut self, starts: usize, fails: usize) -> Self {
-        self.start_faults = (starts, fails);
+        self.knobs.start_faults = (starts, fails);
         self
     }
 
@@ -388,31 +397,11 @@ impl<S, W, E> Builder<S, W, E> {
         exit: Option<Entry>,
     ) -> Builder<S2, W2, E2> {
         Builder {
-            workers: self.workers,
-            method: self.method,
+            knobs: self.knobs,
             shared: shared(self.shared),
             setup,
             init: self.init,
             exit,
-            order_tasks: self.order_tasks,
-            max_frame_len: self.max_frame_len,
-            arena_size: self.arena_size,
-            start_timeout: self.start_timeout,
-            depth: self.depth,
-            start_faults: self.start_faults,
-            task_timeout: self.task_timeout,
-            init_timeout: self.init_timeout,
-            exit_timeout: self.exit_timeout,
-            lifespan: self.lifespan,
-            max_memory: self.max_memory,
-            cpu_ids: self.cpu_ids,
-            max_retries: self.max_retries,
-            max_queued: self.max_queued,
-            name: self.name,
-            insights: self.insights,
-            bars: self.bars,
-            launcher: self.launcher,
-            site: self.site,
             _t: PhantomData,
         }
     }
@@ -481,62 +470,62 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
     pub async fn build(self) -> Result<AsyncPool<S, W, E>, Error> {
         crate::entry::keep();
         let began = std::time::Instant::now();
-        let workers = match self.workers {
+        let workers = match self.knobs.workers {
             Some(0) => return Err(Error::config("workers must be at least 1")),
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.depth == 0 {
+        if self.knobs.depth == 0 {
             return Err(Error::config("pipeline_depth must be at least 1"));
         }
-        if self.max_frame_len < 1024 || self.max_frame_len > u32::MAX as usize {
+        if self.knobs.max_frame_len < 1024 || self.knobs.max_frame_len > u32::MAX as usize {
             return Err(Error::config(
                 "max_frame_len must be between 1 KiB and 4 GiB",
             ));
         }
         for (name, t) in [
-            ("task_timeout", self.task_timeout),
-            ("worker_init_timeout", self.init_timeout),
-            ("worker_exit_timeout", self.exit_timeout),
-            ("worker_start_timeout", Some(self.start_timeout)),
+            ("task_timeout", self.knobs.task_timeout),
+            ("worker_init_timeout", self.knobs.init_timeout),
+            ("worker_exit_timeout", self.knobs.exit_timeout),
+            ("worker_start_timeout", Some(self.knobs.start_timeout)),
         ] {
             if t.is_some_and(|t| t.is_zero()) {
                 return Err(Error::config(format!("{name} must be more than zero")));
             }
         }
-        if self.lifespan == Some(0) {
+        if self.knobs.lifespan == Some(0) {
             return Err(Error::config("worker_lifespan must be at least 1"));
         }
-        if self.max_queued == Some(0) {
+        if self.knobs.max_queued == Some(0) {
             return Err(Error::config("max_queued_tasks must be at least 1"));
         }
-        match self.max_memory {
+        match self.knobs.max_memory {
             Some(0) => return Err(Error::config("worker_max_memory must be more than zero")),
-            Some(_) if !self.method.is_process() => {
+            Some(_) if !self.knobs.method.is_process() => {
                 return Err(Error::config(
                     "worker_max_memory needs process workers: threads share one resident set",
                 ));
             }
             _ => {}
         }
-        if let Some(l) = &self.launcher {
+        if let Some(l) = &self.knobs.launcher {
             l.check()?;
-            if !self.method.is_process() {
+            if !self.knobs.method.is_process() {
                 return Err(Error::config(
                     "a launcher starts processes: it does not go with StartMethod::Threading",
                 ));
             }
-            if self.cpu_ids.is_some() {
+            if self.knobs.cpu_ids.is_some() {
                 return Err(Error::config(
                     "cpu_ids pins workers of this host: it does not go with a launcher",
                 ));
             }
         }
-        let cpus = match self.cpu_ids {
+        let cpus = match self.knobs.cpu_ids {
             Some(ids) => crate::cpus::per_worker(ids, workers)?,
             None => Vec::new(),
         };
-        if self.method.is_process() {
+        if self.knobs.method.is_process() {
             if crate::entry::undiverted_child() {
                 return Err(Error::config(
                     "this process was started as an ampire worker but did not become one; is ampire linked as a dynamic library?",
@@ -551,19 +540,21 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
         }
         crate::worker::install_panic_hook();
         // Shared memory is for the workers of this host only.
-        let arena = if self.method.is_process() && self.launcher.is_none() {
-            let a = Arena::new(self.arena_size).map_err(|e| {
+        let arena = if self.knobs.method.is_process() && self.knobs.launcher.is_none() {
+            let a = Arena::new(self.knobs.arena_size).map_err(|e| {
                 Error::start(format!("could not create the shared-memory arena: {e}"))
             })?;
             Some(Arc::new(a))
         } else {
             None
         };
-        let inherits = self.method == StartMethod::Fork && self.launcher.is_none();
-        let (shared_body, shared_slices) = match self.method {
-            _ if !self.method.is_process() || inherits => (Body::Inline(Vec::new()), Vec::new()),
+        let inherits = self.knobs.method == StartMethod::Fork && self.knobs.launcher.is_none();
+        let (shared_body, shared_slices) = match self.knobs.method {
+            _ if !self.knobs.method.is_process() || inherits => {
+                (Body::Inline(Vec::new()), Vec::new())
+            }
             _ => {
-                let budget = self.max_frame_len - HEADER_ROOM;
+                let budget = self.knobs.max_frame_len - HEADER_ROOM;
                 let one = std::slice::from_ref(&self.shared);
                 let (encoding, slices) =
                     placing(arena.as_ref(), || encode_body(one, arena.as_ref(), budget));
@@ -580,7 +571,7 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
                         };
                         return Err(Error::config(format!(
                             "the shared object takes {size}, more than max_frame_len ({}) allows",
-                            self.max_frame_len
+                            self.knobs.max_frame_len
                         )));
                     }
                 };
@@ -594,47 +585,48 @@ impl<S: Shared, W: 'static, E: Output> Builder<S, W, E> {
             arena,
             setup: self.setup,
             init: self.init,
-            max_frame: self.max_frame_len,
-            start_timeout: self.start_timeout,
-            init_timeout: self.init_timeout,
+            max_frame: self.knobs.max_frame_len,
+            start_timeout: self.knobs.start_timeout,
+            init_timeout: self.knobs.init_timeout,
             epoch_us: crate::proto::deadline::now_us(),
-            start_faults: Arc::new(Mutex::new(self.start_faults)),
+            start_faults: Arc::new(Mutex::new(self.knobs.start_faults)),
             exit: self.exit,
             cpus,
-            lifespan: self.lifespan,
-            max_memory: self.max_memory,
-            insights: self.insights,
+            lifespan: self.knobs.lifespan,
+            max_memory: self.knobs.max_memory,
+            insights: self.knobs.insights,
             // Process workers' output goes through the pool where bars may be drawn over it.
-            relay: match (&self.bars, self.method.is_process()) {
+            relay: match (&self.knobs.bars, self.knobs.method.is_process()) {
                 (Some(bars), true) => Some(bars.clone()),
                 (None, true) if crate::observe::progress::visible() => {
                     Some(crate::observe::progress::multi().clone())
                 }
                 _ => None,
             },
-            launcher: self.launcher.clone(),
+            launcher: self.knobs.launcher.clone(),
         };
         let settings = Settings {
-            method: self.method,
+            method: self.knobs.method,
             workers,
-            depth: self.depth,
-            order_tasks: self.order_tasks,
-            task_timeout: self.task_timeout,
-            exit_timeout: self.exit_timeout,
-            max_retries: self.max_retries,
-            max_queued: self.max_queued,
+            depth: self.knobs.depth,
+            order_tasks: self.knobs.order_tasks,
+            task_timeout: self.knobs.task_timeout,
+            exit_timeout: self.knobs.exit_timeout,
+            max_retries: self.knobs.max_retries,
+            max_queued: self.knobs.max_queued,
         };
         let observer = Observer::new(
-            self.name,
-            self.launcher
+            self.knobs.name,
+            self.knobs
+                .launcher
                 .as_ref()
-                .map_or(self.method.name(), Launcher::name),
+                .map_or(self.knobs.method.name(), Launcher::name),
             workers,
-            self.site,
-            self.insights > 0,
-            self.bars.clone(),
+            self.knobs.site,
+            self.knobs.insights > 0,
+            self.knobs.bars.clone(),
         );
-        let start = backend(self.method, self.launcher.as_ref());
+        let start = backend(self.knobs.method, self.knobs.launcher.as_ref());
         let core = Core::new(settings, spec, start, observer);
         // Started side by side on this task: no hand-off to another thread, and dropping
         // `build()` drops (and so kills) the workers it started.
@@ -692,10 +684,10 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
 impl<S, W, E> fmt::Debug for Builder<S, W, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("workers", &self.workers)
-            .field("start_method", &self.method)
-            .field("order_tasks", &self.order_tasks)
-            .field("max_frame_len", &self.max_frame_len)
+            .field("workers", &self.knobs.workers)
+            .field("start_method", &self.knobs.method)
+            .field("order_tasks", &self.knobs.order_tasks)
+            .field("max_frame_len", &self.knobs.max_frame_len)
             .finish_non_exhaustive()
     }
 }
