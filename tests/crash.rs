@@ -3,13 +3,6 @@ mod common;
 use common::*;
 use futures_util::{StreamExt, stream};
 
-fn kill_self_at_5(x: u64) -> u64 {
-    if x == 5 {
-        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
-    }
-    x
-}
-
 /// Makes `mib` MiB resident, then kills its worker (as the kernel's OOM killer would).
 fn grow_then_die(mib: usize) -> u64 {
     let mut v = vec![0u8; mib << 20];

@@ -410,11 +410,7 @@ each_method! {
 /// Runs inside a thread worker: builds a pool of its own there, named `inner`, whose task tells
 /// the test it started and waits for the test to let it go.
 fn run_an_inner_pool((name, announce, gate): (String, String, String)) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on_fresh(async move {
         let pool = named_pool(&name, StartMethod::Threading, 1).await;
         let got = pool.apply(blocked, (announce, gate)).await.unwrap();
         pool.shutdown().await.unwrap();
@@ -460,11 +456,7 @@ fn a_pool_built_in_a_thread_worker_is_listed_under_it() {
 /// Runs inside a process worker: a pool of its own, whose `map` has a progress bar (so its
 /// progress travels to the pool that owns the worker).
 fn run_an_inner_map(tasks: u64) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on_fresh(async move {
         let pool = named_pool("inner map", StartMethod::Threading, 1).await;
         let v = pool
             .map(slow, 0..tasks)

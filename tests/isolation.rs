@@ -90,13 +90,6 @@ fn tiny_or_kill(x: u64) -> u64 {
     x + 1
 }
 
-fn kill_self_at_5(x: u64) -> u64 {
-    if x == 5 {
-        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
-    }
-    x
-}
-
 /// An input whose serialisation fails when it is 13: a value that cannot leave the owner.
 #[derive(Debug, serde::Deserialize)]
 struct Picky(u64);

@@ -30,13 +30,6 @@ fn panics_on_7(x: u64) -> u64 {
     x
 }
 
-fn kill_self_at_5(x: u64) -> u64 {
-    if x == 5 {
-        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
-    }
-    x
-}
-
 fn sum_shared(w: &mut Worker<'_, SharedSlice<u64>>, _: u32) -> (u64, bool) {
     (w.shared().iter().sum(), w.shared().is_shared_memory())
 }
@@ -110,7 +103,7 @@ fn calls_failures_and_crashes_behave_as_with_local_workers() {
             // A worker that dies fails its running task only; the chunk's others deliver or run
             // again; the worker is replaced.
             let out: Vec<Result<u64, Error>> = pool
-                .map_stream(kill_self_at_5, stream::iter(0..12u64))
+                .map_stream(common::kill_self_at_5, stream::iter(0..12u64))
                 .chunk_size(4)
                 .collect()
                 .await;
@@ -248,9 +241,7 @@ fn a_binary_of_another_build_is_refused_never_run() {
 /// In the owner's role (see below): writes its pid to `path`, then waits for ever.
 fn report_then_park(path: String) -> u64 {
     std::fs::write(&path, std::process::id().to_string()).unwrap();
-    loop {
-        std::thread::park();
-    }
+    common::park_forever()
 }
 
 /// This test runs twice: as the test, and (re-executed with `AMPIRE_TEST_OWNER` set) as the
@@ -350,9 +341,7 @@ fn is_zombie(proc: &std::path::Path) -> bool {
 
 fn hang_at_3(x: u64) -> u64 {
     if x == 3 {
-        loop {
-            std::thread::park();
-        }
+        common::park_forever();
     }
     x
 }
@@ -440,25 +429,7 @@ fn double(x: u64) -> u64 {
 
 /// Runs inside a remote worker: a pool of its own whose map shows a bar.
 fn inner_map(_: u64) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let pool = AsyncPool::builder()
-            .workers(2)
-            .name("inner")
-            .build()
-            .await
-            .unwrap();
-        let v = pool
-            .map(double, 0..100u64)
-            .progress_bar(true)
-            .await
-            .unwrap();
-        pool.shutdown().await.unwrap();
-        v.into_iter().sum()
-    })
+    common::inner_pool_sum(StartMethod::Forkserver, "inner", true, double)
 }
 
 #[test]
@@ -513,9 +484,7 @@ fn stuck_once((x, log, announce): (u64, String, String)) -> u64 {
     common::record_run(&log, x);
     if x == 2 && before == 0 {
         common::signal(&announce);
-        loop {
-            std::thread::park();
-        }
+        common::park_forever();
     }
     x
 }
@@ -659,7 +628,7 @@ fn slurm_runs_the_same_calls_through_srun() {
         );
         assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 18);
         let out: Vec<Result<u64, Error>> = pool
-            .map_stream(kill_self_at_5, stream::iter(0..12u64))
+            .map_stream(common::kill_self_at_5, stream::iter(0..12u64))
             .chunk_size(4)
             .collect()
             .await;

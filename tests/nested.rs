@@ -8,22 +8,7 @@ fn square(x: u64) -> u64 {
 
 /// Runs inside a worker: builds its own runtime and pool with the given method.
 fn inner_sum(method: u8) -> u64 {
-    let method = StartMethod::ALL[method as usize];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let pool = AsyncPool::builder()
-            .workers(2)
-            .start_method(method)
-            .build()
-            .await
-            .unwrap();
-        let v = pool.map(square, 0..100u64).await.unwrap();
-        pool.shutdown().await.unwrap();
-        v.into_iter().sum()
-    })
+    inner_pool_sum(StartMethod::ALL[method as usize], "inner", false, square)
 }
 
 /// One test at a time: a `Fork` worker here runs tokio and starts processes, so it must not be

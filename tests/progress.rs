@@ -54,27 +54,7 @@ fn fails_at_7(x: u64) -> u64 {
 
 /// Runs inside a worker: a pool of its own (of the method `inner` names), whose map shows a bar.
 fn inner_map(inner: u8) -> u64 {
-    let method = StartMethod::ALL[inner as usize];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let pool = AsyncPool::builder()
-            .workers(2)
-            .start_method(method)
-            .name("inner")
-            .build()
-            .await
-            .unwrap();
-        let v = pool
-            .map(double, 0..100u64)
-            .progress_bar(true)
-            .await
-            .unwrap();
-        pool.shutdown().await.unwrap();
-        v.into_iter().sum()
-    })
+    inner_pool_sum(StartMethod::ALL[inner as usize], "inner", true, double)
 }
 
 /// One test at a time runs pools inside workers (see tests/nested.rs).
@@ -163,11 +143,7 @@ each_method! {
 /// Runs inside a worker: a pool of its own whose long map shows a bar, until the worker is
 /// killed.
 fn endless_inner_map(_: u64) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on_fresh(async {
         let pool = AsyncPool::builder()
             .workers(1)
             .start_method(StartMethod::Threading)

@@ -255,6 +255,45 @@ pub fn is_gone(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Runs `fut` to its end on a runtime of its own: for code running inside a worker, which builds
+/// a pool of its own there.
+pub fn block_on_fresh<F: Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fut)
+}
+
+/// Runs inside a worker: a pool of its own (two workers of `method`, named `name`) maps `f` (an
+/// `fn` item) over `0..100`, with a progress bar when `bar`, and shuts down; the sum of the
+/// results.
+pub fn inner_pool_sum<F>(method: StartMethod, name: &str, bar: bool, f: F) -> u64
+where
+    F: Fn(u64) -> u64 + Copy + Send + Sync + 'static,
+{
+    block_on_fresh(async move {
+        let pool = AsyncPool::builder()
+            .workers(2)
+            .start_method(method)
+            .name(name)
+            .build()
+            .await
+            .unwrap();
+        let v = pool.map(f, 0..100u64).progress_bar(bar).await.unwrap();
+        pool.shutdown().await.unwrap();
+        v.into_iter().sum()
+    })
+}
+
+/// A task that kills its own worker with SIGKILL at input 5 (and answers its input otherwise).
+pub fn kill_self_at_5(x: u64) -> u64 {
+    if x == 5 {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    x
+}
+
 /// Blocks the calling task's thread forever (until its process is killed).
 pub fn park_forever() -> ! {
     loop {
