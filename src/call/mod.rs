@@ -108,10 +108,11 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         self.started = true;
         let o = self.opts;
         let workers = self.core.settings.workers;
-        let known = o.len.or_else(|| match self.src.size_hint() {
+        // An exact size hint is the truth; `.len(n)` stands in for it where there is none.
+        let known = match self.src.size_hint() {
             (lo, Some(hi)) if lo == hi => Some(lo),
-            _ => None,
-        });
+            _ => o.len,
+        };
         if o.chunk_size == Some(0) {
             return Err(Error::config("chunk_size must be at least 1"));
         }
@@ -145,10 +146,7 @@ impl<Src: Source<A>, A, R: Output> Engine<Src, A, R> {
         self.link
             .set_timeout(o.task_timeout.or(self.core.settings.task_timeout));
         let progress = &self.link.progress;
-        if let Some(n) = match self.src.size_hint() {
-            (lo, Some(hi)) if lo == hi => Some(lo),
-            _ => o.len,
-        } {
+        if let Some(n) = known {
             progress.set_total(n as u64);
         }
         if o.progress_bar {

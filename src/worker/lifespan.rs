@@ -7,7 +7,9 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::proto::deadline::coarse_us;
 
 /// How often resident memory is read, at most.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
@@ -28,7 +30,8 @@ struct Memory {
     max: u64,
     statm: File,
     page: u64,
-    next: Instant,
+    /// When to read it next (`coarse_us`: a few nanoseconds a task, not a clock call).
+    next: u64,
 }
 
 impl Lifespan {
@@ -42,7 +45,7 @@ impl Lifespan {
                     .ok()
                     .flatten()
                     .map_or(4096, |p| p as u64),
-                next: Instant::now(),
+                next: 0,
             })
         });
         Lifespan {
@@ -80,11 +83,11 @@ impl Lifespan {
         let Some(m) = &mut self.memory else {
             return;
         };
-        let now = Instant::now();
+        let now = coarse_us();
         if now < m.next {
             return;
         }
-        m.next = now + CHECK_EVERY;
+        m.next = now + CHECK_EVERY.as_micros() as u64;
         if resident(&m.statm).is_some_and(|pages| pages * m.page > m.max) {
             self.over = true;
             self.for_memory = true;
