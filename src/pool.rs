@@ -928,13 +928,12 @@ impl<S: Shared, W: 'static, E: Output> AsyncPool<S, W, E> {
     /// As [`shutdown`](Self::shutdown), and the timeout.
     pub async fn shutdown_timeout(self, timeout: Duration) -> Result<Vec<E>, Error> {
         let core = self.core.clone();
-        match tokio::time::timeout(timeout, self.shutdown()).await {
-            Ok(r) => r,
-            Err(_) => {
-                core.stop();
-                Err(Error::timeout(Stage::Shutdown, timeout, None))
-            }
-        }
+        // Past the deadline the shutdown is dropped, and with it the pool, which stops it.
+        let r = tokio::time::timeout(timeout, self.shutdown()).await;
+        r.unwrap_or_else(|_| {
+            crate::observe::trace::pool_shut_down(&core.observer.span);
+            Err(Error::timeout(Stage::Shutdown, timeout, None))
+        })
     }
 
     /// Finishes the queued tasks, runs `worker_exit` in every worker, waits for the workers to
