@@ -1,4 +1,4 @@
-//! Sizes and durations as ampire writes them for people.
+//! Sizes and durations as ampire writes them for people (and seconds for JSON).
 
 use std::time::Duration;
 
@@ -25,6 +25,22 @@ pub(crate) fn hms(d: Duration) -> String {
     match d.subsec_nanos() {
         0 => base,
         _ => format!("{base}.{ms:03}"),
+    }
+}
+
+/// Serialises a duration as seconds, a float (the dashboard's JSON).
+pub(crate) fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// [`seconds`], or null.
+pub(crate) fn maybe_seconds<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
     }
 }
 

@@ -5,7 +5,7 @@ Run from the repository root:
 
     python3 scripts/compare/ab.py --base 2f5b91b                     # W1 W2 W7-numerical, all methods
     python3 scripts/compare/ab.py --base HEAD~3 --only W2 --methods fork,spawn --reps 11
-    python3 scripts/compare/ab.py --b-env AMPIRE_BENCH_TIMEOUT=60    # same code, B with a setting
+    python3 scripts/compare/ab.py --b-env AMPIRE_BENCH_TASK_TIMEOUT_MS=60000   # same code, B with a setting
 
 A is the working tree; B is `--base` (a git revision, built in a worktree under
 `target/ab/`), or the working tree again when no base is given (then `--b-env`
@@ -30,6 +30,15 @@ sys.path.insert(0, str(HERE))
 from run import build_rust, parse_lines, run_cell  # noqa: E402
 
 METHODS = ["fork", "forkserver", "spawn", "threading"]
+
+# The settings `examples/compare.rs` reads for W1 and W2, and what each takes.
+BENCH_SETTINGS = {
+    "AMPIRE_BENCH_TASK_TIMEOUT_MS": int,
+    "AMPIRE_BENCH_LIFESPAN": int,
+    "AMPIRE_BENCH_INSIGHTS": int,
+    "AMPIRE_BENCH_PROGRESS": int,
+    "AMPIRE_BENCH_SSH": str,
+}
 
 
 def build(tree):
@@ -72,6 +81,12 @@ def main():
     for side, pairs in (("A", args.a_env), ("B", args.b_env)):
         for kv in pairs:
             k, _, v = kv.partition("=")
+            # A setting `compare` does not read (or cannot parse) would measure one
+            # configuration twice and call it the cost of the setting.
+            if k.startswith("AMPIRE_BENCH_") and k not in BENCH_SETTINGS:
+                sys.exit(f"error: compare reads no {k}; it reads {', '.join(sorted(BENCH_SETTINGS))}")
+            if BENCH_SETTINGS.get(k) is int and not v.isdigit():
+                sys.exit(f"error: {k} takes a whole number, not {v!r}")
             env[side][k] = v
     exe = {"A": a_exe, "B": b_exe}
     cells = [(w, m) for w in args.only.split(",") for m in args.methods.split(",")]

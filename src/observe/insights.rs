@@ -155,7 +155,7 @@ impl Slots {
 #[non_exhaustive]
 pub struct SlowTask {
     /// How long it ran.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub duration: Duration,
     /// The worker that ran it.
     pub worker: usize,
@@ -164,7 +164,7 @@ pub struct SlowTask {
     /// Its input's `Debug` (cut at about 1 KiB), under process start methods.
     pub input: Option<String>,
     /// Processor time it used, when the worker measured it.
-    #[serde(serialize_with = "maybe_seconds")]
+    #[serde(serialize_with = "crate::human::maybe_seconds")]
     pub cpu: Option<Duration>,
     /// Its worker's peak resident memory while it ran, in bytes
     /// ([`Builder::insights_memory`](crate::Builder::insights_memory)).
@@ -178,22 +178,22 @@ pub struct WorkerInsights {
     /// Tasks it ran.
     pub tasks: u64,
     /// From being started to saying hello.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub start_up: Duration,
     /// In `worker_init` (and decoding the shared object).
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub init: Duration,
     /// Ready, and not running a task.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub waiting: Duration,
     /// Running tasks.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub working: Duration,
     /// In `worker_exit`.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub exit: Duration,
     /// Processor time its tasks used (process workers).
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub cpu: Duration,
     /// Its peak resident memory while running a task, in bytes
     /// ([`Builder::insights_memory`](crate::Builder::insights_memory)).
@@ -320,17 +320,6 @@ impl fmt::Display for Insights {
             }
         }
         Ok(())
-    }
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-fn maybe_seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.as_secs_f64()),
-        None => s.serialize_none(),
     }
 }
 

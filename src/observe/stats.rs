@@ -326,10 +326,10 @@ pub struct Stats {
     /// Workers replaced, by cause.
     pub restarts: Restarts,
     /// Time the workers spent running tasks, all together.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub busy: Duration,
     /// Time since the pool was built.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::human::seconds")]
     pub elapsed: Duration,
     /// `busy` over `elapsed` times the number of workers, between 0 and 1.
     pub utilisation: f64,
@@ -341,10 +341,6 @@ pub struct Stats {
     pub running: Histogram,
     /// From a task's chunk being queued to its result.
     pub end_to_end: Histogram,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 impl fmt::Display for Stats {
