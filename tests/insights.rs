@@ -57,11 +57,11 @@ each_method! {
         let working: Duration = during.workers.iter().map(|w| w.working).sum();
         assert!(working >= Duration::from_millis(270), "{working:?}");
         // The slowest first, with their index and (under process methods) their input. (Which
-        // of the two longest comes first, and which short task after them, depends on how the
-        // machine is loaded: they spin for 150 and 60 ms of processor time.)
-        let mut top: Vec<usize> = during.slowest.iter().take(2).map(|t| t.index).collect();
-        top.sort();
-        assert_eq!(top, [41, 42], "{during}");
+        // of the long ones comes first depends on how the machine is loaded: they spin for 150,
+        // 60 and 20 ms of processor time, and are timed on the wall clock, so under load the
+        // 20 ms one may take as long as the 60 ms one. A short one never catches up with them.)
+        let top: Vec<usize> = during.slowest.iter().take(2).map(|t| t.index).collect();
+        assert!(top.iter().all(|i| (40..=42).contains(i)), "{during}");
         assert!(during.slowest.windows(2).all(|w| w[0].duration >= w[1].duration));
         let longest = during.slowest.iter().find(|t| t.index == 42).unwrap();
         assert!(longest.duration >= Duration::from_millis(150));
